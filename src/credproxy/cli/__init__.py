@@ -1,0 +1,34 @@
+"""The ``credproxy`` command.
+
+One click group; each room of the house registers its commands from its own
+module. Command modules import heavy dependencies (aiohttp, rich, the server)
+inside the command functions, so ``credproxy token get`` inside a sandbox
+starts fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from credproxy import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="credproxy")
+def main() -> None:
+    """Keep credentials on the host; hand sandboxes only what their grant allows.
+
+    On the host, `credproxy serve` runs the daemon. Inside a sandbox (where
+    LLXPRT_CREDENTIAL_SOCKET is set) the other commands talk to it; on the
+    host without that variable they work on the store directly.
+    """
+
+
+@main.group()
+def token() -> None:
+    """OAuth tokens: read (sandbox) or manage (host)."""
+
+
+@main.group()
+def key() -> None:
+    """API keys: read (sandbox) or manage (host)."""

@@ -1,0 +1,1 @@
+"""The host daemon: listener, connections, handlers and wiring."""
