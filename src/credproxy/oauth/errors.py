@@ -1,0 +1,85 @@
+"""Turning what a provider says into what may cross the socket.
+
+A provider's error body is attacker-reachable text on the way out (some
+providers echo the request, code and verifier included, in
+``error_description`` or ``error_uri``). Only the ``error`` member survives,
+and only when it is one of the registered codes of RFC 6749 section 5.2 and
+4.1.2.1, RFC 8628 section 3.5 and OpenID Connect Core section 3.1.2.6; the
+human message is ours, chosen by that code. The provider's description is
+never forwarded, logged or kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from credproxy.protocol.errors import ErrorCode, ProxyError
+
+KNOWN_ERRORS: Final[dict[str, str]] = {
+    "invalid_request": "the provider rejected the request as malformed",
+    "invalid_client": "the provider does not accept this client (check client_id)",
+    "invalid_grant": "the provider refused the code or grant (wrong, used or expired)",
+    "unauthorized_client": "the provider does not allow this client to use this flow",
+    "unsupported_grant_type": "the provider does not support this grant type",
+    "invalid_scope": "the provider rejected the requested scopes",
+    "access_denied": "the login was denied",
+    "unsupported_response_type": "the provider does not support this response type",
+    "server_error": "the provider reported an internal error",
+    "temporarily_unavailable": "the provider is temporarily unavailable",
+    "authorization_pending": "the user has not finished logging in yet",
+    "slow_down": "the provider asked to poll more slowly",
+    "expired_token": "the device code expired before the login was completed",
+    "invalid_token": "the provider rejected the token",
+    "interaction_required": "the provider needs the user to interact",
+    "login_required": "the provider needs the user to log in",
+    "consent_required": "the provider needs the user's consent",
+}
+UNKNOWN_ERROR: Final = "unknown_error"
+
+
+def reduce_error_code(body: object) -> str:
+    """The ``error`` member if it is a registered code, else ``unknown_error``."""
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, str) and error in KNOWN_ERRORS:
+            return error
+    return UNKNOWN_ERROR
+
+
+class OAuthFlowError(Exception):
+    """A login or refresh failed. ``message`` is ours and safe to show a sandbox.
+
+    ``code`` is the protocol error code; ``oauth_error`` is the provider's
+    registered error code, or ``None`` when the failure was not the provider's
+    answer (network, malformed response).
+    """
+
+    def __init__(
+        self, code: ErrorCode | str, message: str, *, oauth_error: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+        self.oauth_error = oauth_error
+
+    @classmethod
+    def from_provider(
+        cls, provider: str, body: object, *, code: ErrorCode = ErrorCode.EXCHANGE_FAILED
+    ) -> OAuthFlowError:
+        error = reduce_error_code(body)
+        text = KNOWN_ERRORS.get(error, "the provider refused the request")
+        return cls(code, f"{provider}: {text} ({error})", oauth_error=error)
+
+    def to_proxy_error(self) -> ProxyError:
+        return ProxyError(self.code, self.message)
+
+    def as_poll_result(self) -> dict[str, Any]:
+        """The ``oauth_poll`` answer for a login that ended with this failure."""
+        result: dict[str, Any] = {"status": "error", "code": self.code, "error": self.message}
+        if self.oauth_error is not None:
+            result["oauth_error"] = self.oauth_error
+        return result
+
+    def __repr__(self) -> str:
+        return f"OAuthFlowError({self.code!s}, {self.message!r})"

@@ -1,0 +1,553 @@
+"""The three login flows, run entirely on the host.
+
+- Code paste (``pkce_redirect``): authorization code with PKCE S256
+  (RFC 6749 section 4.1, RFC 7636); the provider's redirect lands on its own
+  "copy this code" page and the user pastes the code.
+- Device code (``device_code``): RFC 8628 sections 3.1 to 3.5, with PKCE when
+  the provider takes it (``device_pkce``).
+- Loopback redirect (``browser_redirect``): RFC 8252 section 7.3, a one-shot
+  listener on 127.0.0.1.
+
+Each flow's ``start()`` returns only what the user must see (the URL carries
+the ``state``; nothing else secret). The verifier, the device code and the
+provider's answers stay in the flow object on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from aiohttp import web
+
+from credproxy.oauth.config import Endpoints, FlowKind, ProviderConfig, check_endpoint_url
+from credproxy.oauth.errors import OAuthFlowError
+from credproxy.oauth.http import OAuthHttp
+from credproxy.oauth.pkce import CHALLENGE_METHOD, PkcePair, new_state
+from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.tokens import Token, validate_token
+
+Clock = Callable[[], float]
+
+DEVICE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+SLOW_DOWN_STEP_S: Final = 5.0
+DEFAULT_TOKEN_LIFETIME_S: Final = 3600
+"""Used when a token response has no ``expires_in`` (RFC 6749 5.1 makes it optional)."""
+DEFAULT_DEVICE_EXPIRES_S: Final = 600
+MAX_TRANSIENT_POLL_FAILURES: Final = 3
+LOOPBACK_HOST: Final = "127.0.0.1"
+LOOPBACK_REPLY_WAIT_S: Final = 20.0
+LOOPBACK_CLIENT_POLL_S: Final = 1.0
+MAX_PASTED_CODE: Final = 4096
+
+
+def token_from_response(provider: str, body: Mapping[str, Any], now: float) -> Token:
+    """A successful token response (RFC 6749 section 5.1) in the credproxy token model."""
+    token: Token = {key: value for key, value in body.items() if key != "expires_in"}
+    expires_in = body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S)
+    if isinstance(expires_in, str) and expires_in.isdigit():
+        expires_in = int(expires_in)
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not math.isfinite(expires_in)
+        or expires_in < 0
+    ):
+        raise OAuthFlowError(
+            ErrorCode.EXCHANGE_FAILED, f"{provider}: the token response has an invalid expires_in"
+        )
+    token["expiry"] = int(now + expires_in)
+    if "token_type" not in token:
+        token["token_type"] = "Bearer"
+    try:
+        return validate_token(token)
+    except ProxyError as exc:
+        raise OAuthFlowError(
+            ErrorCode.EXCHANGE_FAILED, f"{provider}: unusable token response: {exc.message}"
+        ) from None
+
+
+async def request_token(
+    provider: ProviderConfig,
+    endpoints: Endpoints,
+    http: OAuthHttp,
+    form: Mapping[str, str],
+    *,
+    step: str,
+    clock: Clock = time.time,
+    failure_code: ErrorCode = ErrorCode.EXCHANGE_FAILED,
+) -> Token:
+    """POST a grant to the token endpoint; any refusal is reduced to safe fields."""
+    client_form, basic = provider.client_auth()
+    response = await http.post_form(
+        provider.name,
+        step,
+        endpoints.token,
+        {**form, **client_form},
+        auth=basic,
+        timeout_s=provider.timeout_s,
+    )
+    if response.status != 200 or "access_token" not in response.body:
+        raise OAuthFlowError.from_provider(provider.name, response.body, code=failure_code)
+    return token_from_response(provider.name, response.body, clock())
+
+
+def _auth_url(
+    provider: ProviderConfig,
+    endpoints: Endpoints,
+    redirect_uri: str,
+    state: str,
+    pkce: PkcePair,
+) -> str:
+    if endpoints.authorization is None:
+        raise OAuthFlowError(
+            ErrorCode.EXCHANGE_FAILED, f"{provider.name}: no authorization endpoint is known"
+        )
+    query: dict[str, str] = {
+        "response_type": "code",
+        "client_id": provider.client_id,
+        "redirect_uri": redirect_uri,
+        "state": state,
+        "code_challenge": pkce.challenge,
+        "code_challenge_method": CHALLENGE_METHOD,
+    }
+    if provider.scopes:
+        query["scope"] = provider.scope
+    query.update(provider.auth_params)
+    separator = "&" if urlsplit(endpoints.authorization).query else "?"
+    return endpoints.authorization + separator + urlencode(query)
+
+
+def split_pasted_code(pasted: str) -> tuple[str, str | None]:
+    """The code and the state from what the user pasted.
+
+    Accepted forms: ``code``, ``code#state`` (pages that show both), or the
+    whole redirect URL with ``code`` and ``state`` in its query.
+    """
+    text = pasted.strip()
+    if text.startswith(("https://", "http://")):
+        query = parse_qs(urlsplit(text).query)
+        codes = query.get("code", [])
+        states = query.get("state", [])
+        return (codes[0] if len(codes) == 1 else ""), (states[0] if len(states) == 1 else None)
+    code, sep, state = text.partition("#")
+    return code, (state if sep else None)
+
+
+class CodePasteFlow:
+    """``pkce_redirect``: the user copies the code from the provider's page."""
+
+    flow_type: Final[FlowKind] = "pkce_redirect"
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        endpoints: Endpoints,
+        http: OAuthHttp,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        if provider.redirect_uri is None:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED, f"{provider.name}: no redirect_uri is configured"
+            )
+        self.provider = provider
+        self._endpoints = endpoints
+        self._http = http
+        self._clock = clock
+        self._redirect_uri = provider.redirect_uri
+        self._pkce = PkcePair.generate()
+        self._state = new_state()
+
+    def __repr__(self) -> str:
+        return f"CodePasteFlow(provider={self.provider.name!r})"
+
+    def start(self) -> dict[str, Any]:
+        url = _auth_url(self.provider, self._endpoints, self._redirect_uri, self._state, self._pkce)
+        return {"auth_url": url}
+
+    async def finish(self, pasted: str) -> Token:
+        """Exchange the pasted code with the verifier (RFC 7636 section 4.5)."""
+        name = self.provider.name
+        code, state = split_pasted_code(pasted)
+        if not code or len(code) > MAX_PASTED_CODE or not code.isprintable() or " " in code:
+            raise OAuthFlowError(ErrorCode.EXCHANGE_FAILED, f"{name}: the pasted code is malformed")
+        if state is not None and not hmac.compare_digest(
+            state.encode("utf-8", "surrogatepass"), self._state.encode("ascii")
+        ):
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED,
+                f"{name}: the pasted code belongs to another login (state mismatch)",
+            )
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self._redirect_uri,
+            "code_verifier": self._pkce.verifier,
+        }
+        return await request_token(
+            self.provider,
+            self._endpoints,
+            self._http,
+            form,
+            step="code exchange",
+            clock=self._clock,
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+def next_poll_interval(current_s: float, error: str) -> float | None:
+    """RFC 8628 section 3.5: the wait before the next poll, or None when polling ends."""
+    if error == "authorization_pending":
+        return current_s
+    if error == "slow_down":
+        return current_s + SLOW_DOWN_STEP_S
+    return None
+
+
+class DeviceCodeFlow:
+    """``device_code``: the user enters a short code elsewhere; the host polls."""
+
+    flow_type: Final[FlowKind] = "device_code"
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        endpoints: Endpoints,
+        http: OAuthHttp,
+        *,
+        clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+    ) -> None:
+        if endpoints.device_authorization is None:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED,
+                f"{provider.name}: no device authorization endpoint is known",
+            )
+        self.provider = provider
+        self._endpoint = endpoints.device_authorization
+        self._endpoints = endpoints
+        self._http = http
+        self._clock = clock
+        self._monotonic = monotonic
+        self._pkce = PkcePair.generate() if provider.device_pkce else None
+        self._device_code: str | None = None
+        self._deadline = 0.0
+        self.interval_s = provider.poll_interval_s
+
+    def __repr__(self) -> str:
+        return f"DeviceCodeFlow(provider={self.provider.name!r})"
+
+    @property
+    def poll_interval_ms(self) -> int:
+        return max(1, round(self.interval_s * 1000))
+
+    async def start(self) -> dict[str, Any]:
+        """Device authorization request (section 3.1) and what to show (section 3.3)."""
+        name = self.provider.name
+        form, basic = self.provider.client_auth()
+        if self.provider.scopes:
+            form["scope"] = self.provider.scope
+        if self._pkce is not None:
+            form["code_challenge"] = self._pkce.challenge
+            form["code_challenge_method"] = CHALLENGE_METHOD
+        response = await self._http.post_form(
+            name,
+            "device authorization request",
+            self._endpoint,
+            form,
+            auth=basic,
+            timeout_s=self.provider.timeout_s,
+        )
+        body = response.body
+        if response.status != 200 or "device_code" not in body:
+            raise OAuthFlowError.from_provider(name, body)
+        device_code = body.get("device_code")
+        user_code = body.get("user_code")
+        verification = body.get("verification_uri", body.get("verification_url"))
+        complete = body.get("verification_uri_complete")
+        expires_in = body.get("expires_in", DEFAULT_DEVICE_EXPIRES_S)
+        interval = body.get("interval")
+        if not isinstance(device_code, str) or not device_code:
+            raise _bad_device_field(name, "device_code")
+        if not isinstance(user_code, str) or not user_code or len(user_code) > 64:
+            raise _bad_device_field(name, "user_code")
+        if check_endpoint_url(verification) is not None:
+            raise _bad_device_field(name, "verification_uri")
+        if complete is not None and check_endpoint_url(complete) is not None:
+            raise _bad_device_field(name, "verification_uri_complete")
+        if not _positive_number(expires_in):
+            raise _bad_device_field(name, "expires_in")
+        if interval is not None:
+            if not _positive_number(interval):
+                raise _bad_device_field(name, "interval")
+            self.interval_s = float(interval)
+        self._device_code = device_code
+        self._deadline = self._monotonic() + float(expires_in)
+        shown: dict[str, Any] = {
+            "verification_url": verification,
+            "user_code": user_code,
+            "pollIntervalMs": self.poll_interval_ms,
+        }
+        if complete is not None:
+            shown["verification_url_complete"] = complete
+        return shown
+
+    async def wait(self) -> Token:
+        """Poll the token endpoint (section 3.4) until the login ends either way."""
+        name = self.provider.name
+        if self._device_code is None:
+            raise OAuthFlowError(ErrorCode.EXCHANGE_FAILED, f"{name}: the flow was not started")
+        form = {"grant_type": DEVICE_GRANT, "device_code": self._device_code}
+        if self._pkce is not None:
+            form["code_verifier"] = self._pkce.verifier
+        transient = 0
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self._monotonic() >= self._deadline:
+                raise OAuthFlowError.from_provider(name, {"error": "expired_token"})
+            try:
+                return await request_token(
+                    self.provider,
+                    self._endpoints,
+                    self._http,
+                    form,
+                    step="device token request",
+                    clock=self._clock,
+                )
+            except OAuthFlowError as exc:
+                if exc.oauth_error is None or exc.oauth_error == "unknown_error":
+                    transient += 1
+                    if transient >= MAX_TRANSIENT_POLL_FAILURES:
+                        raise
+                    continue
+                following = next_poll_interval(self.interval_s, exc.oauth_error)
+                if following is None:
+                    raise
+                transient = 0
+                self.interval_s = following
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _positive_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _bad_device_field(provider: str, name: str) -> OAuthFlowError:
+    return OAuthFlowError(
+        ErrorCode.EXCHANGE_FAILED,
+        f"{provider}: the device authorization response has a missing or invalid {name}",
+    )
+
+
+_PAGE: Final = (
+    "<!doctype html><html><head><meta charset='utf-8'><title>credproxy</title></head>"
+    "<body style='font-family:sans-serif;margin:3em'><h1>{title}</h1><p>{text}</p></body></html>"
+)
+
+
+def _page(status: int, title: str, text: str) -> web.Response:
+    body = _PAGE.format(title=html.escape(title), text=html.escape(text))
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+
+
+class LoopbackFlow:
+    """``browser_redirect``: the browser brings the code to a one-shot listener.
+
+    A request with a missing or wrong ``state`` gets 400 and the listener keeps
+    waiting: any local process can reach 127.0.0.1, and a forged request must
+    not be able to end someone else's login. The session timeout bounds the wait.
+    """
+
+    flow_type: Final[FlowKind] = "browser_redirect"
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        endpoints: Endpoints,
+        http: OAuthHttp,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.provider = provider
+        self._endpoints = endpoints
+        self._http = http
+        self._clock = clock
+        self._pkce = PkcePair.generate()
+        self._state = new_state()
+        self._runner: web.AppRunner | None = None
+        self._redirect_uri = ""
+        self._code: asyncio.Future[str] | None = None
+        self._outcome: asyncio.Future[Literal["ok", "failed"]] | None = None
+
+    def __repr__(self) -> str:
+        return f"LoopbackFlow(provider={self.provider.name!r})"
+
+    @property
+    def poll_interval_ms(self) -> int:
+        return max(1, round(min(self.provider.poll_interval_s, LOOPBACK_CLIENT_POLL_S) * 1000))
+
+    async def start(self) -> dict[str, Any]:
+        """Bind the listener, then build the URL; raises OSError when it cannot bind."""
+        loop = asyncio.get_running_loop()
+        self._code = loop.create_future()
+        self._outcome = loop.create_future()
+        app = web.Application(client_max_size=16 * 1024)
+        app.router.add_get(self.provider.redirect_path, self._callback)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, LOOPBACK_HOST, self.provider.redirect_port or 0)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        port = _bound_port(runner)
+        self._redirect_uri = f"http://{LOOPBACK_HOST}:{port}{self.provider.redirect_path}"
+        url = _auth_url(self.provider, self._endpoints, self._redirect_uri, self._state, self._pkce)
+        return {"auth_url": url, "pollIntervalMs": self.poll_interval_ms}
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        code_future, outcome = self._code, self._outcome
+        if code_future is None or outcome is None:
+            return _page(404, "Not found", "No login is waiting here.")
+        state = request.query.get("state", "")
+        if not hmac.compare_digest(
+            state.encode("utf-8", "surrogatepass"), self._state.encode("ascii")
+        ):
+            return _page(400, "Unknown login", "This link does not belong to a login in progress.")
+        if code_future.done():
+            return _page(409, "Already used", "This login has already been completed.")
+        issuer = self._endpoints.issuer
+        iss = request.query.get("iss")
+        if iss is not None and issuer is not None and iss != issuer:
+            return _page(
+                400, "Wrong issuer", "This answer did not come from the expected provider."
+            )
+        if "error" in request.query:
+            code_future.set_exception(
+                OAuthFlowError.from_provider(self.provider.name, {"error": request.query["error"]})
+            )
+            return _page(
+                200, "Login failed", "The login was not completed. You can close this tab."
+            )
+        code = request.query.get("code", "")
+        if not code or len(code) > MAX_PASTED_CODE:
+            return _page(400, "No code", "The provider's answer carries no authorization code.")
+        code_future.set_result(code)
+        try:
+            async with asyncio.timeout(LOOPBACK_REPLY_WAIT_S):
+                result = await asyncio.shield(outcome)
+        except TimeoutError:
+            result = "failed"
+        if result == "ok":
+            return _page(200, "Login complete", "You are logged in. You can close this tab.")
+        return _page(
+            200, "Login failed", "The login could not be completed. You can close this tab."
+        )
+
+    async def wait(self) -> Token:
+        """Wait for the browser, exchange the code, then close the listener."""
+        if self._code is None or self._outcome is None:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED, f"{self.provider.name}: the flow was not started"
+            )
+        outcome = self._outcome
+        try:
+            code = await self._code
+            form = {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": self._redirect_uri,
+                "code_verifier": self._pkce.verifier,
+            }
+            token = await request_token(
+                self.provider,
+                self._endpoints,
+                self._http,
+                form,
+                step="code exchange",
+                clock=self._clock,
+            )
+        except BaseException:
+            if not outcome.done():
+                outcome.set_result("failed")
+            raise
+        if not outcome.done():
+            outcome.set_result("ok")
+        await self.aclose()
+        return token
+
+    async def aclose(self) -> None:
+        """Stop the listener; idempotent, and safe while a browser request is waiting."""
+        if self._outcome is not None and not self._outcome.done():
+            self._outcome.set_result("failed")
+        if self._code is not None and not self._code.done():
+            self._code.cancel()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise OSError("the loopback listener has no bound address")
+
+
+Flow = CodePasteFlow | DeviceCodeFlow | LoopbackFlow
+BackgroundFlow = DeviceCodeFlow | LoopbackFlow
+
+
+async def start_flow(
+    provider: ProviderConfig,
+    endpoints: Endpoints,
+    http: OAuthHttp,
+    *,
+    clock: Clock = time.time,
+) -> tuple[Flow, dict[str, Any]]:
+    """Begin the provider's configured flow; return it and what the user must see.
+
+    A loopback login whose listener cannot bind falls back to the device flow
+    when the provider has a device authorization endpoint.
+    """
+    if provider.flow == "pkce_redirect":
+        paste = CodePasteFlow(provider, endpoints, http, clock=clock)
+        return paste, paste.start()
+    if provider.flow == "device_code":
+        device = DeviceCodeFlow(provider, endpoints, http, clock=clock)
+        return device, await device.start()
+    loopback = LoopbackFlow(provider, endpoints, http, clock=clock)
+    try:
+        return loopback, await loopback.start()
+    except OSError:
+        if endpoints.device_authorization is None:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED,
+                f"{provider.name}: the loopback listener could not start and the provider "
+                "offers no device flow",
+            ) from None
+    device = DeviceCodeFlow(provider, endpoints, http, clock=clock)
+    return device, await device.start()

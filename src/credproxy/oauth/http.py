@@ -1,0 +1,122 @@
+"""The daemon's one HTTP client for provider calls.
+
+Every call is bounded in time (protocol.md, "Limits and timeouts": 15 s per
+provider call) and in size, and answers only with parsed JSON objects.
+Transport failures become ``OAuthFlowError`` with a message that names the
+provider and the step, never the URL's query, the form or a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import aiohttp
+
+from credproxy.oauth.errors import OAuthFlowError
+from credproxy.protocol.errors import ErrorCode
+
+MAX_CALL_TIMEOUT_S: Final = 15.0
+MAX_RESPONSE_BYTES: Final = 256 * 1024
+USER_AGENT: Final = "credproxy"
+
+
+class HttpResponse:
+    """Status and JSON object of one provider answer (``body`` is ``{}`` when not JSON)."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"HttpResponse(status={self.status})"
+
+
+class OAuthHttp:
+    """Owns one ``aiohttp.ClientSession``; create it inside the daemon's event loop."""
+
+    def __init__(self, *, timeout_s: float = MAX_CALL_TIMEOUT_S) -> None:
+        self._timeout_s = min(timeout_s, MAX_CALL_TIMEOUT_S)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                trust_env=True,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def get_json(self, provider: str, step: str, url: str) -> HttpResponse:
+        return await self._call(provider, step, "GET", url)
+
+    async def post_form(
+        self,
+        provider: str,
+        step: str,
+        url: str,
+        form: Mapping[str, str],
+        *,
+        auth: tuple[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> HttpResponse:
+        return await self._call(
+            provider, step, "POST", url, form=dict(form), auth=auth, timeout_s=timeout_s
+        )
+
+    async def _call(
+        self,
+        provider: str,
+        step: str,
+        method: str,
+        url: str,
+        *,
+        form: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> HttpResponse:
+        limit = min(timeout_s or self._timeout_s, MAX_CALL_TIMEOUT_S)
+        basic = aiohttp.BasicAuth(auth[0], auth[1]) if auth is not None else None
+        try:
+            async with asyncio.timeout(limit):
+                async with self._client().request(
+                    method,
+                    url,
+                    data=form,
+                    auth=basic,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=limit),
+                ) as response:
+                    raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                    status = response.status
+        except TimeoutError:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider did not answer the {step}"
+            ) from None
+        except aiohttp.ClientError:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider could not be reached ({step})"
+            ) from None
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider's {step} answer is too large"
+            )
+        return HttpResponse(status, _json_object(raw))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
