@@ -1,19 +1,93 @@
-"""Choosing a backend: always explicit, never left to ``keyring``'s own guess."""
+"""Choosing a backend: always explicit, never left to ``keyring``'s own guess.
+
+``[store]`` in the config file:
+  backend     file (default) | keyring | memory
+  path        store directory of the file backend (default: the user data
+              directory); the environment variable CREDPROXY_STORE_DIR wins
+  key_source  auto (default) | keyring | keyfile | passphrase; env CREDPROXY_KEY_SOURCE
+  key_file    the data key file (default: store.key in the store directory);
+              env CREDPROXY_KEY_FILE
+The passphrase comes from CREDPROXY_PASSPHRASE, else from a prompt on a terminal.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any, Final
 
 from credproxy.store.base import CredentialStore, StoreError
 from credproxy.store.memory import MemoryStore
 
-BACKENDS: Final = ("memory",)
+BACKENDS: Final = ("file", "keyring", "memory")
+DEFAULT_BACKEND: Final = "file"
+STORE_DIR_ENV: Final = "CREDPROXY_STORE_DIR"
+KEY_SOURCE_ENV: Final = "CREDPROXY_KEY_SOURCE"
+KEY_FILE_ENV: Final = "CREDPROXY_KEY_FILE"
+PASSPHRASE_ENV: Final = "CREDPROXY_PASSPHRASE"
+
+
+def _section(config: dict[str, Any]) -> dict[str, Any]:
+    section = config.get("store", {})
+    if not isinstance(section, dict):
+        raise StoreError("[store] in the config file must be a table")
+    return section
+
+
+def _setting(section: dict[str, Any], name: str, env: str) -> str | None:
+    value = os.environ.get(env) or section.get(name)
+    if value is not None and not isinstance(value, str):
+        raise StoreError(f"[store] {name} in the config file must be a string")
+    return value or None
+
+
+def store_directory(config: dict[str, Any]) -> Path:
+    """Where the file store lives: env, then ``[store] path``, then the user data dir."""
+    configured = _setting(_section(config), "path", STORE_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("credproxy")
+
+
+def passphrase_from_env_or_prompt(new: bool) -> str:
+    """The store passphrase: CREDPROXY_PASSPHRASE, else a hidden prompt on a terminal."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise StoreError(
+            f"the store is protected by a passphrase: set {PASSPHRASE_ENV} or run in a terminal"
+        )
+    import getpass
+
+    first = getpass.getpass("credproxy store passphrase: ")
+    if new and getpass.getpass("repeat the passphrase: ") != first:
+        raise StoreError("the passphrases differ; nothing was created")
+    return first
 
 
 def open_store(backend: str | None, config: dict[str, Any]) -> CredentialStore:
     """Open the backend named on the command line, else in ``[store]`` of the config."""
-    section = config.get("store", {})
-    name = backend or section.get("backend") or "memory"
+    section = _section(config)
+    name = backend or section.get("backend") or DEFAULT_BACKEND
     if name == "memory":
         return MemoryStore()
+    if name == "file":
+        from credproxy.store.file import FileStore
+        from credproxy.store.keysource import KeySettings
+
+        key_file = _setting(section, "key_file", KEY_FILE_ENV)
+        settings = KeySettings(
+            source=_setting(section, "key_source", KEY_SOURCE_ENV) or "auto",
+            key_file=Path(key_file).expanduser() if key_file else None,
+            passphrase=passphrase_from_env_or_prompt,
+        )
+        return FileStore(store_directory(config), settings)
+    if name == "keyring":
+        from credproxy.store.keyring import KeyringStore
+
+        return KeyringStore.open()
     raise StoreError(f"unknown store backend {name!r}; choose one of: {', '.join(BACKENDS)}")

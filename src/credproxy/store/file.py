@@ -1,0 +1,477 @@
+"""The encrypted file store: the default backend, one JSON file of sealed records.
+
+Layout of the store directory (0700):
+  credentials.json  header (store id, key source, key check) and one
+                    AES-256-GCM record per credential, keyed by its identity
+                    (``token/<provider>/<bucket>`` or ``key/<name>``), which is
+                    also the record's associated data.
+  credentials.lock  the cross-process lock every read-modify-write holds.
+  store.key         the data key, when the key source is a key file.
+
+Writes replace the file atomically (temp file in the same directory, fsync,
+rename, fsync of the directory), so a reader or a crash sees the old file or
+the new one, never a mix. Reads take no lock: the file is re-read only when
+``stat`` says it changed, and this process keeps the file it loaded open so
+its inode cannot be reused by a newer file; a write by any process is seen on
+the next read. Records are decrypted lazily and cached by ciphertext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from filelock import FileLock, Timeout
+
+from credproxy.store import crypto
+from credproxy.store.base import CorruptRecordError, StoreError, Token, validate_name
+from credproxy.store.keysource import KeySettings, create_key, load_key
+
+DATA_FILE: Final = "credentials.json"
+LOCK_FILE: Final = "credentials.lock"
+FORMAT: Final = "credproxy-store"
+FORMAT_VERSION: Final = 1
+CHECK_RECORD: Final = "check"
+CHECK_PLAINTEXT: Final = b"credproxy data key check"
+TEMP_PREFIX: Final = f".{DATA_FILE}."
+TEMP_SUFFIX: Final = ".tmp"
+DEFAULT_LOCK_TIMEOUT_S: Final = 10.0
+
+_Signature = tuple[int, int, int, int]
+
+
+def token_record_id(provider: str, bucket: str) -> str:
+    return f"token/{provider}/{bucket}"
+
+
+def key_record_id(name: str) -> str:
+    return f"key/{name}"
+
+
+def _describe(record_id: str) -> str:
+    kind, _, rest = record_id.partition("/")
+    if kind == "token":
+        provider, _, bucket = rest.partition("/")
+        return f"token {provider} (bucket {bucket})"
+    return f"API key {rest}"
+
+
+def _remedy(record_id: str) -> str:
+    kind, _, rest = record_id.partition("/")
+    if kind == "token":
+        provider, _, bucket = rest.partition("/")
+        return (
+            f"remove it with `credproxy token rm {provider} --bucket {bucket}` "
+            "and import it or log in again"
+        )
+    return f"set it again with `credproxy key set {rest}`"
+
+
+@dataclass
+class _Snapshot:
+    """One loaded version of the file; replaced whole, never edited in place."""
+
+    signature: _Signature | None
+    records: dict[str, Any]
+    fd: int | None = None
+    plain: dict[str, tuple[Any, bytes]] = field(default_factory=dict)
+
+
+def _signature(info: os.stat_result) -> _Signature:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class FileStore:
+    """A ``CredentialStore`` in one encrypted file; safe to share between processes."""
+
+    def __init__(
+        self,
+        directory: Path,
+        key_settings: KeySettings | None = None,
+        *,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DATA_FILE
+        self._settings = key_settings or KeySettings()
+        self._lock_timeout_s = lock_timeout_s
+        self._write_lock = threading.Lock()
+        self._install_lock = threading.Lock()
+        self._retired_fd: int | None = None
+        self._header: dict[str, Any] = {}
+        self._snapshot = _Snapshot(signature=None, records={})
+        self._prepare_directory()
+        self._file_lock = FileLock(self.directory / LOCK_FILE, timeout=lock_timeout_s, mode=0o600)
+        self._store_id = ""
+        self._key_info: dict[str, Any] = {}
+        self._check = ""
+        self._key = b""
+        self.key_source = ""
+        with self._locked():
+            self._open_or_create()
+
+    # --- setup -----------------------------------------------------------------
+
+    def _prepare_directory(self) -> None:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = os.stat(self.directory)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the store directory {self.directory}: {exc.strerror}; "
+                "set [store] path or CREDPROXY_STORE_DIR to a writable directory"
+            ) from None
+        if info.st_uid != os.getuid():
+            raise StoreError(
+                f"store directory {self.directory} belongs to another user; "
+                "choose another [store] path"
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            raise StoreError(
+                f"store directory {self.directory} is accessible by other users; "
+                f"run: chmod 700 {self.directory}"
+            )
+
+    def _open_or_create(self) -> None:
+        snapshot = self._load()
+        if snapshot.signature is None:
+            self._create()
+            return
+        header = self._header
+        store_id = header.get("store_id")
+        if not isinstance(store_id, str) or not store_id.isalnum():
+            raise StoreError(f"store file {self.path} has a damaged header (store_id)")
+        self._store_id = store_id
+        self._key, self.key_source = load_key(
+            self._settings, self.directory, store_id, header.get("key")
+        )
+        self._key_info = header["key"]
+        check = header.get("check")
+        self._check = check if isinstance(check, str) else ""
+        try:
+            crypto.unseal(
+                self._key,
+                crypto.associated_data(store_id, CHECK_RECORD),
+                base64.b64decode(self._check, validate=True),
+            )
+        except (crypto.SealError, binascii.Error, ValueError):
+            raise StoreError(
+                f"the data key from the {self.key_source} does not open the store in "
+                f"{self.directory} (a wrong passphrase, or a key file or keyring entry of "
+                "another store); use the right key, or choose another store path"
+            ) from None
+
+    def _create(self) -> None:
+        self._store_id = secrets.token_hex(16)
+        self._key, self._key_info = create_key(self._settings, self.directory, self._store_id)
+        self.key_source = self._key_info["source"]
+        self._check = base64.b64encode(
+            crypto.seal(
+                self._key,
+                crypto.associated_data(self._store_id, CHECK_RECORD),
+                CHECK_PLAINTEXT,
+            )
+        ).decode("ascii")
+        self._write({})
+
+    # --- reading ---------------------------------------------------------------
+
+    def _current(self) -> _Snapshot:
+        """The snapshot matching the file on disk now; costs one ``stat`` when unchanged."""
+        snapshot = self._snapshot
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            if snapshot.signature is None:
+                return snapshot
+            return self._load()
+        except OSError as exc:
+            raise StoreError(f"cannot read the store file {self.path}: {exc.strerror}") from None
+        if _signature(info) == snapshot.signature:
+            return snapshot
+        return self._load()
+
+    def _load(self) -> _Snapshot:
+        previous = self._snapshot
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            snapshot = _Snapshot(signature=None, records={})
+            self._install(snapshot, {})
+            return snapshot
+        except OSError as exc:
+            raise StoreError(f"cannot open the store file {self.path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            header = _parse(b"".join(chunks), self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        records = header.pop("records")
+        snapshot = _Snapshot(signature=_signature(info), records=records, fd=fd)
+        for record_id, blob in records.items():
+            cached = previous.plain.get(record_id)
+            if cached is not None and cached[0] == blob:
+                snapshot.plain[record_id] = cached
+        self._install(snapshot, header)
+        return snapshot
+
+    def _install(self, snapshot: _Snapshot, header: dict[str, Any]) -> None:
+        # The previous snapshot's file stays open one generation longer, so a
+        # reader comparing against it never meets its inode reused by a newer file.
+        with self._install_lock:
+            retired, self._retired_fd = self._retired_fd, self._snapshot.fd
+            self._header = header
+            self._snapshot = snapshot
+        if retired is not None:
+            with contextlib.suppress(OSError):
+                os.close(retired)
+
+    def _plaintext(self, snapshot: _Snapshot, record_id: str) -> bytes | None:
+        blob = snapshot.records.get(record_id)
+        if blob is None:
+            return None
+        cached = snapshot.plain.get(record_id)
+        if cached is not None and cached[0] == blob:
+            return cached[1]
+        try:
+            plain = crypto.unseal(
+                self._key,
+                crypto.associated_data(self._store_id, record_id),
+                base64.b64decode(blob, validate=True),
+            )
+        except (crypto.SealError, binascii.Error, ValueError, TypeError):
+            raise CorruptRecordError(
+                f"the stored {_describe(record_id)} is damaged or was tampered with and "
+                f"cannot be decrypted; {_remedy(record_id)}"
+            ) from None
+        snapshot.plain[record_id] = (blob, plain)
+        return plain
+
+    async def _fresh(self) -> _Snapshot:
+        """The current snapshot; a changed file is re-read off the event loop."""
+        snapshot = self._snapshot
+        try:
+            unchanged = _signature(os.stat(self.path)) == snapshot.signature
+        except OSError:
+            unchanged = False
+        if unchanged:
+            return snapshot
+        return await asyncio.to_thread(self._current)
+
+    async def _read(self, record_id: str) -> Any:
+        snapshot = await self._fresh()
+        plain = self._plaintext(snapshot, record_id)
+        if plain is None:
+            return None
+        try:
+            return msgspec.json.decode(plain)
+        except msgspec.DecodeError:
+            raise CorruptRecordError(
+                f"the stored {_describe(record_id)} is not valid JSON; {_remedy(record_id)}"
+            ) from None
+
+    async def _ids(self) -> list[str]:
+        return list((await self._fresh()).records)
+
+    # --- writing ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._write_lock:
+            try:
+                self._file_lock.acquire()
+            except Timeout:
+                raise StoreError(
+                    f"the store in {self.directory} stayed locked by another process for "
+                    f"{self._lock_timeout_s:g} s; retry, or find the process holding "
+                    f"{self.directory / LOCK_FILE}"
+                ) from None
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    def _mutate(self, record_id: str, value: Any) -> bool:
+        """Read-modify-write under the lock; ``value`` None removes. True if it changed."""
+        with self._locked():
+            snapshot = self._current()
+            records = dict(snapshot.records)
+            if value is None:
+                if records.pop(record_id, None) is None:
+                    return False
+                plain = None
+            else:
+                plain = msgspec.json.encode(value)
+                records[record_id] = base64.b64encode(
+                    crypto.seal(self._key, crypto.associated_data(self._store_id, record_id), plain)
+                ).decode("ascii")
+            self._write(records, record_id, plain)
+            return True
+
+    def _write(
+        self, records: dict[str, Any], changed: str | None = None, plain: bytes | None = None
+    ) -> None:
+        document = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "store_id": self._store_id,
+            "key": self._key_info,
+            "check": self._check,
+            "records": dict(sorted(records.items())),
+        }
+        data = msgspec.json.encode(document)
+        self._remove_stale_temps()
+        temp = self.directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise _write_error(self.directory, exc) from None
+        try:
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise _write_error(self.directory, exc) from None
+        snapshot = self._load()
+        if changed is not None and plain is not None and changed in snapshot.records:
+            snapshot.plain[changed] = (snapshot.records[changed], plain)
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files seen while holding the lock belong to writers that died."""
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    # --- the CredentialStore protocol -------------------------------------------
+
+    async def get_token(self, provider: str, bucket: str) -> Token | None:
+        value = await self._read(token_record_id(provider, bucket))
+        if value is not None and not isinstance(value, dict):
+            raise CorruptRecordError(
+                f"the stored {_describe(token_record_id(provider, bucket))} is not a token "
+                f"object; {_remedy(token_record_id(provider, bucket))}"
+            )
+        return value
+
+    async def save_token(self, provider: str, bucket: str, token: Token) -> None:
+        validate_name("provider", provider)
+        validate_name("bucket", bucket)
+        await asyncio.to_thread(self._mutate, token_record_id(provider, bucket), dict(token))
+
+    async def remove_token(self, provider: str, bucket: str) -> bool:
+        return await asyncio.to_thread(self._mutate, token_record_id(provider, bucket), None)
+
+    async def list_providers(self) -> list[str]:
+        return sorted({parts[1] for parts in await self._token_ids()})
+
+    async def list_buckets(self, provider: str) -> list[str]:
+        return sorted(parts[2] for parts in await self._token_ids() if parts[1] == provider)
+
+    async def _token_ids(self) -> list[list[str]]:
+        found = []
+        for record_id in await self._ids():
+            parts = record_id.split("/")
+            if len(parts) == 3 and parts[0] == "token":
+                found.append(parts)
+        return found
+
+    async def get_key(self, name: str) -> str | None:
+        value = await self._read(key_record_id(name))
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("value"), str):
+            raise CorruptRecordError(
+                f"the stored {_describe(key_record_id(name))} is not a key record; "
+                f"{_remedy(key_record_id(name))}"
+            )
+        key: str = value["value"]
+        return key
+
+    async def set_key(self, name: str, value: str) -> None:
+        validate_name("key", name)
+        if not isinstance(value, str) or not value:
+            raise ValueError("an API key must be a non-empty string")
+        await asyncio.to_thread(self._mutate, key_record_id(name), {"value": value})
+
+    async def remove_key(self, name: str) -> bool:
+        return await asyncio.to_thread(self._mutate, key_record_id(name), None)
+
+    async def list_keys(self) -> list[str]:
+        names = []
+        for record_id in await self._ids():
+            kind, _, name = record_id.partition("/")
+            if kind == "key" and name:
+                names.append(name)
+        return sorted(names)
+
+    async def close(self) -> None:
+        for fd in (self._snapshot.fd, self._retired_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._retired_fd = None
+        self._snapshot = _Snapshot(signature=None, records={})
+
+
+def _parse(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        document = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        document = None
+    if (
+        not isinstance(document, dict)
+        or document.get("format") != FORMAT
+        or not isinstance(document.get("records"), dict)
+    ):
+        raise StoreError(
+            f"{path} is not a credproxy store file (damaged or foreign); move it aside and "
+            "import or log in again"
+        )
+    if document.get("version") != FORMAT_VERSION:
+        raise StoreError(
+            f"{path} has store format version {document.get('version')!r}; this credproxy "
+            f"reads version {FORMAT_VERSION}. Upgrade credproxy"
+        )
+    return dict(document)
+
+
+def _write_error(directory: Path, exc: OSError) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(
+            f"cannot save to the store in {directory}: no space left on the device; "
+            "free some space and retry (the previous contents are intact)"
+        )
+    return StoreError(
+        f"cannot save to the store in {directory}: {exc.strerror}; the previous contents are intact"
+    )
