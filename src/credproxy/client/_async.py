@@ -1,0 +1,367 @@
+"""The asyncio client: many requests in flight on one connection, answers matched by id.
+
+One reader task per connection feeds received bytes to the shared sans-IO
+core and hands each response to the future waiting for its id, so callers
+may issue requests concurrently. A request that times out or is cancelled is
+abandoned and, on protocol version 2, the daemon is told with ``cancel``
+(best effort). After ``idle_timeout`` seconds without requests the client
+closes the connection itself and opens a new one, with a new handshake, on
+the next use; a connection that broke on its own is an error for every later
+call, never a silent reconnect (``protocol.md``, "Limits and timeouts").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+from credproxy.client import _core
+from credproxy.client._core import ClientCore, HandshakeComplete, HandshakeFailed, ResponseReceived
+from credproxy.client._exceptions import (
+    ProxyClientError,
+    client_closed,
+    connect_failed,
+    connection_lost,
+    request_timeout,
+)
+from credproxy.client.env import discover
+from credproxy.protocol.messages import DEFAULT_BUCKET
+
+DEFAULT_TIMEOUT_S: Final = 30.0
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+DEFAULT_MAX_IN_FLIGHT: Final = 16
+_READ_BYTES: Final = 65_536
+
+Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    core: ClientCore
+    waiters: dict[str, asyncio.Future[ResponseReceived]] = field(default_factory=dict)
+    reader_task: asyncio.Task[None] | None = None
+    closing: bool = False
+
+
+class AsyncProxyClient:
+    """asyncio client for the credential proxy.
+
+    ``max_in_flight`` matches the daemon's per-connection limit, so a burst of
+    concurrent calls queues here instead of failing with RESOURCE_EXHAUSTED.
+    ``clock`` (monotonic seconds) decides when the connection counts as idle.
+    """
+
+    def __init__(
+        self,
+        socket_path: str,
+        capability_token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._path = socket_path
+        self._token = capability_token
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._connect_lock = asyncio.Lock()
+        self._conn: _Connection | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_used = 0.0
+        self._broken = False
+        self._closed = False
+        self._handshakes = 0
+
+    @classmethod
+    def from_env(
+        cls, environ: MutableMapping[str, str] | None = None, **options: Any
+    ) -> AsyncProxyClient:
+        """A client for the proxy the environment names; see ``credproxy.client.env``."""
+        found = discover(environ)
+        return cls(found.socket_path, found.capability_token, **options)
+
+    def __repr__(self) -> str:
+        return f"AsyncProxyClient({self._path!r}, version={self.protocol_version})"
+
+    async def __aenter__(self) -> AsyncProxyClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def socket_path(self) -> str:
+        return self._path
+
+    @property
+    def protocol_version(self) -> int | None:
+        return self._conn.core.version if self._conn is not None else None
+
+    @property
+    def handshakes(self) -> int:
+        """Successful handshakes so far: one per connection this client opened."""
+        return self._handshakes
+
+    @property
+    def is_connected(self) -> bool:
+        return self._conn is not None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._cancel_idle_timer()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._shutdown(conn, client_closed())
+
+    async def request(self, op: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Send one operation and return its ``data``, or raise its typed error."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._slots:
+                    event = await self._exchange(op, payload)
+        except TimeoutError:
+            raise request_timeout(op, self._timeout) from None
+        return event.unwrap()
+
+    async def get_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        data = await self.request("get_token", {"provider": provider, "bucket": bucket})
+        return _core.token_result(data)
+
+    async def save_token(
+        self, provider: str, token: Mapping[str, Any], bucket: str = DEFAULT_BUCKET
+    ) -> None:
+        payload = {"provider": provider, "bucket": bucket, "token": _core.outgoing_token(token)}
+        await self.request("save_token", payload)
+
+    async def remove_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> None:
+        await self.request("remove_token", {"provider": provider, "bucket": bucket})
+
+    async def list_providers(self) -> list[str]:
+        return _core.string_list(await self.request("list_providers"), "providers")
+
+    async def list_buckets(self, provider: str) -> list[str]:
+        data = await self.request("list_buckets", {"provider": provider})
+        return _core.string_list(data, "buckets")
+
+    async def get_api_key(self, name: str) -> str:
+        return _core.string_field(await self.request("get_api_key", {"name": name}), "key")
+
+    async def list_api_keys(self) -> list[str]:
+        return _core.string_list(await self.request("list_api_keys"), "keys")
+
+    async def has_api_key(self, name: str) -> bool:
+        return _core.bool_field(await self.request("has_api_key", {"name": name}), "exists")
+
+    async def refresh_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        data = await self.request("refresh_token", {"provider": provider, "bucket": bucket})
+        return _core.token_result(data)
+
+    async def oauth_initiate(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        return await self.request("oauth_initiate", {"provider": provider, "bucket": bucket})
+
+    async def oauth_exchange(self, session_id: str, code: str) -> dict[str, Any]:
+        data = await self.request("oauth_exchange", {"session_id": session_id, "code": code})
+        return _core.token_result(data)
+
+    async def oauth_poll(self, session_id: str) -> dict[str, Any]:
+        return await self.request("oauth_poll", {"session_id": session_id})
+
+    async def oauth_cancel(self, session_id: str) -> None:
+        await self.request("oauth_cancel", {"session_id": session_id})
+
+    async def _exchange(self, op: str, payload: Mapping[str, Any] | None) -> ResponseReceived:
+        conn = await self._ensure_connected()
+        request_id, frame = conn.core.send_request(op, payload)
+        future: asyncio.Future[ResponseReceived] = asyncio.get_running_loop().create_future()
+        conn.waiters[request_id] = future
+        self._cancel_idle_timer()
+        try:
+            conn.writer.write(frame)
+            await conn.writer.drain()
+            return await future
+        except (ConnectionError, OSError):
+            self._connection_broke(conn, connection_lost())
+            return await future
+        except BaseException:
+            if not future.done():
+                self._abandon(conn, request_id)
+            raise
+        finally:
+            conn.waiters.pop(request_id, None)
+            self._touch(conn)
+
+    def _abandon(self, conn: _Connection, request_id: str) -> None:
+        """Best effort: tell a version 2 daemon to stop working on a request we gave up on."""
+        frame = conn.core.send_cancel(request_id)
+        if frame is None or conn.closing or conn.writer.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            conn.writer.write(frame)
+
+    async def _ensure_connected(self) -> _Connection:
+        conn = self._usable_connection()
+        if conn is not None:
+            return conn
+        async with self._connect_lock:
+            conn = self._usable_connection()
+            if conn is not None:
+                return conn
+            if self._conn is not None:
+                idle, self._conn = self._conn, None
+                await self._shutdown(idle, connection_lost())
+            return await self._open()
+
+    def _usable_connection(self) -> _Connection | None:
+        if self._closed:
+            raise client_closed()
+        if self._broken:
+            raise connection_lost()
+        conn = self._conn
+        if conn is None or self._is_idle(conn):
+            return None
+        return conn
+
+    def _is_idle(self, conn: _Connection) -> bool:
+        return not conn.waiters and self._clock() - self._last_used >= self._idle_timeout
+
+    async def _open(self) -> _Connection:
+        try:
+            reader, writer = await asyncio.open_unix_connection(self._path, limit=_READ_BYTES)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise connect_failed(
+                f"no credential proxy is listening at {self._path}; "
+                "is the host daemon still running?"
+            ) from None
+        except PermissionError:
+            raise connect_failed(f"permission denied opening {self._path}") from None
+        except OSError as exc:
+            raise connect_failed(
+                f"cannot connect to {self._path}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        core = ClientCore(self._token)
+        try:
+            writer.write(core.initiate_handshake())
+            await writer.drain()
+            await self._await_handshake(reader, core)
+        except BaseException:
+            writer.close()
+            raise
+        conn = _Connection(reader, writer, core)
+        conn.reader_task = asyncio.create_task(self._read_loop(conn), name="credproxy-reader")
+        self._conn = conn
+        self._handshakes += 1
+        self._touch(conn)
+        return conn
+
+    @staticmethod
+    async def _await_handshake(reader: asyncio.StreamReader, core: ClientCore) -> None:
+        while True:
+            try:
+                data = await reader.read(_READ_BYTES)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data:
+                raise connect_failed(
+                    "the credential proxy closed the connection during the handshake"
+                )
+            for event in core.receive_data(data):
+                if isinstance(event, HandshakeFailed):
+                    raise event.error
+                if isinstance(event, HandshakeComplete):
+                    return
+
+    async def _read_loop(self, conn: _Connection) -> None:
+        error: ProxyClientError = connection_lost()
+        try:
+            while True:
+                data = await conn.reader.read(_READ_BYTES)
+                if not data:
+                    break
+                for event in conn.core.receive_data(data):
+                    if isinstance(event, ResponseReceived):
+                        future = conn.waiters.get(event.request_id)
+                        if future is not None and not future.done():
+                            future.set_result(event)
+        except ProxyClientError as exc:
+            error = exc
+        except (ConnectionError, OSError):
+            pass
+        if not conn.closing:
+            self._connection_broke(conn, error)
+
+    def _connection_broke(self, conn: _Connection, error: ProxyClientError) -> None:
+        if conn.closing:
+            return
+        self._broken = True
+        if self._conn is conn:
+            self._conn = None
+        self._cancel_idle_timer()
+        conn.closing = True
+        self._fail_waiters(conn, error)
+        conn.writer.close()
+
+    @staticmethod
+    def _fail_waiters(conn: _Connection, error: ProxyClientError) -> None:
+        conn.core.connection_closed()
+        for future in conn.waiters.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _shutdown(self, conn: _Connection, error: ProxyClientError) -> None:
+        """Close a connection on purpose (idle or ``aclose``); its reader ends quietly."""
+        conn.closing = True
+        self._fail_waiters(conn, error)
+        task = conn.reader_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        conn.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await conn.writer.wait_closed()
+
+    def _touch(self, conn: _Connection) -> None:
+        self._last_used = self._clock()
+        if conn.waiters or conn.closing or self._closed:
+            return
+        self._schedule_idle_timer(conn, self._idle_timeout)
+
+    def _schedule_idle_timer(self, conn: _Connection, delay: float) -> None:
+        self._cancel_idle_timer()
+        loop = asyncio.get_running_loop()
+        self._idle_handle = loop.call_later(delay, self._idle_timer_fired, conn)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def _idle_timer_fired(self, conn: _Connection) -> None:
+        self._idle_handle = None
+        if self._conn is not conn or conn.closing or conn.waiters:
+            return
+        elapsed = self._clock() - self._last_used
+        if elapsed < self._idle_timeout:
+            self._schedule_idle_timer(conn, self._idle_timeout - elapsed)
+            return
+        self._conn = None
+        conn.closing = True
+        conn.core.connection_closed()
+        if conn.reader_task is not None:
+            conn.reader_task.cancel()
+        conn.writer.close()

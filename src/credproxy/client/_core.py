@@ -1,0 +1,298 @@
+"""The client side of the protocol, sans-IO (``protocol.md``, "Handshake" and "Envelopes").
+
+``ClientCore`` is one connection's state machine: it makes the bytes to send
+and turns received bytes into events. It never touches a socket, a task or a
+clock, so the blocking ``ProxyClient`` and the asyncio ``AsyncProxyClient``
+share every protocol decision and differ only in how bytes move.
+
+The daemon is trusted less than it might seem: every frame is checked before
+it becomes an event, and anything malformed ends the connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+from credproxy.client._exceptions import (
+    InvalidRequestError,
+    ProxyClientError,
+    from_wire,
+    protocol_violation,
+)
+from credproxy.protocol.errors import ProxyError
+from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
+from credproxy.protocol.messages import OPERATIONS, convert_payload
+from credproxy.tokens import sanitize
+
+MIN_VERSION: Final = 1
+MAX_VERSION: Final = 2
+CANCEL_MIN_VERSION: Final = 2
+_MAX_DISCARDED: Final = 1024
+
+
+class State(Enum):
+    NEW = "new"
+    HANDSHAKING = "handshaking"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    error: ProxyClientError
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    request_id: str
+    data: dict[str, Any] | None
+    error: ProxyClientError | None
+
+    def unwrap(self) -> dict[str, Any]:
+        """The ``data`` object, or the typed error the daemon answered with."""
+        if self.error is not None:
+            raise self.error
+        assert self.data is not None
+        return self.data
+
+
+Event = HandshakeComplete | HandshakeFailed | ResponseReceived
+
+
+class ClientCore:
+    """One connection: handshake, then requests matched to responses by id."""
+
+    def __init__(
+        self,
+        capability_token: str | None,
+        *,
+        min_version: int = MIN_VERSION,
+        max_version: int = MAX_VERSION,
+    ) -> None:
+        self._token = capability_token
+        self._min = min_version
+        self._max = max_version
+        self._decoder = FrameDecoder()
+        self._state = State.NEW
+        self._version: int | None = None
+        self._pending: set[str] = set()
+        self._discarded: OrderedDict[str, None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"ClientCore(state={self._state.value}, version={self._version})"
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def version(self) -> int | None:
+        """The negotiated protocol version once the handshake succeeded."""
+        return self._version
+
+    @property
+    def pending(self) -> frozenset[str]:
+        return frozenset(self._pending)
+
+    def initiate_handshake(self) -> bytes:
+        if self._state is not State.NEW:
+            raise RuntimeError("the handshake is sent once, as the first frame")
+        payload: dict[str, Any] = {"minVersion": self._min, "maxVersion": self._max}
+        if self._token is not None:
+            payload["capabilityToken"] = self._token
+        self._state = State.HANDSHAKING
+        return encode_frame({"v": self._max, "op": "handshake", "payload": payload})
+
+    def send_request(self, op: str, payload: Mapping[str, Any] | None = None) -> tuple[str, bytes]:
+        """A new request id and the frame to write.
+
+        Payloads of known operations are checked against the same schema the
+        daemon uses, so a bad name fails here with a clear message and never
+        costs a round trip.
+        """
+        if self._state is not State.READY or self._version is None:
+            raise RuntimeError("requests are sent only after a successful handshake")
+        body = dict(payload or {})
+        spec = OPERATIONS.get(op)
+        if spec is not None:
+            if self._version < spec.min_version:
+                raise InvalidRequestError(
+                    "INVALID_REQUEST",
+                    f"{op} needs protocol version {spec.min_version}; "
+                    f"the daemon speaks {self._version}",
+                )
+            try:
+                convert_payload(body, spec.payload)
+            except ProxyError as exc:
+                raise InvalidRequestError(exc.code, exc.message) from None
+        request_id = str(uuid.uuid4())
+        try:
+            frame = encode_frame({"v": self._version, "id": request_id, "op": op, "payload": body})
+        except FrameError as exc:
+            raise InvalidRequestError("INVALID_REQUEST", str(exc)) from None
+        self._pending.add(request_id)
+        return request_id, frame
+
+    @property
+    def supports_cancel(self) -> bool:
+        return self._version is not None and self._version >= CANCEL_MIN_VERSION
+
+    def send_cancel(self, target_id: str) -> bytes | None:
+        """Give up on ``target_id`` and, on version 2, the ``cancel`` frame to send.
+
+        The cancel request's own answer is dropped when it arrives: nobody
+        waits for it.
+        """
+        self.discard(target_id)
+        if not self.supports_cancel or self._state is not State.READY:
+            return None
+        request_id, frame = self.send_request("cancel", {"targetId": target_id})
+        self.discard(request_id)
+        return frame
+
+    def discard(self, request_id: str) -> None:
+        """Stop waiting for ``request_id``; a late answer is dropped silently."""
+        if request_id in self._pending:
+            self._pending.discard(request_id)
+            self._discarded[request_id] = None
+            while len(self._discarded) > _MAX_DISCARDED:
+                self._discarded.popitem(last=False)
+
+    def connection_closed(self) -> frozenset[str]:
+        """The ids that will never be answered now that the connection is gone."""
+        self._state = State.CLOSED
+        lost = frozenset(self._pending)
+        self._pending.clear()
+        return lost
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Events for the frames completed by ``data``.
+
+        Raises ``ProtocolViolationError`` when the stream cannot be trusted any
+        more; the caller must then close the connection.
+        """
+        if self._state is State.CLOSED:
+            return []
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as exc:
+            self._state = State.CLOSED
+            raise protocol_violation(f"the credential proxy sent a bad frame: {exc}") from None
+        events: list[Event] = []
+        for frame in frames:
+            if self._is_closed():
+                break
+            event = self._handle_frame(frame)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _is_closed(self) -> bool:
+        return self._state is State.CLOSED
+
+    def _handle_frame(self, frame: dict[str, Any]) -> Event | None:
+        if self._state is State.HANDSHAKING:
+            return self._handle_handshake(frame)
+        if self._state is not State.READY:
+            self._state = State.CLOSED
+            raise protocol_violation("the credential proxy spoke before the handshake")
+        request_id = frame.get("id")
+        if not isinstance(request_id, str):
+            self._state = State.CLOSED
+            error = _error_of(frame)
+            detail = f" ({error.code}: {error.message})" if error is not None else ""
+            raise protocol_violation(
+                f"the credential proxy sent a response without a request id{detail}"
+            )
+        if request_id not in self._pending:
+            self._discarded.pop(request_id, None)
+            return None
+        self._pending.discard(request_id)
+        ok = frame.get("ok")
+        if ok is True:
+            data = frame.get("data")
+            if not isinstance(data, dict):
+                self._state = State.CLOSED
+                raise protocol_violation("the credential proxy sent a success without data")
+            return ResponseReceived(request_id, data, None)
+        error = _error_of(frame)
+        if error is None:
+            self._state = State.CLOSED
+            raise protocol_violation("the credential proxy sent a response without `ok`")
+        return ResponseReceived(request_id, None, error)
+
+    def _handle_handshake(self, frame: dict[str, Any]) -> Event:
+        ok = frame.get("ok")
+        if ok is True:
+            data = frame.get("data")
+            version = data.get("version") if isinstance(data, dict) else None
+            if (
+                isinstance(version, bool)
+                or not isinstance(version, int)
+                or not self._min <= version <= self._max
+            ):
+                self._state = State.CLOSED
+                raise protocol_violation(
+                    "the credential proxy accepted the handshake with a version "
+                    f"outside {self._min}..{self._max}"
+                )
+            self._version = version
+            self._state = State.READY
+            return HandshakeComplete(version)
+        error = _error_of(frame)
+        self._state = State.CLOSED
+        if error is None:
+            raise protocol_violation("the credential proxy sent a malformed handshake answer")
+        return HandshakeFailed(error)
+
+
+def _error_of(frame: dict[str, Any]) -> ProxyClientError | None:
+    if frame.get("ok") is not False:
+        return None
+    return from_wire(frame.get("code"), frame.get("error"), frame.get("retryAfter"))
+
+
+# Result shapes, shared by both clients so they check answers the same way.
+
+
+def token_result(data: dict[str, Any]) -> dict[str, Any]:
+    access = data.get("access_token")
+    if not isinstance(access, str):
+        raise protocol_violation("the credential proxy sent a token without access_token")
+    return data
+
+
+def string_list(data: dict[str, Any], field: str) -> list[str]:
+    value = data.get(field)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise protocol_violation(f"the credential proxy sent `{field}` that is not a string list")
+    return list(value)
+
+
+def string_field(data: dict[str, Any], field: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str):
+        raise protocol_violation(f"the credential proxy sent `{field}` that is not a string")
+    return value
+
+
+def bool_field(data: dict[str, Any], field: str) -> bool:
+    value = data.get(field)
+    if not isinstance(value, bool):
+        raise protocol_violation(f"the credential proxy sent `{field}` that is not a boolean")
+    return value
+
+
+def outgoing_token(token: Mapping[str, Any]) -> dict[str, Any]:
+    """A sandbox never holds a refresh token; one passed in is not sent."""
+    return sanitize(token)

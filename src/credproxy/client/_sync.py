@@ -1,0 +1,303 @@
+"""The blocking client: one plain socket, one request at a time, no event loop.
+
+A ``credproxy token get`` inside a sandbox needs one answer and exits, so
+this client pays for nothing it does not use. There is no background thread:
+the idle close happens on the next use, which then reconnects with a fresh
+handshake; a connection that broke on its own is an error, never a silent
+reconnect (``protocol.md``, "Limits and timeouts").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from types import TracebackType
+from typing import Any, Final
+
+from credproxy.client import _core
+from credproxy.client._core import ClientCore, HandshakeComplete, HandshakeFailed, ResponseReceived
+from credproxy.client._exceptions import (
+    ProxyClientError,
+    ProxyConnectionError,
+    client_closed,
+    connect_failed,
+    connection_lost,
+    request_timeout,
+)
+from credproxy.client.env import discover
+from credproxy.protocol.messages import DEFAULT_BUCKET
+
+DEFAULT_TIMEOUT_S: Final = 30.0
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+_RECV_BYTES: Final = 65_536
+
+Clock = Callable[[], float]
+
+
+class ProxyClient:
+    """Blocking client for the credential proxy.
+
+    ``clock`` (monotonic seconds) decides when the connection counts as idle;
+    tests pass a fake one to see the idle close without waiting.
+    """
+
+    def __init__(
+        self,
+        socket_path: str,
+        capability_token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._path = socket_path
+        self._token = capability_token
+        self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._core: ClientCore | None = None
+        self._last_used = 0.0
+        self._broken = False
+        self._closed = False
+        self._handshakes = 0
+
+    @classmethod
+    def from_env(
+        cls, environ: MutableMapping[str, str] | None = None, **options: Any
+    ) -> ProxyClient:
+        """A client for the proxy the environment names; see ``credproxy.client.env``."""
+        found = discover(environ)
+        return cls(found.socket_path, found.capability_token, **options)
+
+    def __repr__(self) -> str:
+        return f"ProxyClient({self._path!r}, version={self.protocol_version})"
+
+    def __enter__(self) -> ProxyClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def socket_path(self) -> str:
+        return self._path
+
+    @property
+    def protocol_version(self) -> int | None:
+        """The version negotiated on the open connection, if one is open."""
+        return self._core.version if self._core is not None and self._sock is not None else None
+
+    @property
+    def handshakes(self) -> int:
+        """Successful handshakes so far: one per connection this client opened."""
+        return self._handshakes
+
+    @property
+    def is_connected(self) -> bool:
+        return self._sock is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+    def request(self, op: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Send one operation and return its ``data``, or raise its typed error."""
+        with self._lock:
+            core, sock = self._ensure_connected()
+            request_id, frame = core.send_request(op, payload)
+            deadline = time.monotonic() + self._timeout
+            try:
+                self._send(sock, frame, deadline, op)
+                while True:
+                    for event in self._receive(sock, core, deadline, op):
+                        if isinstance(event, ResponseReceived) and event.request_id == request_id:
+                            self._last_used = self._clock()
+                            return event.unwrap()
+            except ProxyConnectionError as exc:
+                if exc.code == "TIMEOUT":
+                    self._abandon(sock, core, request_id)
+                raise
+
+    def get_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        data = self.request("get_token", {"provider": provider, "bucket": bucket})
+        return _core.token_result(data)
+
+    def save_token(
+        self, provider: str, token: Mapping[str, Any], bucket: str = DEFAULT_BUCKET
+    ) -> None:
+        payload = {"provider": provider, "bucket": bucket, "token": _core.outgoing_token(token)}
+        self.request("save_token", payload)
+
+    def remove_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> None:
+        self.request("remove_token", {"provider": provider, "bucket": bucket})
+
+    def list_providers(self) -> list[str]:
+        return _core.string_list(self.request("list_providers"), "providers")
+
+    def list_buckets(self, provider: str) -> list[str]:
+        return _core.string_list(self.request("list_buckets", {"provider": provider}), "buckets")
+
+    def get_api_key(self, name: str) -> str:
+        return _core.string_field(self.request("get_api_key", {"name": name}), "key")
+
+    def list_api_keys(self) -> list[str]:
+        return _core.string_list(self.request("list_api_keys"), "keys")
+
+    def has_api_key(self, name: str) -> bool:
+        return _core.bool_field(self.request("has_api_key", {"name": name}), "exists")
+
+    def refresh_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        data = self.request("refresh_token", {"provider": provider, "bucket": bucket})
+        return _core.token_result(data)
+
+    def oauth_initiate(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        return self.request("oauth_initiate", {"provider": provider, "bucket": bucket})
+
+    def oauth_exchange(self, session_id: str, code: str) -> dict[str, Any]:
+        data = self.request("oauth_exchange", {"session_id": session_id, "code": code})
+        return _core.token_result(data)
+
+    def oauth_poll(self, session_id: str) -> dict[str, Any]:
+        return self.request("oauth_poll", {"session_id": session_id})
+
+    def oauth_cancel(self, session_id: str) -> None:
+        self.request("oauth_cancel", {"session_id": session_id})
+
+    def _ensure_connected(self) -> tuple[ClientCore, socket.socket]:
+        if self._closed:
+            raise client_closed()
+        if self._broken:
+            raise connection_lost()
+        if self._sock is not None and self._core is not None:
+            if self._clock() - self._last_used < self._idle_timeout:
+                return self._core, self._sock
+            self._drop_connection()
+        return self._connect()
+
+    def _connect(self) -> tuple[ClientCore, socket.socket]:
+        deadline = time.monotonic() + self._timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self._timeout)
+            try:
+                sock.connect(self._path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise connect_failed(
+                    f"no credential proxy is listening at {self._path}; "
+                    "is the host daemon still running?"
+                ) from None
+            except PermissionError:
+                raise connect_failed(f"permission denied opening {self._path}") from None
+            except OSError as exc:
+                raise connect_failed(
+                    f"cannot connect to {self._path}: {exc.strerror or type(exc).__name__}"
+                ) from None
+            core = ClientCore(self._token)
+            self._send(
+                sock, core.initiate_handshake(), deadline, "handshake", during_handshake=True
+            )
+            while True:
+                for event in self._receive(
+                    sock, core, deadline, "handshake", during_handshake=True
+                ):
+                    if isinstance(event, HandshakeFailed):
+                        raise event.error
+                    if isinstance(event, HandshakeComplete):
+                        self._sock, self._core = sock, core
+                        self._last_used = self._clock()
+                        self._handshakes += 1
+                        return core, sock
+        except BaseException:
+            sock.close()
+            raise
+
+    def _send(
+        self,
+        sock: socket.socket,
+        frame: bytes,
+        deadline: float,
+        op: str,
+        *,
+        during_handshake: bool = False,
+    ) -> None:
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(frame)
+        except TimeoutError:
+            # Part of the frame may be out: the stream can no longer be trusted.
+            if not during_handshake:
+                self._broken = True
+                self._drop_connection()
+            raise request_timeout(op, self._timeout) from None
+        except OSError:
+            raise self._lost(during_handshake) from None
+
+    def _receive(
+        self,
+        sock: socket.socket,
+        core: ClientCore,
+        deadline: float,
+        op: str,
+        *,
+        during_handshake: bool = False,
+    ) -> list[_core.Event]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise request_timeout(op, self._timeout)
+        try:
+            sock.settimeout(remaining)
+            data = sock.recv(_RECV_BYTES)
+        except TimeoutError:
+            raise request_timeout(op, self._timeout) from None
+        except OSError:
+            raise self._lost(during_handshake) from None
+        if not data:
+            raise self._lost(during_handshake)
+        try:
+            return core.receive_data(data)
+        except ProxyClientError:
+            if not during_handshake:
+                self._broken = True
+                self._drop_connection()
+            raise
+
+    def _lost(self, during_handshake: bool) -> ProxyClientError:
+        if during_handshake:
+            return connect_failed("the credential proxy closed the connection during the handshake")
+        self._broken = True
+        self._drop_connection()
+        return connection_lost()
+
+    def _abandon(self, sock: socket.socket, core: ClientCore, request_id: str) -> None:
+        """Best effort: tell a version 2 daemon to stop working on a request we gave up on."""
+        frame = core.send_cancel(request_id)
+        if frame is None or self._sock is not sock:
+            return
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(frame)
+        except OSError:
+            self._broken = True
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        sock, self._sock = self._sock, None
+        if self._core is not None:
+            self._core.connection_closed()
+        self._core = None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
