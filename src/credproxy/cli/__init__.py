@@ -32,3 +32,6 @@ def token() -> None:
 @main.group()
 def key() -> None:
     """API keys: read (sandbox) or manage (host)."""
+
+
+from credproxy.cli import serve as _serve  # noqa: E402, F401  (registers `credproxy serve`)

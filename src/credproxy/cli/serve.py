@@ -1,0 +1,336 @@
+"""``credproxy serve``: run the host daemon in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shlex
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import click
+
+from credproxy.cli import main
+
+if TYPE_CHECKING:
+    from credproxy.grants import Grant
+    from credproxy.store.base import CredentialStore
+
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
+
+
+@dataclass(frozen=True)
+class _Options:
+    store: str | None
+    config: Path | None
+    socket: Path | None
+    allow: tuple[str, ...]
+    allow_key: tuple[str, ...]
+    allow_save: bool
+    allow_remove: bool
+    no_capability: bool
+    capability_file: Path | None
+    capability_fd: int | None
+    allow_uid: tuple[int, ...]
+    audit_log: Path | None
+    as_json: bool
+    frame_timeout: float
+    call_timeout: float
+    hold_store: bool
+
+
+def _check_allow(value: str) -> None:
+    parts = value.split(":")
+    if len(parts) > 2 or not all(_NAME_RE.match(part) for part in parts):
+        raise click.BadParameter(
+            f"{value!r} is not PROVIDER or PROVIDER:BUCKET (names use A-Z a-z 0-9 . _ @ -)",
+            param_hint="--allow",
+        )
+
+
+def _check_options(opts: _Options) -> None:
+    restricted = bool(opts.allow or opts.allow_key)
+    for entry in opts.allow:
+        _check_allow(entry)
+    for name in opts.allow_key:
+        if not _NAME_RE.match(name):
+            raise click.BadParameter(f"{name!r} is not a valid key name", param_hint="--allow-key")
+    if (opts.allow_save or opts.allow_remove) and not restricted:
+        raise click.UsageError(
+            "--allow-save/--allow-remove narrow a grant made with --allow or --allow-key; "
+            "the default grant already includes saving and removing"
+        )
+    if opts.no_capability:
+        conflicts = [
+            flag
+            for flag, given in (
+                ("--allow", bool(opts.allow)),
+                ("--allow-key", bool(opts.allow_key)),
+                ("--capability-file", opts.capability_file is not None),
+                ("--capability-fd", opts.capability_fd is not None),
+                ("--allow-uid", bool(opts.allow_uid)),
+            )
+            if given
+        ]
+        if conflicts:
+            raise click.UsageError(
+                f"--no-capability cannot be combined with {', '.join(conflicts)}: "
+                "without capability tokens there are no grants to restrict, and other "
+                "uids cannot be told apart"
+            )
+    if opts.capability_file is not None and opts.capability_fd is not None:
+        raise click.UsageError("give either --capability-file or --capability-fd, not both")
+    if opts.capability_fd is not None and opts.capability_fd < 3:
+        raise click.BadParameter("must be 3 or higher", param_hint="--capability-fd")
+
+
+def _build_grant(opts: _Options) -> Grant:
+    from credproxy.grants import Grant
+
+    if not (opts.allow or opts.allow_key):
+        return Grant.full()
+    return Grant(
+        grant_id=f"serve-{secrets.token_hex(8)}",
+        providers=frozenset(opts.allow),
+        keys=frozenset(opts.allow_key),
+        can_save=opts.allow_save,
+        can_remove=opts.allow_remove,
+    )
+
+
+def write_capability_file(path: Path, token: str) -> None:
+    """Write ``<64 hex>\\n`` to a new 0600 file; an old regular file of ours is replaced,
+    anything else (a symlink, another user's file) is refused."""
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            raise click.ClickException(
+                f"refusing to overwrite {path}: it is not a regular file of ours"
+            )
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(token + "\n")
+
+
+def write_capability_fd(fd: int, token: str) -> None:
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", closefd=True) as handle:
+            handle.write(token + "\n")
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the capability token to fd {fd}: {exc.strerror}"
+        ) from None
+
+
+@main.command()
+@click.option("--store", "store", metavar="BACKEND", help="Store backend (default: from config).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file (default: $XDG_CONFIG_HOME/credproxy/config.toml).",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Socket path (default: $XDG_RUNTIME_DIR/credproxy-UID/PID-NONCE.sock).",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="PROVIDER[:BUCKET]",
+    help="Grant reading this provider (every bucket) or one bucket. Repeatable.",
+)
+@click.option("--allow-key", multiple=True, metavar="NAME", help="Grant reading this API key.")
+@click.option("--allow-save", is_flag=True, help="Let the grant save tokens it may read.")
+@click.option("--allow-remove", is_flag=True, help="Let the grant remove tokens it may read.")
+@click.option(
+    "--no-capability",
+    is_flag=True,
+    help="No capability token: every process of your uid gets full access.",
+)
+@click.option(
+    "--capability-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the capability token here (0600).",
+)
+@click.option("--capability-fd", type=int, metavar="N", help="Write the capability token to fd N.")
+@click.option(
+    "--allow-uid",
+    type=click.IntRange(min=0),
+    multiple=True,
+    metavar="UID",
+    help="Also admit connections of this uid (they still need the token). Repeatable.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append audit lines to this file (0600) instead of stderr.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object when ready.")
+@click.option("--testing-frame-timeout", type=float, default=5.0, hidden=True)
+@click.option("--testing-call-timeout", type=float, default=15.0, hidden=True)
+@click.option("--testing-hold-store", is_flag=True, hidden=True)
+def serve(  # noqa: PLR0917  (click passes every option)
+    store: str | None,
+    config: Path | None,
+    socket_path: Path | None,
+    allow: tuple[str, ...],
+    allow_key: tuple[str, ...],
+    allow_save: bool,
+    allow_remove: bool,
+    no_capability: bool,
+    capability_file: Path | None,
+    capability_fd: int | None,
+    allow_uid: tuple[int, ...],
+    audit_log: Path | None,
+    as_json: bool,
+    testing_frame_timeout: float,
+    testing_call_timeout: float,
+    testing_hold_store: bool,
+) -> None:
+    """Run the credential daemon in the foreground until SIGINT or SIGTERM.
+
+    \b
+    Access: by default one capability token with FULL access (every provider,
+    bucket and key, save and remove) is issued and written to a 0600 file next
+    to the socket; only processes that are handed that file (or fd) get in.
+    --allow and --allow-key issue a narrower grant instead. --no-capability
+    drops tokens: any process of your uid that reaches the socket gets full
+    access.
+
+    \b
+    Hand the token to a sandboxed command as fd 3:
+      export LLXPRT_CREDENTIAL_SOCKET=SOCKET
+      LLXPRT_CAPABILITY_FD=3 COMMAND 3< TOKEN_FILE
+    The token itself is never printed.
+    """
+    opts = _Options(
+        store=store,
+        config=config,
+        socket=socket_path,
+        allow=allow,
+        allow_key=allow_key,
+        allow_save=allow_save,
+        allow_remove=allow_remove,
+        no_capability=no_capability,
+        capability_file=capability_file,
+        capability_fd=capability_fd,
+        allow_uid=allow_uid,
+        audit_log=audit_log,
+        as_json=as_json,
+        frame_timeout=testing_frame_timeout,
+        call_timeout=testing_call_timeout,
+        hold_store=testing_hold_store,
+    )
+    _check_options(opts)
+    from credproxy.config import ConfigError, load_config
+    from credproxy.server.listener import ListenerError
+    from credproxy.store.base import StoreError
+    from credproxy.store.factory import open_store
+
+    try:
+        settings = load_config(opts.config)
+        credential_store = open_store(opts.store, settings)
+    except (ConfigError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        asyncio.run(_run(opts, credential_store))
+    except (ListenerError, StoreError, PermissionError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _run(opts: _Options, credential_store: CredentialStore) -> None:
+    from credproxy.audit import AuditLog, configure_daemon_logging
+    from credproxy.grants import CapabilityTable
+    from credproxy.server.app import Daemon
+    from credproxy.server.context import ServerState
+    from credproxy.server.testing import HeldStore
+
+    configure_daemon_logging()
+    audit = AuditLog.to_file(opts.audit_log) if opts.audit_log else AuditLog.to_stderr()
+    store: CredentialStore = credential_store
+    if opts.hold_store:
+        held = HeldStore(credential_store)
+        held.install_signal_handler()
+        store = held
+    state = ServerState(store=store, call_timeout_s=opts.call_timeout)
+    grant = _build_grant(opts)
+    table: CapabilityTable | None = None
+    token: str | None = None
+    if not opts.no_capability:
+        table = CapabilityTable()
+        token = table.issue(grant)
+    daemon = Daemon(
+        state,
+        capabilities=table,
+        socket_path=opts.socket,
+        allowed_uids=frozenset(opts.allow_uid),
+        audit=audit,
+        frame_timeout_s=opts.frame_timeout,
+    )
+    token_file: Path | None = None
+    try:
+        path = await daemon.start()
+        if token is not None:
+            if opts.capability_fd is not None:
+                write_capability_fd(opts.capability_fd, token)
+            else:
+                token_file = opts.capability_file or path.with_suffix(".token")
+                write_capability_file(token_file, token)
+        del token
+        daemon.install_signal_handlers()
+        _announce(opts, path, token_file, grant)
+        await daemon.serve_forever()
+    finally:
+        await daemon.stop()
+        if token_file is not None:
+            with contextlib.suppress(OSError):
+                token_file.unlink()
+        await credential_store.close()
+        audit.close()
+
+
+def _announce(opts: _Options, path: Path, token_file: Path | None, grant: Grant) -> None:
+    if opts.as_json:
+        record = {
+            "socket": str(path),
+            "capability_file": str(token_file) if token_file else None,
+            "capability_fd": opts.capability_fd,
+            "grant": "none" if opts.no_capability else grant.describe(),
+            "pid": os.getpid(),
+        }
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
+        return
+    quoted = shlex.quote(str(path))
+    lines = [f"credproxy daemon listening on {path} (pid {os.getpid()})"]
+    if opts.no_capability:
+        lines.append(
+            f"no capability token: every process of uid {os.getuid()} that reaches the "
+            "socket has full access"
+        )
+    else:
+        default = "" if (opts.allow or opts.allow_key) else " (default; narrow it with --allow)"
+        lines.append(f"grant: {grant.describe()}{default}")
+    lines.append(f"export LLXPRT_CREDENTIAL_SOCKET={quoted}")
+    if token_file is not None:
+        lines.append(f"capability token in {token_file} (0600); give it to a sandbox as fd 3:")
+        lines.append("export LLXPRT_CAPABILITY_FD=3")
+        lines.append(f"  and start the sandboxed command with 3<{shlex.quote(str(token_file))}")
+    elif opts.capability_fd is not None:
+        lines.append(f"capability token written to fd {opts.capability_fd}")
+    click.echo("\n".join(lines))

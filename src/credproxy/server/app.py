@@ -1,0 +1,186 @@
+"""The daemon: binds the listener, admits peers, runs connections, shuts down cleanly.
+
+``Daemon`` is meant to be embedded: ``credproxy serve`` runs one on its own
+and ``credproxy run`` runs one beside the sandbox it launches. It installs no
+signal handlers unless asked, so the embedding program stays in charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from credproxy.audit import AuditEvent, AuditLog
+from credproxy.grants import CapabilityTable, Grant
+from credproxy.server.connection import (
+    PARTIAL_FRAME_TIMEOUT_S,
+    Connection,
+    ConnectionSettings,
+    HandshakeThrottle,
+)
+from credproxy.server.context import Handler, ServerState
+from credproxy.server.handlers import HANDLERS
+from credproxy.server.listener import (
+    bind_socket,
+    default_socket_path,
+    peer_allowed,
+    peer_credentials,
+    unlink_socket,
+)
+
+log = logging.getLogger("credproxy.server")
+
+
+class Daemon:
+    """One listening socket and the connections it accepted.
+
+    ``capabilities=None`` means no capability tokens: processes of our own uid
+    get full access after the handshake and any token they send is ignored.
+    Other uids (``allowed_uids``) are then refused at construction, because
+    without tokens nothing would tell their grants apart.
+    """
+
+    def __init__(
+        self,
+        state: ServerState,
+        *,
+        capabilities: CapabilityTable | None,
+        socket_path: Path | None = None,
+        allowed_uids: frozenset[int] = frozenset(),
+        audit: AuditLog | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        frame_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S,
+        throttle: HandshakeThrottle | None = None,
+    ) -> None:
+        if capabilities is None and allowed_uids:
+            raise ValueError("other uids can only be admitted with capability tokens")
+        self._state = state
+        self._capabilities = capabilities
+        self._requested_path = socket_path
+        self._allowed_uids = allowed_uids
+        self._audit = audit or AuditLog.to_stderr()
+        self._settings = ConnectionSettings(
+            state=state,
+            handlers=handlers if handlers is not None else HANDLERS,
+            authenticate=self._authenticate,
+            audit=self._audit,
+            throttle=throttle or HandshakeThrottle(),
+            frame_timeout_s=frame_timeout_s,
+        )
+        self._path: Path | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[Connection] = set()
+        self._connection_tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def socket_path(self) -> Path:
+        if self._path is None:
+            raise RuntimeError("the daemon has not been started")
+        return self._path
+
+    def _authenticate(self, presented: object) -> Grant | None:
+        if self._capabilities is None:
+            return Grant.full()
+        return self._capabilities.lookup(presented)
+
+    async def start(self) -> Path:
+        """Bind and listen; returns the socket path clients must use."""
+        path = self._requested_path or default_socket_path()
+        mode = 0o666 if self._allowed_uids else 0o600
+        sock = bind_socket(path, mode=mode)
+        self._path = path
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, sock=sock)
+        except BaseException:
+            sock.close()
+            unlink_socket(path)
+            raise
+        log.info("listening on %s", path)
+        return path
+
+    async def serve_forever(self) -> None:
+        """Return once ``stop`` has finished."""
+        await self._stopped.wait()
+
+    def install_signal_handlers(self, grace_s: float = 5.0) -> None:
+        """SIGINT and SIGTERM stop the daemon gracefully (for ``credproxy serve``)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, grace_s)
+
+    def _on_signal(self, grace_s: float) -> None:
+        if not self._stopping:
+            task = asyncio.get_running_loop().create_task(self.stop(grace_s))
+            self._connection_tasks.add(task)
+            task.add_done_callback(self._connection_tasks.discard)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, remove the socket, give in-flight requests ``grace_s``."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            if self._path is not None:
+                unlink_socket(self._path)
+            connections = list(self._connections)
+            for connection in connections:
+                connection.begin_shutdown(grace_s)
+            waits = [asyncio.ensure_future(c.closed.wait()) for c in connections]
+            if waits:
+                _, pending = await asyncio.wait(waits, timeout=grace_s + 1.0)
+                for waiter in pending:
+                    waiter.cancel()
+            current = asyncio.current_task()
+            leftovers = [t for t in self._connection_tasks if t is not current and not t.done()]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                await asyncio.gather(*leftovers, return_exceptions=True)
+        finally:
+            self._stopped.set()
+            log.info("stopped")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connection_tasks.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+        except Exception as exc:
+            log.error("connection handler failed: %s", type(exc).__name__)
+        finally:
+            if task is not None:
+                self._connection_tasks.discard(task)
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        peer = peer_credentials(sock)
+        if self._stopping or not peer_allowed(peer, self._allowed_uids):
+            if not self._stopping:
+                self._audit.record(
+                    AuditEvent.build(
+                        op="connect", outcome="UNAUTHORIZED", peer_uid=peer.uid, peer_pid=peer.pid
+                    )
+                )
+                log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        connection = Connection(self._settings, reader, writer, peer)
+        self._connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections.discard(connection)

@@ -1,0 +1,143 @@
+"""One plain async function per operation, in one table (``protocol.md``, "Operations").
+
+Each handler checks the connection's grant before it touches the store, and
+answers ``UNAUTHORIZED`` with the same message whether or not the credential
+exists, so the answer reveals nothing outside the grant. Tokens leave only
+through ``tokens.sanitize``. Handlers name what they touched in ``ctx.audit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.protocol.messages import (
+    OPERATIONS,
+    Empty,
+    KeyName,
+    ProviderBucket,
+    ProviderOnly,
+    SaveToken,
+)
+from credproxy.server.context import Handler, RequestContext
+from credproxy.tokens import HOST_ONLY_FIELDS, merge, sanitize, validate_token
+
+_OUTSIDE_GRANT: Final = "not permitted by this connection's grant"
+
+
+def _deny() -> ProxyError:
+    return ProxyError(ErrorCode.UNAUTHORIZED, _OUTSIDE_GRANT)
+
+
+def _require_token_access(ctx: RequestContext, provider: str, bucket: str) -> None:
+    ctx.audit["provider"] = provider
+    ctx.audit["bucket"] = bucket
+    if not ctx.grant.allows_token(provider, bucket):
+        raise _deny()
+
+
+async def get_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
+    _require_token_access(ctx, payload.provider, payload.bucket)
+    token = await ctx.state.store.get_token(payload.provider, payload.bucket)
+    if token is None:
+        raise ProxyError(
+            ErrorCode.NOT_FOUND,
+            f"no token stored for provider {payload.provider!r} bucket {payload.bucket!r}",
+        )
+    return sanitize(token)
+
+
+async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
+    """Merge the sandbox's token into the stored one. A refresh token from the
+    sandbox is dropped before merging: only the host may set one, so a sandbox
+    can neither plant nor erase the refresh token the host relies on."""
+    _require_token_access(ctx, payload.provider, payload.bucket)
+    if not ctx.grant.can_save:
+        raise _deny()
+    incoming = validate_token(payload.token)
+    for field_name in HOST_ONLY_FIELDS:
+        incoming.pop(field_name, None)
+    store = ctx.state.store
+    stored = await store.get_token(payload.provider, payload.bucket)
+    await store.save_token(payload.provider, payload.bucket, merge(stored, incoming))
+    return {}
+
+
+async def remove_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
+    """Logout is idempotent: removing what is not there succeeds too."""
+    _require_token_access(ctx, payload.provider, payload.bucket)
+    if not ctx.grant.can_remove:
+        raise _deny()
+    await ctx.state.store.remove_token(payload.provider, payload.bucket)
+    return {}
+
+
+async def list_providers(ctx: RequestContext, payload: Empty) -> dict[str, Any]:
+    providers = await ctx.state.store.list_providers()
+    return {"providers": sorted(p for p in providers if ctx.grant.allows_provider(p))}
+
+
+async def list_buckets(ctx: RequestContext, payload: ProviderOnly) -> dict[str, Any]:
+    ctx.audit["provider"] = payload.provider
+    if not ctx.grant.allows_provider(payload.provider):
+        raise _deny()
+    buckets = await ctx.state.store.list_buckets(payload.provider)
+    allowed = (b for b in buckets if ctx.grant.allows_token(payload.provider, b))
+    return {"buckets": sorted(allowed)}
+
+
+def _require_key_access(ctx: RequestContext, name: str) -> None:
+    ctx.audit["key"] = name
+    if not ctx.grant.allows_key(name):
+        raise _deny()
+
+
+async def get_api_key(ctx: RequestContext, payload: KeyName) -> dict[str, Any]:
+    _require_key_access(ctx, payload.name)
+    value = await ctx.state.store.get_key(payload.name)
+    if value is None:
+        raise ProxyError(ErrorCode.NOT_FOUND, f"no API key stored under {payload.name!r}")
+    return {"key": value}
+
+
+async def list_api_keys(ctx: RequestContext, payload: Empty) -> dict[str, Any]:
+    keys = await ctx.state.store.list_keys()
+    return {"keys": sorted(k for k in keys if ctx.grant.allows_key(k))}
+
+
+async def has_api_key(ctx: RequestContext, payload: KeyName) -> dict[str, Any]:
+    _require_key_access(ctx, payload.name)
+    return {"exists": await ctx.state.store.get_key(payload.name) is not None}
+
+
+CORE_HANDLERS: Final[dict[str, Handler]] = {
+    "get_token": get_token,
+    "save_token": save_token,
+    "remove_token": remove_token,
+    "list_providers": list_providers,
+    "list_buckets": list_buckets,
+    "get_api_key": get_api_key,
+    "list_api_keys": list_api_keys,
+    "has_api_key": has_api_key,
+}
+
+
+def build_handlers() -> dict[str, Handler]:
+    """The daemon's operation table; other subsystems merge their handlers here.
+
+    ``cancel`` is not in the table: it acts on the connection's own in-flight
+    tasks, so ``server.connection`` answers it.
+    """
+    table: dict[str, Handler] = dict(CORE_HANDLERS)
+    unknown = set(table) - set(OPERATIONS)
+    if unknown:
+        raise RuntimeError(f"handlers for undeclared operations: {sorted(unknown)}")
+    return table
+
+
+HANDLERS: Final[dict[str, Handler]] = build_handlers()
+
+
+def not_available(op: str) -> ProxyError:
+    """The answer for a declared op that this daemon has no handler for."""
+    return ProxyError(ErrorCode.INVALID_REQUEST, f"operation {op} is not available on this daemon")

@@ -1,0 +1,182 @@
+"""Where the daemon's socket lives and who may connect (``protocol.md``, "Socket placement").
+
+The default path is ``$XDG_RUNTIME_DIR`` (or the system temp dir) /
+``credproxy-<uid>/<pid>-<nonce>.sock``. The directory must be ours and 0700
+before anything is bound in it, because its permissions are what keep other
+users away from the socket between ``bind`` and ``chmod``. Every accepted
+connection is checked again with SO_PEERCRED, which the kernel fills in and a
+peer cannot forge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import socket
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from credproxy.server.context import PeerCredentials
+
+SUN_PATH_MAX: Final = 107
+"""Usable bytes of ``sockaddr_un.sun_path`` on Linux (108 with the terminating NUL)."""
+NONCE_HEX: Final = 32
+DIR_PREFIX: Final = "credproxy-"
+_SOCKET_NAME_RE: Final = re.compile(r"^(\d+)-[0-9a-f]{32}\.sock\Z")
+_UCRED: Final = struct.Struct("3i")
+
+
+class ListenerError(Exception):
+    """The socket cannot be placed safely; the message says why and what to do."""
+
+
+def runtime_base() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        return Path(runtime)
+    return Path(tempfile.gettempdir())
+
+
+def socket_dir(base: Path | None = None, uid: int | None = None) -> Path:
+    """Create (or verify) the per-user socket directory: ours, a real directory, 0700."""
+    uid = os.getuid() if uid is None else uid
+    directory = (base or runtime_base()) / f"{DIR_PREFIX}{uid}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    check_private_dir(directory, uid)
+    return directory
+
+
+def check_private_dir(directory: Path, uid: int | None = None) -> None:
+    uid = os.getuid() if uid is None else uid
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise ListenerError(f"cannot use socket directory {directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ListenerError(
+            f"refusing to use {directory}: it is not a directory (a symlink or file is in "
+            "the way); remove it or pass --socket PATH"
+        )
+    if info.st_uid != uid:
+        raise ListenerError(
+            f"refusing to use {directory}: it is owned by uid {info.st_uid}, not by uid {uid} "
+            "that runs the daemon; someone else may control it. Remove it or pass --socket PATH"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != 0o700:
+        raise ListenerError(
+            f"refusing to use {directory}: its mode is {mode:04o}, it must be 0700; "
+            f"run `chmod 700 {directory}` or pass --socket PATH"
+        )
+
+
+def default_socket_path(base: Path | None = None) -> Path:
+    directory = socket_dir(base)
+    sweep_stale_sockets(directory)
+    return directory / f"{os.getpid()}-{secrets.token_hex(NONCE_HEX // 2)}.sock"
+
+
+def sweep_stale_sockets(directory: Path) -> None:
+    """Remove sockets left by daemons of ours that died without cleaning up."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _SOCKET_NAME_RE.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(entry).st_mode):
+                entry.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_path_length(path: Path) -> None:
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        raise ListenerError(
+            f"socket path {path} is {size} bytes; a Unix socket path must fit in "
+            f"{SUN_PATH_MAX} bytes (sun_path). Set XDG_RUNTIME_DIR or --socket to a shorter path"
+        )
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Clear ``path`` for bind: only a socket nobody listens on may be removed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ListenerError(
+            f"refusing to replace {path}: it exists and is not a socket; remove it yourself "
+            "or choose another --socket path"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(os.fsencode(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ListenerError(f"cannot check existing socket {path}: {exc.strerror}") from None
+    else:
+        raise ListenerError(
+            f"another process is listening on {path}; stop it or choose another path"
+        )
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def bind_socket(path: Path, *, mode: int = 0o600) -> socket.socket:
+    """A listening socket at ``path`` with ``mode``; the caller owns it afterwards."""
+    check_path_length(path)
+    remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.fsencode(path))
+        os.chmod(path, mode)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                path.unlink()
+        raise ListenerError(f"cannot listen on {path}: {exc.strerror}") from None
+    return sock
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """SO_PEERCRED of a connected Unix socket, as the host kernel reports it."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+def peer_allowed(peer: PeerCredentials, allowed_uids: frozenset[int]) -> bool:
+    return peer.uid is not None and (peer.uid == os.getuid() or peer.uid in allowed_uids)
+
+
+def unlink_socket(path: Path) -> None:
+    """Remove our socket file, and only if it is still a socket."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()
