@@ -1,3 +1,3 @@
 """Test-suite wiring: each fixture module starts one real component."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures.oidc"]

@@ -1,0 +1,109 @@
+"""The daemon's OAuth state: providers, the HTTP client, login sessions, refresh.
+
+One ``OAuthRuntime`` lives in ``ServerState.extensions["oauth"]``; the server
+creates it with ``install`` at start-up and awaits ``aclose`` at shutdown, so
+background logins, loopback listeners and the HTTP session end with the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from credproxy.oauth.config import ProviderRegistry
+from credproxy.oauth.flows import Clock
+from credproxy.oauth.http import OAuthHttp
+from credproxy.oauth.refresh import RefreshCoordinator
+from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.sessions import OAuthSessionManager
+from credproxy.store.base import TokenStore
+from credproxy.tokens import Token, merge
+
+if TYPE_CHECKING:
+    from credproxy.server.context import ServerState
+
+EXTENSION_KEY: Final = "oauth"
+DEFAULT_STORE_TIMEOUT_S: Final = 15.0
+
+
+class TokenWriter:
+    """Merges a new token into the stored one, one writer per provider:bucket at a time."""
+
+    def __init__(self, store: TokenStore, *, timeout_s: float = DEFAULT_STORE_TIMEOUT_S) -> None:
+        self._store = store
+        self._timeout_s = timeout_s
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def save(self, provider: str, bucket: str, token: Token) -> Token:
+        """Store ``merge(stored, token)`` and return it (it still holds the refresh token)."""
+        key = (provider, bucket)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock, asyncio.timeout(self._timeout_s):
+                stored = await self._store.get_token(provider, bucket)
+                merged = merge(stored, token)
+                await self._store.save_token(provider, bucket, merged)
+        except TimeoutError:
+            raise ProxyError(
+                ErrorCode.INTERNAL_ERROR, "the host's token store did not answer in time"
+            ) from None
+        return merged
+
+    async def load(self, provider: str, bucket: str) -> Token | None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._store.get_token(provider, bucket)
+        except TimeoutError:
+            raise ProxyError(
+                ErrorCode.INTERNAL_ERROR, "the host's token store did not answer in time"
+            ) from None
+
+
+class OAuthRuntime:
+    def __init__(
+        self,
+        providers: ProviderRegistry,
+        store: TokenStore,
+        *,
+        sessions: OAuthSessionManager | None = None,
+        http: OAuthHttp | None = None,
+        clock: Clock = time.time,
+        store_timeout_s: float = DEFAULT_STORE_TIMEOUT_S,
+    ) -> None:
+        self.providers = providers
+        self.sessions = sessions if sessions is not None else OAuthSessionManager()
+        self.http = http if http is not None else OAuthHttp()
+        self.clock = clock
+        self.writer = TokenWriter(store, timeout_s=store_timeout_s)
+        self.refresher = RefreshCoordinator(
+            providers, self.http, store, self.writer, clock=clock, timeout_s=store_timeout_s
+        )
+
+    def start(self) -> None:
+        """Start the session sweep; call inside the daemon's running loop."""
+        self.sessions.start_gc()
+
+    async def aclose(self) -> None:
+        """End every login (tasks cancelled, listeners closed), then the HTTP session."""
+        await self.sessions.aclose()
+        await self.http.close()
+
+
+def install(state: ServerState, config: Mapping[str, Any]) -> OAuthRuntime:
+    """Create the runtime from the config's ``[providers]`` and hang it on ``state``."""
+    runtime = OAuthRuntime(
+        ProviderRegistry.from_config(config),
+        state.store,
+        store_timeout_s=state.call_timeout_s,
+    )
+    state.extensions[EXTENSION_KEY] = runtime
+    return runtime
+
+
+def runtime_of(state: ServerState) -> OAuthRuntime:
+    runtime = state.extensions.get(EXTENSION_KEY)
+    if not isinstance(runtime, OAuthRuntime):
+        raise ProxyError(ErrorCode.PROVIDER_NOT_FOUND, "this daemon has no OAuth providers")
+    return runtime
