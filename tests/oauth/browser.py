@@ -124,6 +124,9 @@ class HeadlessUser:
             elif form.form_id == "op.deviceConfirmForm":
                 if self.deny:
                     fields["abort"] = "yes"
+                    fields.pop("confirm", None)
+                    done = self.client.post(urljoin(url, form.action), data=fields)
+                    return Outcome(url, done.status_code, done.text)
             else:
                 return Outcome(url, response.status_code, response.text)
             url, method, data = urljoin(url, form.action), "POST", fields

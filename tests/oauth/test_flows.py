@@ -1,0 +1,300 @@
+"""The three flows and refresh against the real oidc-provider, without the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from credproxy.oauth.config import ProviderConfig, ProviderRegistry, parse_provider
+from credproxy.oauth.errors import OAuthFlowError
+from credproxy.oauth.flows import (
+    CodePasteFlow,
+    DeviceCodeFlow,
+    LoopbackFlow,
+    start_flow,
+)
+from credproxy.oauth.http import OAuthHttp
+from credproxy.oauth.refresh import RefreshCoordinator
+from credproxy.oauth.runtime import TokenWriter
+from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.store.memory import MemoryStore
+from tests.fixtures.oidc import OidcServer
+from tests.oauth.browser import HeadlessUser
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[OAuthHttp]:
+    client = OAuthHttp()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def provider(server: OidcServer, flow: str, **extra: Any) -> ProviderConfig:
+    return parse_provider("test", server.provider_table(flow, **extra))
+
+
+async def endpoints_of(config: ProviderConfig, http: OAuthHttp) -> Any:
+    return await ProviderRegistry({config.name: config}).endpoints(config, http)
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+async def test_discovery_resolves_endpoints_from_the_issuer(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    endpoints = await endpoints_of(config, http)
+    assert endpoints.token == oidc_server.url("/token")
+    assert endpoints.authorization == oidc_server.url("/auth")
+    assert endpoints.device_authorization == oidc_server.url("/device/auth")
+    assert endpoints.issuer == oidc_server.issuer
+
+
+async def test_discovery_refuses_a_document_naming_another_issuer(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    """The configured issuer has a trailing path the document does not name."""
+    config = parse_provider(
+        "test",
+        {
+            "client_id": "credproxy-cli",
+            "issuer": oidc_server.issuer + "/",
+            "flow": "device_code",
+        },
+    )
+    with pytest.raises(OAuthFlowError) as caught:
+        await endpoints_of(config, http)
+    assert caught.value.code == ErrorCode.EXCHANGE_FAILED
+    assert "another issuer" in caught.value.message
+
+
+async def test_code_paste_login_returns_a_token_with_refresh_token_and_expiry(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    flow = CodePasteFlow(config, await endpoints_of(config, http), http)
+    shown = flow.start()
+    assert set(shown) == {"auth_url"}
+    query = query_of(shown["auth_url"])
+    assert query["code_challenge_method"] == "S256"
+    assert query["redirect_uri"] == oidc_server.oob_uri
+    assert "code_verifier" not in query
+    with HeadlessUser() as user:
+        pasted = user.copy_code(shown["auth_url"], oidc_server.oob_uri)
+    assert "#" in pasted  # the test server's page shows code#state
+    before = time.time()
+    token = await flow.finish(pasted)
+    assert token["access_token"]
+    assert token["refresh_token"]
+    assert token["token_type"] == "Bearer"
+    assert before + 3000 < token["expiry"] <= time.time() + 3600
+    assert "expires_in" not in token
+    assert "openid" in token["scope"]
+
+
+async def test_code_paste_refuses_a_code_whose_state_belongs_to_another_login(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    endpoints = await endpoints_of(config, http)
+    first, second = (CodePasteFlow(config, endpoints, http) for _ in range(2))
+    with HeadlessUser() as user:
+        pasted = user.copy_code(first.start()["auth_url"], oidc_server.oob_uri)
+    second.start()
+    before = oidc_server.token_requests().get("authorization_code", 0)
+    with pytest.raises(OAuthFlowError, match="state mismatch"):
+        await second.finish(pasted)
+    assert oidc_server.token_requests().get("authorization_code", 0) == before
+
+
+async def test_code_paste_accepts_the_bare_code_without_state(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    flow = CodePasteFlow(config, await endpoints_of(config, http), http)
+    with HeadlessUser() as user:
+        pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
+    token = await flow.finish(pasted.split("#")[0])
+    assert token["refresh_token"]
+
+
+async def test_a_wrong_code_is_refused_with_invalid_grant_and_no_echo(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    flow = CodePasteFlow(config, await endpoints_of(config, http), http)
+    flow.start()
+    with pytest.raises(OAuthFlowError) as caught:
+        await flow.finish("not-a-real-code-123")
+    assert caught.value.code == ErrorCode.EXCHANGE_FAILED
+    assert caught.value.oauth_error == "invalid_grant"
+    assert "not-a-real-code-123" not in caught.value.message
+
+
+async def test_device_flow_polls_until_the_user_approves(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "device_code")
+    flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+    shown = await flow.start()
+    assert set(shown) >= {"verification_url", "user_code", "pollIntervalMs"}
+    assert "device_code" not in shown
+    assert shown["pollIntervalMs"] == 50
+    waiting = asyncio.create_task(flow.wait())
+    with HeadlessUser("bob") as user:
+        await asyncio.to_thread(
+            user.enter_device_code, shown["verification_url"], shown["user_code"]
+        )
+    token = await asyncio.wait_for(waiting, 10)
+    assert token["refresh_token"]
+    assert token["access_token"]
+
+
+async def test_device_flow_ends_with_access_denied_when_the_user_aborts(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "device_code")
+    flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+    shown = await flow.start()
+    waiting = asyncio.create_task(flow.wait())
+    with HeadlessUser(deny=True) as user:
+        await asyncio.to_thread(
+            user.enter_device_code, shown["verification_url"], shown["user_code"]
+        )
+    with pytest.raises(OAuthFlowError) as caught:
+        await asyncio.wait_for(waiting, 10)
+    assert caught.value.oauth_error == "access_denied"
+
+
+async def test_device_flow_reports_an_expired_device_code(
+    oidc_server_short_device: OidcServer, http: OAuthHttp
+) -> None:
+    """The server's device codes live 2 s; nobody approves."""
+    config = provider(oidc_server_short_device, "device_code", poll_interval_s=0.25)
+    flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+    await flow.start()
+    with pytest.raises(OAuthFlowError) as caught:
+        await asyncio.wait_for(flow.wait(), 15)
+    assert caught.value.oauth_error == "expired_token"
+    assert "expired" in caught.value.message
+
+
+async def test_loopback_login_exchanges_the_code_and_shows_a_closing_page(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "browser_redirect")
+    flow = LoopbackFlow(config, await endpoints_of(config, http), http)
+    shown = await flow.start()
+    redirect = query_of(shown["auth_url"])["redirect_uri"]
+    assert redirect.startswith("http://127.0.0.1:")
+    waiting = asyncio.create_task(flow.wait())
+    with HeadlessUser() as user:
+        page = await asyncio.to_thread(user.deliver_to_loopback, shown["auth_url"])
+    token = await asyncio.wait_for(waiting, 10)
+    assert page.status_code == 200
+    assert "close this tab" in page.text
+    assert token["refresh_token"]
+    port = int(urlsplit(redirect).port or 0)
+    with socket.socket() as probe:  # the one-shot listener is gone
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_loopback_answers_400_to_a_wrong_state_and_keeps_waiting(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "browser_redirect")
+    flow = LoopbackFlow(config, await endpoints_of(config, http), http)
+    shown = await flow.start()
+    redirect = query_of(shown["auth_url"])["redirect_uri"]
+    waiting = asyncio.create_task(flow.wait())
+    with HeadlessUser() as user:
+        forged = await asyncio.to_thread(
+            user.client.get, redirect, params={"code": "x", "state": "forged"}
+        )
+        assert forged.status_code == 400
+        assert not waiting.done()
+        page = await asyncio.to_thread(user.deliver_to_loopback, shown["auth_url"])
+    assert page.status_code == 200
+    assert (await asyncio.wait_for(waiting, 10))["refresh_token"]
+
+
+async def test_loopback_reports_a_denied_login(oidc_server: OidcServer, http: OAuthHttp) -> None:
+    config = provider(oidc_server, "browser_redirect")
+    flow = LoopbackFlow(config, await endpoints_of(config, http), http)
+    shown = await flow.start()
+    waiting = asyncio.create_task(flow.wait())
+    with HeadlessUser(deny=True) as user:
+        await asyncio.to_thread(user.deliver_to_loopback, shown["auth_url"])
+    with pytest.raises(OAuthFlowError) as caught:
+        await asyncio.wait_for(waiting, 10)
+    assert caught.value.oauth_error == "access_denied"
+    await flow.aclose()
+
+
+async def test_loopback_falls_back_to_the_device_flow_when_its_port_is_taken(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = provider(oidc_server, "browser_redirect", redirect_port=taken.getsockname()[1])
+        flow, shown = await start_flow(config, await endpoints_of(config, http), http)
+    assert isinstance(flow, DeviceCodeFlow)
+    assert flow.flow_type == "device_code"
+    assert "user_code" in shown
+
+
+async def test_refresh_rotates_the_refresh_token_and_shares_one_provider_call(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    registry = ProviderRegistry({"test": config})
+    flow = CodePasteFlow(config, await registry.endpoints(config, http), http)
+    with HeadlessUser() as user:
+        pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
+    store = MemoryStore()
+    writer = TokenWriter(store)
+    first = await writer.save("test", "default", await flow.finish(pasted))
+    coordinator = RefreshCoordinator(registry, http, store, writer)
+    results = await asyncio.gather(*(coordinator.refresh("test", "default") for _ in range(10)))
+    assert coordinator.provider_calls == 1
+    assert {r["access_token"] for r in results} == {results[0]["access_token"]}
+    assert results[0]["refresh_token"] != first["refresh_token"]
+    stored = await store.get_token("test", "default")
+    assert stored is not None and stored["refresh_token"] == results[0]["refresh_token"]
+    again = await coordinator.refresh("test", "default")  # inside the cooldown
+    assert coordinator.provider_calls == 1
+    assert again["access_token"] == results[0]["access_token"]
+
+
+async def test_refresh_with_a_dead_grant_requires_a_new_login(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = provider(oidc_server, "pkce_redirect")
+    registry = ProviderRegistry({"test": config})
+    store = MemoryStore()
+    await store.save_token(
+        "test",
+        "default",
+        {
+            "access_token": "a",
+            "expiry": 1,
+            "token_type": "Bearer",
+            "refresh_token": "garbage-refresh",
+        },
+    )
+    coordinator = RefreshCoordinator(registry, http, store, TokenWriter(store))
+    with pytest.raises(ProxyError) as caught:
+        await coordinator.refresh("test", "default")
+    assert caught.value.code == ErrorCode.REAUTH_REQUIRED
+    assert "garbage-refresh" not in caught.value.message
