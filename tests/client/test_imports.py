@@ -23,9 +23,9 @@ FORBIDDEN = (
 
 
 def loaded_modules(code: str) -> list[str]:
-    script = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    script = textwrap.dedent(code) + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         check=True,
