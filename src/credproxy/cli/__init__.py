@@ -35,3 +35,4 @@ def key() -> None:
 
 
 from credproxy.cli import serve as _serve  # noqa: E402, F401  (registers `credproxy serve`)
+from credproxy.cli import run as _run  # noqa: E402, F401  (registers `credproxy run`)

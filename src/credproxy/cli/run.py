@@ -1,0 +1,249 @@
+"""``credproxy run``: one command, one grant, one daemon that lives exactly as long.
+
+The daemon is embedded in this process; the capability token is issued for
+a grant built from the flags, handed to the command on a pipe (never argv or
+environment) and forgotten when the command exits, because the daemon and
+its socket go with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+import click
+
+from credproxy.cli import main
+from credproxy.sandbox.spec import SANDBOX_KINDS
+
+if TYPE_CHECKING:
+    from credproxy.grants import Grant
+    from credproxy.sandbox.spec import SandboxKind, SandboxSpec
+    from credproxy.store.base import CredentialStore
+
+SETUP_FAILED: Final = 125
+"""Exit code when ``run`` itself fails before the command starts (as podman/docker do)."""
+STOP_GRACE_S: Final = 2.0
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
+
+
+def build_grant(
+    allow: tuple[str, ...],
+    allow_key: tuple[str, ...],
+    allow_save: bool,
+    allow_remove: bool,
+    label: str,
+) -> Grant:
+    """A grant holding exactly the flags; no flag means no access at all."""
+    from credproxy.grants import Grant
+
+    for entry in allow:
+        parts = entry.split(":")
+        if len(parts) > 2 or not all(_NAME_RE.match(part) for part in parts):
+            raise click.BadParameter(
+                f"{entry!r} is not PROVIDER or PROVIDER:BUCKET (names use A-Z a-z 0-9 . _ @ -)",
+                param_hint="--allow",
+            )
+    for name in allow_key:
+        if not _NAME_RE.match(name):
+            raise click.BadParameter(f"{name!r} is not a valid key name", param_hint="--allow-key")
+    return Grant(
+        grant_id=f"run-{secrets.token_hex(8)}",
+        providers=frozenset(allow),
+        keys=frozenset(allow_key),
+        can_save=allow_save,
+        can_remove=allow_remove,
+        label=label,
+    )
+
+
+@dataclass(frozen=True)
+class _RunPlan:
+    kind: SandboxKind
+    spec: SandboxSpec
+    grant: Grant
+    protected: tuple[str, ...]
+    settings: dict[str, Any]
+    audit_log: Path | None
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.option(
+    "--sandbox",
+    "kind",
+    type=click.Choice(SANDBOX_KINDS),
+    default="bwrap",
+    show_default=True,
+    help="How to isolate the command (see docs/sandboxes.md).",
+)
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="PROVIDER[:BUCKET]",
+    help="Let the command read (and refresh, log in to) this provider or one bucket.",
+)
+@click.option("--allow-key", multiple=True, metavar="NAME", help="Let the command read this key.")
+@click.option("--allow-save", is_flag=True, help="Let the command save tokens it may read.")
+@click.option("--allow-remove", is_flag=True, help="Let the command remove tokens it may read.")
+@click.option("--store", "store", metavar="BACKEND", help="Store backend (default: from config).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file (default: $XDG_CONFIG_HOME/credproxy/config.toml).",
+)
+@click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    metavar="HOST:GUEST[:ro]",
+    help="Make a host path visible inside the sandbox. Repeatable.",
+)
+@click.option(
+    "--share-net/--no-net",
+    "share_net",
+    default=None,
+    help="Give the sandbox the host's network (default: no network).",
+)
+@click.option("--image", help="Container image (podman/docker); for podman a /path is a rootfs.")
+@click.option(
+    "--engine-arg",
+    "engine_args",
+    multiple=True,
+    metavar="ARG",
+    help="Extra argument for `podman run`/`docker run`, before the image. Repeatable.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append the daemon's audit lines to this file (0600); default: not kept.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(  # noqa: PLR0917  (click passes every option)
+    kind: SandboxKind,
+    allow: tuple[str, ...],
+    allow_key: tuple[str, ...],
+    allow_save: bool,
+    allow_remove: bool,
+    store: str | None,
+    config: Path | None,
+    binds: tuple[str, ...],
+    share_net: bool | None,
+    image: str | None,
+    engine_args: tuple[str, ...],
+    audit_log: Path | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with a private daemon that grants only what the flags allow.
+
+    \b
+    Example:
+      credproxy run --sandbox bwrap --allow anthropic -- llxprt
+    Without --allow/--allow-key the command may read nothing. The command's
+    exit code is returned; SIGINT, SIGTERM and SIGHUP are passed on to it.
+    """
+    from credproxy.config import ConfigError, load_config
+    from credproxy.sandbox.spec import Mount, SandboxError, SandboxSpec, parse_bind
+    from credproxy.store.base import StoreError
+    from credproxy.store.factory import open_store, store_directory
+
+    if kind == "none" and share_net is False:
+        raise click.UsageError(
+            "--no-net needs a sandbox: with --sandbox none the host network is used"
+        )
+    if kind not in ("podman", "docker") and (image or engine_args):
+        raise click.UsageError("--image and --engine-arg apply to --sandbox podman/docker only")
+    grant = build_grant(
+        allow, allow_key, allow_save, allow_remove, label=f"run {os.path.basename(command[0])}"
+    )
+    try:
+        mounts: tuple[Mount, ...] = tuple(parse_bind(b) for b in binds)
+    except SandboxError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bind") from None
+    try:
+        settings = load_config(config)
+        backend = store or settings.get("store", {}).get("backend") or "file"
+        protected = (str(store_directory(settings)),) if backend == "file" else ()
+        credential_store = open_store(store, settings)
+    except (ConfigError, StoreError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(SETUP_FAILED)
+    plan = _RunPlan(
+        kind=kind,
+        spec=SandboxSpec(
+            command=command,
+            socket_path="",
+            binds=mounts,
+            share_net=bool(share_net),
+            image=image,
+            engine_args=engine_args,
+        ),
+        grant=grant,
+        protected=protected,
+        settings=settings,
+        audit_log=audit_log,
+    )
+    sys.exit(asyncio.run(_run(plan, credential_store)))
+
+
+async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
+    import logging
+
+    from credproxy.audit import AuditLog, configure_daemon_logging
+    from credproxy.grants import CapabilityTable
+    from credproxy.oauth.runtime import install as install_oauth
+    from credproxy.sandbox.launch import prepare, run_prepared
+    from credproxy.sandbox.spec import SandboxError
+    from credproxy.server.app import Daemon
+    from credproxy.server.context import ServerState
+    from credproxy.server.listener import ListenerError
+
+    configure_daemon_logging(logging.WARNING)
+    with contextlib.ExitStack() as closing:
+        try:
+            if plan.audit_log is not None:
+                audit = AuditLog.to_file(plan.audit_log)
+                closing.callback(audit.close)
+            else:
+                audit = AuditLog(closing.enter_context(_null_stream()))
+            state = ServerState(store=credential_store)
+            oauth = install_oauth(state, plan.settings)
+            table = CapabilityTable()
+            token = table.issue(plan.grant)
+            daemon = Daemon(state, capabilities=table, audit=audit)
+            path = await daemon.start()
+            oauth.start()
+            try:
+                spec = replace(plan.spec, socket_path=str(path))
+                prepared = await asyncio.to_thread(
+                    prepare, plan.kind, spec, dict(os.environ), plan.protected
+                )
+                return await run_prepared(prepared, token)
+            finally:
+                del token
+                await daemon.stop(STOP_GRACE_S)
+                await oauth.aclose()
+        except SandboxError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            return exc.exit_code
+        except (ListenerError, PermissionError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            return SETUP_FAILED
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            return SETUP_FAILED
+        finally:
+            await credential_store.close()
+
+
+def _null_stream() -> IO[str]:
+    """Where audit lines go when --audit-log is not given: the command owns the terminal."""
+    return open(os.devnull, "w", encoding="utf-8")

@@ -1,0 +1,394 @@
+"""Running the sandboxed command: the token pipe, the spawn, signals and exit status.
+
+The child is started with ``posix_spawn`` so the token pipe can be placed at
+exactly descriptor 3 and every other inherited descriptor closed, without
+running Python code between fork and exec. The parent waits on a pidfd, so
+the daemon's event loop keeps serving while the command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from credproxy.sandbox.bwrap import build_bwrap_argv, bwrap_env
+from credproxy.sandbox.container import TOKEN_FIFO_NAME, build_container_argv
+from credproxy.sandbox.runtime import probe_layout
+from credproxy.sandbox.spec import (
+    CAPABILITY_FD,
+    CAPABILITY_FD_ENV,
+    CAPABILITY_TOKEN_ENV,
+    GUEST_SOCKET,
+    SOCKET_ENV,
+    CommandNotFoundError,
+    SandboxError,
+    SandboxKind,
+    SandboxSpec,
+)
+
+INFO_FD: Final = 4
+"""bwrap writes the sandbox's init pid here (``--info-fd``), for signal forwarding."""
+FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+TERMINAL_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP})
+"""Signals a terminal sends to its whole foreground process group by itself."""
+_HIGH_FD: Final = 10
+
+
+@dataclass
+class Prepared:
+    """A launch ready to spawn; built by ``prepare``."""
+
+    argv: list[str]
+    env: dict[str, str]
+    own_process_group: bool = False
+    """bwrap: the inner command is in its own session, so the terminal's
+    Ctrl-C must reach only us, and we forward it inside."""
+    bwrap_info: bool = False
+    token_fd: bool = True
+    fifo_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def none_env(host_env: Mapping[str, str], socket_path: str) -> dict[str, str]:
+    """The caller's environment, minus any outer token, plus the socket and fd."""
+    env = {k: v for k, v in host_env.items() if k not in (CAPABILITY_TOKEN_ENV, CAPABILITY_FD_ENV)}
+    env[SOCKET_ENV] = socket_path
+    env[CAPABILITY_FD_ENV] = str(CAPABILITY_FD)
+    return env
+
+
+def check_exposure(bound: list[str], protected: tuple[str, ...]) -> None:
+    """Refuse a layout that would show the credential store inside the sandbox."""
+    for secret in protected:
+        real_secret = Path(os.path.realpath(secret))
+        for path in bound:
+            real = Path(os.path.realpath(path))
+            if real_secret.is_relative_to(real) or real.is_relative_to(real_secret):
+                raise SandboxError(
+                    f"refusing to expose {path} inside the sandbox: it contains or lies in "
+                    f"the credential store {secret}; move the store or the bind"
+                )
+
+
+def prepare(
+    kind: SandboxKind,
+    spec: SandboxSpec,
+    host_env: Mapping[str, str],
+    protected: tuple[str, ...] = (),
+) -> Prepared:
+    """Everything needed to spawn; ``protected`` paths must stay invisible inside."""
+    if not spec.command:
+        raise SandboxError("no command given; put it after --")
+    if kind == "none":
+        if spec.binds:
+            raise SandboxError("--bind needs a sandbox (bwrap, podman or docker)")
+        return Prepared(argv=list(spec.command), env=none_env(host_env, spec.socket_path))
+    if kind == "bwrap":
+        bwrap = shutil.which("bwrap", path=host_env.get("PATH"))
+        if bwrap is None:
+            raise SandboxError("bwrap not found on PATH; install bubblewrap")
+        layout, executable = probe_layout(
+            spec.command, share_net=spec.share_net, search_path=host_env.get("PATH")
+        )
+        check_exposure([*layout.read_only, *(m.host for m in spec.binds)], protected)
+        inner = SandboxSpec(
+            command=(executable, *spec.command[1:]),
+            socket_path=spec.socket_path,
+            binds=spec.binds,
+            share_net=spec.share_net,
+        )
+        env = bwrap_env(
+            layout,
+            host_env,
+            {SOCKET_ENV: GUEST_SOCKET, CAPABILITY_FD_ENV: str(CAPABILITY_FD)},
+        )
+        argv = build_bwrap_argv(inner, layout, env, bwrap=bwrap)
+        argv[1:1] = ["--info-fd", str(INFO_FD)]
+        return Prepared(
+            argv=argv,
+            env={"PATH": host_env.get("PATH", "")},
+            own_process_group=True,
+            bwrap_info=True,
+        )
+    check_exposure([m.host for m in spec.binds], protected)
+    engine = shutil.which(kind, path=host_env.get("PATH"))
+    if engine is None:
+        raise SandboxError(f"{kind} not found on PATH")
+    fifo_dir = tempfile.mkdtemp(prefix="credproxy-cap-") if kind == "docker" else None
+    try:
+        argv = build_container_argv(
+            kind,
+            spec,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            tty=sys.stdin.isatty(),
+            token_dir=fifo_dir,
+            executable=engine,
+        )
+    except SandboxError:
+        if fifo_dir is not None:
+            shutil.rmtree(fifo_dir, ignore_errors=True)
+        raise
+    env = {k: v for k, v in host_env.items() if k not in (CAPABILITY_TOKEN_ENV, CAPABILITY_FD_ENV)}
+    return Prepared(argv=argv, env=env, token_fd=kind == "podman", fifo_dir=fifo_dir)
+
+
+def _high_dup(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+
+
+def _token_pipe(token: str) -> int:
+    """A pipe's read end already holding ``token`` and a newline, write end closed."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        os.write(write_fd, (token + "\n").encode("ascii"))
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+def _inherited_fds(keep: set[int]) -> list[int]:
+    """Our own inheritable descriptors: they would leak into the child."""
+    leaking: list[int] = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                leaking.append(fd)
+        except OSError:
+            continue
+    return leaking
+
+
+def spawn(prepared: Prepared, token_fd: int | None, info_fd: int | None) -> int:
+    """Start the child; ``token_fd`` becomes descriptor 3, ``info_fd`` descriptor 4."""
+    actions: list[tuple[int, int] | tuple[int, int, int]] = []
+    sources: list[int] = []
+    try:
+        for fd, target in ((token_fd, CAPABILITY_FD), (info_fd, INFO_FD)):
+            if fd is not None:
+                high = _high_dup(fd)
+                sources.append(high)
+                actions.append((os.POSIX_SPAWN_DUP2, high, target))
+        actions += [
+            (os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds({CAPABILITY_FD, INFO_FD, *sources})
+        ]
+        executable = shutil.which(prepared.argv[0], path=prepared.env.get("PATH"))
+        if executable is None:
+            raise CommandNotFoundError(f"command {prepared.argv[0]!r} not found on PATH")
+        defaults = (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED_SIGNALS)
+        if prepared.own_process_group:
+            return os.posix_spawn(
+                executable,
+                prepared.argv,
+                prepared.env,
+                file_actions=actions,
+                setpgroup=0,
+                setsigmask=(),
+                setsigdef=defaults,
+            )
+        return os.posix_spawn(
+            executable,
+            prepared.argv,
+            prepared.env,
+            file_actions=actions,
+            setsigmask=(),
+            setsigdef=defaults,
+        )
+    finally:
+        for fd in sources:
+            os.close(fd)
+
+
+async def wait_exit(pid: int) -> int:
+    """The child's exit code, shell style (128 + signal number when killed)."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    else:
+        done: asyncio.Future[None] = loop.create_future()
+
+        def exited() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(pidfd, exited)
+        try:
+            await asyncio.shield(done)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222  (the pidfd said it has exited)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class _SignalForwarder:
+    """Passes INT/TERM/HUP on to the command.
+
+    A terminal already delivers INT and HUP to every process of its
+    foreground group; when the child shares that group with us, forwarding
+    them again would deliver them twice, so only kill(1)-style signals are
+    forwarded then. For bwrap the command runs in its own session, so the
+    signal goes to its process group inside the sandbox, found from
+    ``--info-fd``.
+    """
+
+    def __init__(self, pid: int, prepared: Prepared) -> None:
+        self.pid = pid
+        self.prepared = prepared
+        self.inner_pid: int | None = None
+
+    def __call__(self, signum: int) -> None:
+        if self.prepared.own_process_group:
+            target = self._inner_command()
+            try:
+                if target is not None:
+                    os.killpg(target, signum)
+                else:
+                    os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+            return
+        if signum in TERMINAL_SIGNALS and _terminal_reaches_us():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+    def _inner_command(self) -> int | None:
+        if self.inner_pid is None:
+            return None
+        try:
+            children = Path(f"/proc/{self.inner_pid}/task/{self.inner_pid}/children").read_text()
+        except OSError:
+            return None
+        first = children.split()
+        return int(first[0]) if first else None
+
+
+def _terminal_reaches_us() -> bool:
+    """True when we are in the foreground process group of our controlling terminal."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+async def _read_info(read_fd: int, forwarder: _SignalForwarder) -> None:
+    """Learn the sandbox's init pid from bwrap's ``--info-fd`` JSON."""
+    data = await asyncio.to_thread(_read_all, read_fd)
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        pid = json.loads(data)["child-pid"]
+        if isinstance(pid, int) and pid > 0:
+            forwarder.inner_pid = pid
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 65536:
+                break
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+class _FifoDelivery:
+    """Docker: write the token once into a FIFO the container opens as fd 3."""
+
+    def __init__(self, directory: str, token: str) -> None:
+        self.path = os.path.join(directory, TOKEN_FIFO_NAME)
+        self.directory = directory
+        os.mkfifo(self.path, 0o600)
+        self._token = token
+        self._thread = threading.Thread(target=self._deliver, name="credproxy-fifo", daemon=True)
+        self._thread.start()
+
+    def _deliver(self) -> None:
+        """Blocks in open() until the container's shell opens the reading end."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.write(fd, (self._token + "\n").encode("ascii"))
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Unblock a writer still waiting (the container never started), then clean up."""
+        if self._thread.is_alive():
+            with contextlib.suppress(OSError):
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                self._thread.join(timeout=5)
+                os.close(fd)
+        self._thread.join(timeout=5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def run_prepared(prepared: Prepared, token: str) -> int:
+    """Spawn, forward signals, wait; always cleans the FIFO directory."""
+    loop = asyncio.get_running_loop()
+    fifo = _FifoDelivery(prepared.fifo_dir, token) if prepared.fifo_dir else None
+    token_fd = _token_pipe(token) if prepared.token_fd else None
+    info_read: int | None = None
+    info_write: int | None = None
+    if prepared.bwrap_info:
+        info_read, info_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            pid = spawn(prepared, token_fd, info_write)
+        finally:
+            for fd in (token_fd, info_write):
+                if fd is not None:
+                    os.close(fd)
+        forwarder = _SignalForwarder(pid, prepared)
+        info_task = None
+        if info_read is not None:
+            info_task = asyncio.create_task(_read_info(info_read, forwarder))
+            info_read = None
+        for signum in FORWARDED_SIGNALS:
+            loop.add_signal_handler(signum, forwarder, signum)
+        try:
+            code = await wait_exit(pid)
+        finally:
+            for signum in FORWARDED_SIGNALS:
+                loop.remove_signal_handler(signum)
+        if info_task is not None:
+            await info_task
+        return code
+    finally:
+        if info_read is not None:
+            os.close(info_read)
+        if fifo is not None:
+            fifo.close()
+
+
+__all__ = ["Prepared", "none_env", "prepare", "run_prepared", "spawn", "wait_exit"]
