@@ -34,6 +34,7 @@ def key() -> None:
     """API keys: read (sandbox) or manage (host)."""
 
 
+from credproxy.cli import login as _login  # noqa: E402, F401  (registers `login`, `logout`)
 from credproxy.cli import run as _run  # noqa: E402, F401  (registers `credproxy run`)
 from credproxy.cli import sandbox as _sandbox  # noqa: E402, F401  (token get, key get/list, status)
 from credproxy.cli import serve as _serve  # noqa: E402, F401  (registers `credproxy serve`)

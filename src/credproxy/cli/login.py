@@ -1,0 +1,310 @@
+"""``credproxy login`` and ``credproxy logout``.
+
+Inside a sandbox (``LLXPRT_CREDENTIAL_SOCKET`` set) the host daemon runs the
+login and this command only shows and relays (``credproxy.client.login``). On
+the host without a socket the same flow runs in this process and the token
+goes straight into the host store. What the user must see goes to stderr;
+stdout carries only the result (``--json`` for scripts). When stdin is not a
+terminal, the pasted code is read from it, one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import click
+
+from credproxy.cli import main
+
+if TYPE_CHECKING:
+    from credproxy.client.login import LoginResult, Prompter
+
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
+_SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not _NAME_RE.match(value):
+        raise click.BadParameter(
+            f"{kind} names use 1 to 64 of A-Z a-z 0-9 . _ @ -", param_hint=kind.upper()
+        )
+
+
+def _fail(message: str, code: str, as_json: bool) -> click.ClickException:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "code": code, "error": message}))
+    return click.ClickException(message)
+
+
+def _report(provider: str, bucket: str, result: LoginResult, as_json: bool) -> None:
+    summary: dict[str, Any] = {
+        "ok": True,
+        "provider": provider,
+        "bucket": bucket,
+        "flow_type": result.flow_type,
+    }
+    summary.update({k: result.token[k] for k in _SUMMARY_FIELDS if k in result.token})
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    expiry = result.token.get("expiry")
+    until = ""
+    if isinstance(expiry, int | float) and not isinstance(expiry, bool):
+        when = datetime.fromtimestamp(expiry, UTC)
+        until = f"; the access token is valid until {when:%Y-%m-%d %H:%M:%S} UTC"
+    click.echo(f"Logged in to {provider} (bucket {bucket}){until}.")
+
+
+@main.command()
+@click.argument("provider")
+@click.option("--bucket", default="default", show_default=True, help="Token bucket to fill.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Host only: configuration file with the [providers.NAME] table.",
+)
+@click.option("--store", "store", metavar="BACKEND", help="Host only: store backend.")
+def login(
+    provider: str, bucket: str, as_json: bool, config: Path | None, store: str | None
+) -> None:
+    """Log in to PROVIDER and keep the token on the host.
+
+    In a sandbox the host daemon runs the login: open the URL shown, then
+    paste the code (or wait; the device and browser flows finish by
+    themselves). Ctrl-C cancels the login on the host.
+    """
+    _check_name("provider", provider)
+    _check_name("bucket", bucket)
+    from credproxy.client.env import in_sandbox
+    from credproxy.client.login import LoginError, Prompter
+
+    prompter = Prompter()
+    try:
+        if in_sandbox():
+            if config is not None or store is not None:
+                raise click.UsageError("--config and --store apply on the host only")
+            result = _login_via_proxy(provider, bucket, prompter)
+        else:
+            result = _login_on_host(provider, bucket, config, store, prompter)
+    except LoginError as exc:
+        raise _fail(exc.message, exc.code, as_json) from None
+    except KeyboardInterrupt:
+        prompter.finish()
+        raise _fail("Login cancelled.", "CANCELLED", as_json) from None
+    _report(provider, bucket, result, as_json)
+
+
+def _login_via_proxy(provider: str, bucket: str, prompter: Prompter) -> LoginResult:
+    from credproxy.client import ProxyClient, ProxyClientError
+    from credproxy.client.login import LoginError, run_login
+
+    try:
+        client = ProxyClient.from_env()
+    except ProxyClientError as exc:
+        raise LoginError(exc.message, code=exc.code) from None
+    with client:
+        return run_login(client, provider, bucket, prompter=prompter)
+
+
+def _login_on_host(
+    provider: str, bucket: str, config: Path | None, backend: str | None, prompter: Prompter
+) -> LoginResult:
+    from credproxy.client.login import LoginError
+    from credproxy.config import ConfigError, load_config
+    from credproxy.store.base import StoreError
+    from credproxy.store.factory import open_store
+
+    try:
+        settings = load_config(config)
+        from credproxy.oauth.config import ProviderRegistry
+
+        registry = ProviderRegistry.from_config(settings)
+        if registry.get(provider) is None:
+            raise LoginError(
+                f"No OAuth provider {provider!r} is configured; add a [providers.{provider}] "
+                "table to the config file (see docs/providers.md).",
+                code="PROVIDER_NOT_FOUND",
+            )
+        credential_store = open_store(backend, settings)
+    except (ConfigError, StoreError) as exc:
+        raise LoginError(str(exc), code="CONFIG") from None
+    return asyncio.run(_host_flow(registry, provider, bucket, credential_store, prompter))
+
+
+def _in_daemon_thread(read: Callable[[], str]) -> asyncio.Future[str]:
+    """Read stdin without blocking the loop or holding up its shutdown on Ctrl-C."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value or "")
+
+    def run() -> None:
+        try:
+            value = read()
+        except Exception as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=run, name="credproxy-read-code", daemon=True).start()
+    return future
+
+
+async def _host_flow(
+    registry: Any, provider: str, bucket: str, store: Any, prompter: Prompter
+) -> LoginResult:
+    from credproxy.client.login import DENIED_MESSAGE, LoginError, LoginResult
+    from credproxy.oauth.errors import OAuthFlowError
+    from credproxy.oauth.flows import CodePasteFlow, start_flow
+    from credproxy.oauth.http import OAuthHttp
+    from credproxy.oauth.runtime import TokenWriter
+    from credproxy.protocol.errors import ProxyError
+    from credproxy.sessions import DEFAULT_TIMEOUT_S
+    from credproxy.tokens import sanitize
+
+    config = registry.get(provider)
+    http = OAuthHttp()
+    try:
+        endpoints = await registry.endpoints(config, http)
+        flow, shown = await start_flow(config, endpoints, http)
+        try:
+            prompter.show(flow.flow_type, shown)
+            if isinstance(flow, CodePasteFlow):
+                token = await flow.finish(await _in_daemon_thread(prompter.read_code))
+            else:
+                waiting = asyncio.ensure_future(flow.wait())
+                deadline = time.monotonic() + DEFAULT_TIMEOUT_S
+                try:
+                    while not waiting.done():
+                        if time.monotonic() > deadline:
+                            raise LoginError("Login session expired. Run `credproxy login` again.")
+                        await asyncio.wait({waiting}, timeout=flow.poll_interval_ms / 1000)
+                        if not waiting.done():
+                            prompter.progress()
+                    token = waiting.result()
+                finally:
+                    waiting.cancel()
+                    prompter.finish()
+        finally:
+            await flow.aclose()
+        stored = await TokenWriter(store).save(provider, bucket, token)
+    except OAuthFlowError as exc:
+        if exc.oauth_error == "access_denied":
+            raise LoginError(DENIED_MESSAGE, code=exc.code) from None
+        raise LoginError(f"Login failed: {exc.message}", code=exc.code) from None
+    except ProxyError as exc:
+        raise LoginError(f"Login failed: {exc.message}", code=exc.code) from None
+    finally:
+        await http.close()
+        await store.close()
+    return LoginResult(flow.flow_type, sanitize(stored))
+
+
+@main.command()
+@click.argument("provider")
+@click.option("--bucket", default="default", show_default=True)
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Host only: configuration file.",
+)
+@click.option("--store", "store", metavar="BACKEND", help="Host only: store backend.")
+@click.option(
+    "--no-revoke",
+    is_flag=True,
+    help="Host only: do not revoke the refresh token at the provider.",
+)
+def logout(
+    provider: str, bucket: str, config: Path | None, store: str | None, no_revoke: bool
+) -> None:
+    """Forget PROVIDER's token (in a sandbox: ask the host; on the host: also revoke it)."""
+    _check_name("provider", provider)
+    _check_name("bucket", bucket)
+    from credproxy.client.env import in_sandbox
+
+    if in_sandbox():
+        from credproxy.client import ProxyClient, ProxyClientError
+
+        try:
+            with ProxyClient.from_env() as client:
+                client.remove_token(provider, bucket)
+        except ProxyClientError as exc:
+            raise click.ClickException(f"Logout failed: {exc.message}") from None
+        click.echo(f"Logged out of {provider} (bucket {bucket}).")
+        return
+    from credproxy.config import ConfigError, load_config
+    from credproxy.store.base import StoreError
+    from credproxy.store.factory import open_store
+
+    try:
+        settings = load_config(config)
+        credential_store = open_store(store, settings)
+    except (ConfigError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    revoked = asyncio.run(_host_logout(settings, provider, bucket, credential_store, not no_revoke))
+    note = " and revoked at the provider" if revoked else ""
+    click.echo(f"Logged out of {provider} (bucket {bucket}){note}.")
+
+
+async def _host_logout(
+    settings: dict[str, Any], provider: str, bucket: str, store: Any, revoke: bool
+) -> bool:
+    """Remove the token; revoke its refresh token first when the provider has an endpoint
+    (RFC 7009). A failed revocation is reported and the local token removed anyway."""
+    from credproxy.config import ConfigError
+    from credproxy.oauth.config import ProviderRegistry
+    from credproxy.oauth.errors import OAuthFlowError
+    from credproxy.oauth.http import OAuthHttp
+
+    revoked = False
+    try:
+        token = await store.get_token(provider, bucket)
+        refresh = token.get("refresh_token") if token else None
+        if revoke and isinstance(refresh, str) and refresh:
+            try:
+                config = ProviderRegistry.from_config(settings).get(provider)
+            except ConfigError:
+                config = None
+            if config is not None:
+                http = OAuthHttp()
+                try:
+                    registry = ProviderRegistry({provider: config})
+                    endpoints = await registry.endpoints(config, http)
+                    if endpoints.revocation is not None:
+                        form, basic = config.client_auth()
+                        form.update(token=refresh, token_type_hint="refresh_token")
+                        answer = await http.post_form(
+                            provider, "revocation request", endpoints.revocation, form, auth=basic
+                        )
+                        revoked = answer.status == 200
+                        if not revoked:
+                            click.echo(
+                                f"warning: the provider refused the revocation "
+                                f"(HTTP {answer.status}); removing the local token anyway",
+                                err=True,
+                            )
+                except OAuthFlowError as exc:
+                    click.echo(f"warning: {exc.message}; removing the local token anyway", err=True)
+                finally:
+                    await http.close()
+        await store.remove_token(provider, bucket)
+    finally:
+        await store.close()
+    return revoked
