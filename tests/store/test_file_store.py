@@ -351,7 +351,7 @@ async def test_write_by_another_process_is_seen_on_the_next_read(file_store: Fil
     await file_store.save_token("proc", "b0", TOKEN)
     assert await file_store.get_token("proc", "b0") == TOKEN
     subprocess.run(
-        [sys.executable, str(WORKER), str(file_store.directory), "many", "proc", "2"],
+        [sys.executable, str(WORKER), "many", str(file_store.directory), "proc", "2"],
         check=True,
         timeout=60,
     )

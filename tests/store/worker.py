@@ -1,18 +1,31 @@
-"""A separate process that writes to a file store; driven by the crash and concurrency tests.
+"""Separate processes that write to a file store, driven by the crash, concurrency and disk tests.
 
-Usage: python worker.py STORE_DIR MODE ARGS...
-  loop PREFIX COUNT        save tokens PREFIX-0..COUNT-1 in rounds forever, printing
-                           "round N" after each complete round (killed by the test)
-  many PREFIX COUNT        save COUNT tokens once, each to its own bucket, then exit
-  keys PREFIX COUNT        set COUNT API keys once, then exit
+Usage: python worker.py MODE STORE_DIR ARGS...
+  many STORE_DIR PREFIX COUNT [START_FILE]
+      open the store, print "ready", wait until START_FILE exists (so two
+      workers overlap), save COUNT tokens (provider PREFIX, buckets b0..), set
+      one key per token, then print "<first save ns> <last save ns>".
+  zygote STORE_DIR COUNT
+      a pre-loaded parent that forks writers cheaply. For each stdin line
+      "<delay_us> <generation>" it forks a child that saves COUNT tokens and
+      one key round after round from that generation on, sleeps delay_us,
+      SIGKILLs the child, reaps it and prints "killed <signal>".
+  diskfull STORE_DIR
+      save a small token, then try a value far larger than the filesystem;
+      print a JSON report of what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
+from credproxy.store.base import StoreError
 from credproxy.store.file import FileStore
 from credproxy.store.keysource import KeySettings
 
@@ -27,27 +40,85 @@ def token_value(prefix: str, index: int, generation: int) -> dict[str, object]:
     }
 
 
-async def main(argv: list[str]) -> None:
-    directory, mode, prefix, count_text = argv
-    count = int(count_text)
-    store = FileStore(Path(directory), KeySettings(source="keyfile"), lock_timeout_s=30)
-    if mode == "loop":
-        generation = 1
-        while True:
-            for index in range(count):
-                await store.save_token(prefix, f"b{index}", token_value(prefix, index, generation))
-            print(f"round {generation}", flush=True)
-            generation += 1
-    elif mode == "many":
+def open_store(directory: str) -> FileStore:
+    return FileStore(Path(directory), KeySettings(source="keyfile"), lock_timeout_s=60)
+
+
+async def many(directory: str, prefix: str, count: int, start_file: str | None) -> None:
+    store = open_store(directory)
+    print("ready", flush=True)
+    if start_file:
+        while not os.path.exists(start_file):
+            await asyncio.sleep(0.001)
+    first = time.time_ns()
+    for index in range(count):
+        await store.save_token(prefix, f"b{index}", token_value(prefix, index, 1))
+        await store.set_key(f"{prefix}-{index}", f"{prefix}-key-{index}")
+    last = time.time_ns()
+    await store.close()
+    print(first, last, flush=True)
+
+
+async def write_forever(directory: str, count: int, generation: int) -> None:
+    store = open_store(directory)
+    while True:
         for index in range(count):
-            await store.save_token(prefix, f"b{index}", token_value(prefix, index, 1))
-    elif mode == "keys":
-        for index in range(count):
-            await store.set_key(f"{prefix}-{index}", f"{prefix}-secret-{index}")
+            await store.save_token("crash", f"b{index}", token_value("crash", index, generation))
+        await store.set_key("crash-key", f"crash-key-gen-{generation}")
+        generation += 1
+
+
+def zygote(directory: str, count: int) -> None:
+    for line in sys.stdin:
+        delay_us, generation = (int(part) for part in line.split())
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(write_forever(directory, count, generation))
+            finally:
+                os._exit(1)
+        time.sleep(delay_us / 1_000_000)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        print(f"killed {os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1}", flush=True)
+
+
+async def diskfull(directory: str) -> None:
+    report: dict[str, object] = {}
+    store = open_store(directory)
+    small = token_value("disk", 0, 1)
+    await store.save_token("disk", "default", small)
+    try:
+        await store.set_key("huge", "x" * 512 * 1024)
+    except StoreError as exc:
+        report["error"] = str(exc)
+    else:
+        report["error"] = None
+    report["temp_files"] = sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+    report["small_in_same_process"] = await store.get_token("disk", "default") == small
+    report["huge_present"] = await store.get_key("huge") is not None
+    await store.close()
+    reopened = open_store(directory)
+    report["small_after_reopen"] = await reopened.get_token("disk", "default") == small
+    newer = token_value("disk", 0, 2)
+    await reopened.save_token("disk", "default", newer)
+    report["save_after_failure"] = await reopened.get_token("disk", "default") == newer
+    await reopened.close()
+    print(json.dumps(report), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    mode, directory, *rest = argv
+    if mode == "many":
+        prefix, count = rest[0], int(rest[1])
+        asyncio.run(many(directory, prefix, count, rest[2] if len(rest) > 2 else None))
+    elif mode == "zygote":
+        zygote(directory, int(rest[0]))
+    elif mode == "diskfull":
+        asyncio.run(diskfull(directory))
     else:
         raise SystemExit(f"unknown mode {mode}")
-    await store.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    main(sys.argv[1:])
