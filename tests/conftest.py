@@ -1,3 +1,3 @@
 """Test-suite wiring: each fixture module starts one real component."""
 
-pytest_plugins: list[str] = ["tests.fixtures.oidc"]
+pytest_plugins: list[str] = ["tests.fixtures.oidc", "tests.fixtures.daemon"]

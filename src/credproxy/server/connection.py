@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -63,7 +63,11 @@ class HandshakeThrottle:
         max_delay_s: float = 2.0,
         forget_after_s: float = 60.0,
         max_waiting: int = 32,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._clock = clock
+        self._sleep = sleep
         self._base = base_delay_s
         self._max = max_delay_s
         self._forget = forget_after_s
@@ -73,20 +77,20 @@ class HandshakeThrottle:
     async def penalize(self, uid: int | None) -> bool:
         """Wait out the penalty; ``False`` if too many failures of ``uid`` are
         already queued, in which case the caller closes without answering."""
-        loop = asyncio.get_running_loop()
+        clock = self._clock or asyncio.get_running_loop().time
         entry = self._entries.setdefault(uid, _ThrottleEntry())
         if entry.waiting >= self._max_waiting:
             return False
         entry.waiting += 1
         try:
             async with entry.lock:
-                now = loop.time()
+                now = clock()
                 if now - entry.last_failure > self._forget:
                     entry.failures = 0
                 entry.failures += 1
                 entry.last_failure = now
                 delay = min(self._max, self._base * 2.0 ** min(entry.failures - 1, 32))
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
         finally:
             entry.waiting -= 1
             if entry.waiting == 0 and entry.failures == 0:
