@@ -13,7 +13,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -238,24 +238,29 @@ def serve(  # noqa: PLR0917  (click passes every option)
     )
     _check_options(opts)
     from credproxy.config import ConfigError, load_config
+    from credproxy.oauth.config import parse_providers
+    from credproxy.oauth.runtime import session_limits
     from credproxy.server.listener import ListenerError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     try:
         settings = load_config(opts.config)
+        parse_providers(settings)
+        session_limits(settings)
         credential_store = open_store(opts.store, settings)
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        asyncio.run(_run(opts, credential_store))
+        asyncio.run(_run(opts, credential_store, settings))
     except (ListenerError, StoreError, PermissionError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
-async def _run(opts: _Options, credential_store: CredentialStore) -> None:
+async def _run(opts: _Options, credential_store: CredentialStore, settings: dict[str, Any]) -> None:
     from credproxy.audit import AuditLog, configure_daemon_logging
     from credproxy.grants import CapabilityTable
+    from credproxy.oauth.runtime import install as install_oauth
     from credproxy.server.app import Daemon
     from credproxy.server.context import ServerState
     from credproxy.server.testing import HeldStore
@@ -268,6 +273,7 @@ async def _run(opts: _Options, credential_store: CredentialStore) -> None:
         held.install_signal_handler()
         store = held
     state = ServerState(store=store, call_timeout_s=opts.call_timeout)
+    install_oauth(state, settings)
     grant = _build_grant(opts)
     table: CapabilityTable | None = None
     token: str | None = None

@@ -102,7 +102,27 @@ class Daemon:
             unlink_socket(path)
             raise
         log.info("listening on %s", path)
+        self._start_extensions()
         return path
+
+    def _start_extensions(self) -> None:
+        """Subsystems in ``state.extensions`` with a ``start()`` (the OAuth runtime's
+        session sweep) start with the daemon, inside its loop."""
+        for extension in self._state.extensions.values():
+            starter = getattr(extension, "start", None)
+            if callable(starter):
+                starter()
+
+    async def _close_extensions(self) -> None:
+        """Their ``aclose()`` runs once connections are done: background logins end,
+        loopback listeners close, HTTP sessions close."""
+        for name, extension in self._state.extensions.items():
+            closer = getattr(extension, "aclose", None)
+            if callable(closer):
+                try:
+                    await closer()
+                except Exception as exc:
+                    log.error("closing extension %s failed: %s", name, type(exc).__name__)
 
     async def serve_forever(self) -> None:
         """Return once ``stop`` has finished."""
@@ -145,6 +165,7 @@ class Daemon:
                 task.cancel()
             if leftovers:
                 await asyncio.gather(*leftovers, return_exceptions=True)
+            await self._close_extensions()
         finally:
             self._stopped.set()
             log.info("stopped")

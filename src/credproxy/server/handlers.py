@@ -128,7 +128,10 @@ def build_handlers() -> dict[str, Handler]:
     ``cancel`` is not in the table: it acts on the connection's own in-flight
     tasks, so ``server.connection`` answers it.
     """
+    from credproxy.server.oauth_handlers import OAUTH_HANDLERS
+
     table: dict[str, Handler] = dict(CORE_HANDLERS)
+    table.update(OAUTH_HANDLERS)
     unknown = set(table) - set(OPERATIONS)
     if unknown:
         raise RuntimeError(f"handlers for undeclared operations: {sorted(unknown)}")
