@@ -1,3 +1,7 @@
 """Test-suite wiring: each fixture module starts one real component."""
 
-pytest_plugins: list[str] = ["tests.fixtures.oidc", "tests.fixtures.daemon"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.oidc",
+    "tests.fixtures.daemon",
+    "tests.fixtures.keyring",
+]
