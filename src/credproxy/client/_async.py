@@ -198,7 +198,9 @@ class AsyncProxyClient:
             self._connection_broke(conn, connection_lost())
             return await future
         except BaseException:
-            if not future.done():
+            # Cancelling the caller also cancels ``future``, so ask the core
+            # whether the answer is still outstanding.
+            if conn.core.is_pending(request_id):
                 self._abandon(conn, request_id)
             raise
         finally:

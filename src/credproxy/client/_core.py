@@ -104,6 +104,10 @@ class ClientCore:
     def pending(self) -> frozenset[str]:
         return frozenset(self._pending)
 
+    def is_pending(self, request_id: str) -> bool:
+        """True while ``request_id`` was sent and neither answered nor given up on."""
+        return request_id in self._pending
+
     def initiate_handshake(self) -> bytes:
         if self._state is not State.NEW:
             raise RuntimeError("the handshake is sent once, as the first frame")
