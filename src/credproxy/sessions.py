@@ -529,7 +529,11 @@ class OAuthSessionManager:
             self._remove(next(iter(self._sessions.values())))
 
     async def wait_closed(self) -> None:
-        """Wait until every async closer and cancelled task the manager started has finished."""
+        """Wait until every async closer and cancelled task the manager started has finished.
+
+        A task that swallows its cancellation keeps this waiting; callers that
+        must not hang (daemon shutdown) bound it with ``asyncio.timeout``.
+        """
         while self._closer.pending:
             await asyncio.gather(*self._closer.pending, return_exceptions=True)
 
