@@ -12,7 +12,8 @@
 // (seconds, default 0 so expiry is prompt).
 //
 // Test-only routes (not OAuth): GET /test/counters reports how many token
-// endpoint requests arrived per grant type (for "cancel stops polling");
+// endpoint requests arrived per grant type (for "cancel stops polling") and
+// the codes, verifiers, device codes and refresh tokens sent to them;
 // POST /evil/token and /evil/device answer with an error body that echoes the
 // request's form fields and headers, the misbehaving provider the error
 // reduction must survive.
@@ -83,6 +84,16 @@ const provider = new Provider(ISSUER, {
 provider.proxy = false;
 
 const tokenRequests = {};
+// Secrets the host sent to the token endpoints, so tests can prove none of them
+// ever reached the sandbox side of the socket.
+const seen = { code: [], code_verifier: [], device_code: [], refresh_token: [] };
+
+function remember(params) {
+  for (const key of Object.keys(seen)) {
+    const value = params?.[key];
+    if (typeof value === 'string' && value) seen[key].push(value);
+  }
+}
 
 function strip(value) {
   return String(value ?? '').replace(/[<>&"']/g, '');
@@ -107,11 +118,12 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.method === 'GET' && ctx.path === '/test/counters') {
     ctx.type = 'json';
-    ctx.body = JSON.stringify({ token_requests: tokenRequests });
+    ctx.body = JSON.stringify({ token_requests: tokenRequests, seen });
     return;
   }
   if (ctx.method === 'POST' && (ctx.path === '/evil/token' || ctx.path === '/evil/device')) {
     const form = Object.fromEntries(new URLSearchParams(await readBody(ctx.req)));
+    remember(form);
     ctx.status = 400;
     ctx.type = 'json';
     ctx.body = JSON.stringify({
@@ -126,6 +138,7 @@ provider.use(async (ctx, next) => {
   if (ctx.method === 'POST' && ctx.path === '/token') {
     const grant = ctx.oidc?.params?.grant_type ?? 'unknown';
     tokenRequests[grant] = (tokenRequests[grant] ?? 0) + 1;
+    remember(ctx.oidc?.params);
   }
 });
 

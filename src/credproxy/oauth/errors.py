@@ -12,7 +12,7 @@ never forwarded, logged or kept.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from credproxy.protocol.errors import ErrorCode, ProxyError
 
@@ -73,13 +73,6 @@ class OAuthFlowError(Exception):
 
     def to_proxy_error(self) -> ProxyError:
         return ProxyError(self.code, self.message)
-
-    def as_poll_result(self) -> dict[str, Any]:
-        """The ``oauth_poll`` answer for a login that ended with this failure."""
-        result: dict[str, Any] = {"status": "error", "code": self.code, "error": self.message}
-        if self.oauth_error is not None:
-            result["oauth_error"] = self.oauth_error
-        return result
 
     def __repr__(self) -> str:
         return f"OAuthFlowError({self.code!s}, {self.message!r})"

@@ -242,6 +242,8 @@ class DeviceCodeFlow:
         self._device_code: str | None = None
         self._deadline = 0.0
         self.interval_s = provider.poll_interval_s
+        self.failure: OAuthFlowError | None = None
+        """How the login ended when it failed; ``oauth_poll`` reports its safe fields."""
 
     def __repr__(self) -> str:
         return f"DeviceCodeFlow(provider={self.provider.name!r})"
@@ -399,6 +401,8 @@ class LoopbackFlow:
         self._redirect_uri = ""
         self._code: asyncio.Future[str] | None = None
         self._outcome: asyncio.Future[Literal["ok", "failed"]] | None = None
+        self.failure: OAuthFlowError | None = None
+        """How the login ended when it failed; ``oauth_poll`` reports its safe fields."""
 
     def __repr__(self) -> str:
         return f"LoopbackFlow(provider={self.provider.name!r})"

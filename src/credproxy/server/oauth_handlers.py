@@ -91,6 +91,7 @@ async def _complete_in_background(
     try:
         token = await flow.wait()
     except OAuthFlowError as exc:
+        flow.failure = exc
         session.fail(exc.code, exc.message)
         return
     finally:
@@ -130,11 +131,14 @@ async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]
     runtime.sessions.remove_session(payload.session_id)
     if result.status == "complete" and result.token is not None:
         return {"status": "complete", **sanitize(result.token)}
-    return {
+    answer: dict[str, Any] = {
         "status": "error",
         "code": result.code or ErrorCode.EXCHANGE_FAILED.value,
         "error": result.message or "the login failed",
     }
+    if flow.failure is not None and flow.failure.oauth_error is not None:
+        answer["oauth_error"] = flow.failure.oauth_error
+    return answer
 
 
 async def oauth_cancel(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
