@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -99,7 +100,8 @@ class FakeClock:
 
 class SyncAsAsync:
     """Presents a blocking ``ProxyClient`` with awaitable methods, so one test body
-    covers both clients. The daemon is another process, so blocking is harmless."""
+    covers both clients. Calls run in a worker thread so a server living in the
+    test's own event loop keeps serving while the blocking client waits."""
 
     def __init__(self, client: ProxyClient) -> None:
         self.client = client
@@ -110,7 +112,7 @@ class SyncAsAsync:
             return attr
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return attr(*args, **kwargs)
+            return await asyncio.to_thread(attr, *args, **kwargs)
 
         return call
 
