@@ -18,6 +18,9 @@ MAX_FRAME_BYTES: Final = 65_536
 HEADER_BYTES: Final = 4
 _HEADER = struct.Struct(">I")
 _FORBIDDEN_KEY: Final = "refresh_token"
+# The encoder never escapes ASCII letters, so an object key of that name
+# always shows up as these bytes in the encoded body.
+_FORBIDDEN_KEY_BYTES: Final = b'"' + _FORBIDDEN_KEY.encode("ascii") + b'"'
 
 _json_decoder = msgspec.json.Decoder()
 _json_encoder = msgspec.json.Encoder()
@@ -51,9 +54,17 @@ def encode_frame(message: Mapping[str, Any], *, allow_refresh_token: bool = Fals
     with a ``refresh_token`` key anywhere is refused unless the caller says the
     frame stays on the host side (``allow_refresh_token``).
     """
-    if not allow_refresh_token and _contains_forbidden_key(message):
-        raise SecretLeakError("refusing to encode a frame that carries a refresh_token")
     body = _json_encoder.encode(message)
+    # Checked on the encoded body, not the input: msgspec also encodes structs,
+    # dataclasses and other mappings, which a walk over dicts would miss. The
+    # byte search is cheap; only a hit pays for decoding, which tells a key
+    # from a string value such as a grant type named "refresh_token".
+    if (
+        not allow_refresh_token
+        and _FORBIDDEN_KEY_BYTES in body
+        and _contains_forbidden_key(_json_decoder.decode(body))
+    ):
+        raise SecretLeakError("refusing to encode a frame that carries a refresh_token")
     if len(body) > MAX_FRAME_BYTES:
         raise FrameError(
             f"frame body of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
