@@ -38,3 +38,4 @@ from credproxy.cli import login as _login  # noqa: E402, F401  (registers `login
 from credproxy.cli import run as _run  # noqa: E402, F401  (registers `credproxy run`)
 from credproxy.cli import sandbox as _sandbox  # noqa: E402, F401  (token get, key get/list, status)
 from credproxy.cli import serve as _serve  # noqa: E402, F401  (registers `credproxy serve`)
+from credproxy.cli import store_commands as _store  # noqa: E402, F401  (key set/rm, token import/rm, import)

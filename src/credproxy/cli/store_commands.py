@@ -1,0 +1,431 @@
+"""Host-side store commands: ``key set/rm``, ``token import/rm``, ``import llxprt``.
+
+They work on the store directly (no daemon needed; a running daemon sees the
+change on its next read of the file store). Secrets are never taken from argv
+and never printed: a key comes from stdin or a hidden prompt, and reports name
+credentials, never values. ``host_status`` and ``host_key_list`` serve
+``credproxy status`` and ``credproxy key list`` on the host. Every failure is
+one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+
+import click
+
+from credproxy.cli import key, main, token
+
+if TYPE_CHECKING:
+    from credproxy.store.base import CredentialStore
+
+EXIT_FAILURE: Final = 1
+EXIT_NOT_FOUND: Final = 3
+MAX_KEY_BYTES: Final = 16 * 1024
+DEFAULT_BUCKET: Final = "default"
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, exit_code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"credproxy: {message}", err=True)
+    sys.exit(exit_code)
+
+
+@contextmanager
+def _reported_errors() -> Iterator[None]:
+    """Store and config errors carry safe, actionable messages; others are named by type."""
+    from credproxy.config import ConfigError
+    from credproxy.store.base import StoreError
+
+    try:
+        yield
+    except (StoreError, ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        _fail(f"unexpected {type(exc).__name__}; nothing was printed")
+
+
+def store_options(function: F) -> F:
+    """``--store`` and ``--config``: which backend, which configuration file."""
+    function = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Configuration file (default: $CREDPROXY_CONFIG or the user config dir).",
+    )(function)
+    return click.option(
+        "--store",
+        "backend",
+        type=click.Choice(["file", "keyring", "memory"]),
+        default=None,
+        help="Store backend (default: [store] backend in the config, else file).",
+    )(function)
+
+
+def open_host_store(backend: str | None, config_path: Path | None) -> CredentialStore:
+    from credproxy.config import load_config
+    from credproxy.store.factory import open_store
+
+    return open_store(backend, load_config(config_path))
+
+
+def _run(
+    backend: str | None,
+    config_path: Path | None,
+    action: Callable[[CredentialStore], Coroutine[Any, Any, T]],
+) -> T:
+    async def body() -> T:
+        store = open_host_store(backend, config_path)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(body())
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, sort_keys=True))
+
+
+def _check_name(kind: str, value: str, hint: str) -> str:
+    from credproxy.store.base import validate_name
+
+    try:
+        return validate_name(kind, value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+def _read_key_value(name: str) -> str:
+    stdin = sys.stdin
+    if stdin.isatty():
+        value = click.prompt(f"API key {name}", hide_input=True, prompt_suffix=": ", err=True)
+    else:
+        value = stdin.read(MAX_KEY_BYTES + 1)
+        if len(value) > MAX_KEY_BYTES:
+            _fail(f"the key on stdin is longer than {MAX_KEY_BYTES} characters")
+    value = value.strip()
+    if not value:
+        _fail("no key given: pipe it on stdin or type it at the prompt")
+    if any(char.isspace() for char in value):
+        _fail("the key must be a single line without spaces")
+    return str(value)
+
+
+@key.command("set")
+@click.argument("name")
+@store_options
+def key_set(name: str, backend: str | None, config_path: Path | None) -> None:
+    """Store the API key NAME; the value is read from stdin or a hidden prompt, never argv."""
+    _check_name("key", name, "NAME")
+    with _reported_errors():
+        value = _read_key_value(name)
+
+        async def action(store: CredentialStore) -> None:
+            await store.set_key(name, value)
+
+        _run(backend, config_path, action)
+    click.echo(f"saved API key {name}", err=True)
+
+
+@key.command("rm")
+@click.argument("name")
+@store_options
+def key_rm(name: str, backend: str | None, config_path: Path | None) -> None:
+    """Remove the API key NAME from the store."""
+    _check_name("key", name, "NAME")
+    with _reported_errors():
+
+        async def action(store: CredentialStore) -> bool:
+            return await store.remove_key(name)
+
+        removed = _run(backend, config_path, action)
+    if not removed:
+        _fail(f"no API key {name} in the store", EXIT_NOT_FOUND)
+    click.echo(f"removed API key {name}", err=True)
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+@token.command("import")
+@click.argument("provider")
+@click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, help="Token bucket.")
+@click.option(
+    "--file",
+    "source",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Token JSON ('-' for stdin). LLxprt's token files are accepted as they are.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was imported as JSON.")
+@store_options
+def token_import(
+    *,
+    provider: str,
+    bucket: str,
+    source: Path,
+    as_json: bool,
+    backend: str | None,
+    config_path: Path | None,
+) -> None:
+    """Store a token (with its refresh token) for PROVIDER from a JSON file.
+
+    Accepted: expiry in Unix seconds or milliseconds, expires_at (seconds,
+    milliseconds or ISO 8601), expiry_date (milliseconds), expires_in (from
+    the file's modification time); token_type defaults to Bearer.
+    """
+    _check_name("provider", provider, "PROVIDER")
+    _check_name("bucket", bucket, "--bucket")
+    from credproxy.migrate import MigrationError, load_token_file, normalize_token
+
+    with _reported_errors():
+        try:
+            if str(source) == "-":
+                raw = sys.stdin.buffer.read(64 * 1024 + 1)
+                try:
+                    parsed = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    raise MigrationError("stdin is not valid JSON") from None
+                value = normalize_token(parsed)
+            else:
+                value = load_token_file(source)
+        except MigrationError as exc:
+            _fail(f"cannot import {source}: {exc}")
+
+        async def action(store: CredentialStore) -> None:
+            await store.save_token(provider, bucket, value)
+
+        _run(backend, config_path, action)
+    report = {
+        "provider": provider,
+        "bucket": bucket,
+        "expiry": value["expiry"],
+        "refreshToken": bool(value.get("refresh_token")),
+    }
+    if as_json:
+        _print_json(report)
+    else:
+        refresh = "with" if report["refreshToken"] else "without"
+        click.echo(f"imported token {provider} (bucket {bucket}), {refresh} a refresh token")
+
+
+@token.command("rm")
+@click.argument("provider")
+@click.option("--bucket", default=DEFAULT_BUCKET, show_default=True, help="Token bucket.")
+@store_options
+def token_rm(provider: str, bucket: str, backend: str | None, config_path: Path | None) -> None:
+    """Remove the token of PROVIDER (one bucket) from the store."""
+    _check_name("provider", provider, "PROVIDER")
+    _check_name("bucket", bucket, "--bucket")
+    with _reported_errors():
+
+        async def action(store: CredentialStore) -> bool:
+            return await store.remove_token(provider, bucket)
+
+        removed = _run(backend, config_path, action)
+    if not removed:
+        _fail(f"no token {provider} (bucket {bucket}) in the store", EXIT_NOT_FOUND)
+    click.echo(f"removed token {provider} (bucket {bucket})", err=True)
+
+
+# --- import llxprt ------------------------------------------------------------------------
+
+
+@main.group("import")
+def import_group() -> None:
+    """Bring credentials over from other tools into the host store."""
+
+
+@import_group.command("llxprt")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="LLxprt's directory (default: ~/.llxprt).",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    help="A provider name containing '-', so '<provider>-<bucket>.json' splits right.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be imported; change nothing.")
+@click.option(
+    "--delete-originals", is_flag=True, help="Delete each plaintext file once it is in the store."
+)
+@click.option("--overwrite", is_flag=True, help="Replace credentials the store already holds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@store_options
+def import_llxprt_command(
+    *,
+    source: Path | None,
+    providers: tuple[str, ...],
+    dry_run: bool,
+    delete_originals: bool,
+    overwrite: bool,
+    as_json: bool,
+    backend: str | None,
+    config_path: Path | None,
+) -> None:
+    """Import ~/.llxprt/oauth/*.json tokens and ~/.llxprt/keys/* API keys.
+
+    Token files are <provider>.json (default bucket) or <provider>-<bucket>.json.
+    Because both names may contain '-', the split follows the longest known
+    provider name (LLxprt's, the config's, and --provider); other names with a
+    '-' are skipped and reported. Key files: '.xai_key' becomes the key 'xai'.
+    """
+    for name in providers:
+        _check_name("provider", name, "--provider")
+    from credproxy.config import load_config
+    from credproxy.migrate import import_llxprt
+
+    with _reported_errors():
+        settings = load_config(config_path)
+        configured = settings.get("providers", {})
+        known = set(providers) | (set(configured) if isinstance(configured, dict) else set())
+
+        async def action(store: CredentialStore) -> list[Any]:
+            return await import_llxprt(
+                store,
+                source,
+                known_providers=known,
+                dry_run=dry_run,
+                delete_originals=delete_originals and not dry_run,
+                overwrite=overwrite,
+            )
+
+        items = _run(backend, config_path, action)
+    if as_json:
+        _print_json({"dryRun": dry_run, "items": [item.as_dict() for item in items]})
+    else:
+        if not items:
+            click.echo("nothing to import: no token or key files found")
+        for item in items:
+            label = f"{item.kind} {item.name or '?'}"
+            line = f"{item.status:<15} {label:<40} {item.source}"
+            if item.detail:
+                line += f"  ({item.detail})"
+            if item.removed_original:
+                line += "  [original deleted]"
+            click.echo(line)
+    if any(item.status == "skipped" for item in items):
+        sys.exit(EXIT_FAILURE)
+
+
+# --- host-side views for `credproxy status` and `credproxy key list` ---------------------------
+
+
+async def collect_host_status(
+    store: CredentialStore, *, now: float | None = None
+) -> dict[str, Any]:
+    """Providers, buckets, expiry countdowns and key names; never a token or key value."""
+    from credproxy.store.base import CorruptRecordError
+
+    moment = time.time() if now is None else now
+    providers: dict[str, dict[str, dict[str, Any]]] = {}
+    for provider in await store.list_providers():
+        buckets: dict[str, dict[str, Any]] = {}
+        for bucket in await store.list_buckets(provider):
+            try:
+                found = await store.get_token(provider, bucket)
+            except CorruptRecordError:
+                buckets[bucket] = {"error": "damaged record", "status": "damaged record"}
+                continue
+            if found is None:
+                continue
+            entry = _expiry_entry(found.get("expiry"), moment)
+            entry["refreshToken"] = bool(found.get("refresh_token"))
+            buckets[bucket] = entry
+        if buckets:
+            providers[provider] = buckets
+    return {"mode": "host", "providers": providers, "keys": await store.list_keys()}
+
+
+async def collect_key_names(store: CredentialStore) -> list[str]:
+    return await store.list_keys()
+
+
+def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
+    from credproxy.cli.sandbox import describe_expiry
+
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
+        return {"expiry": None, "status": "expiry unknown"}
+    return {
+        "expiry": expiry,
+        "expiresIn": int(expiry - now),
+        "status": describe_expiry(expiry, now),
+    }
+
+
+def _store_description(store: CredentialStore) -> str:
+    from credproxy.store.file import FileStore
+    from credproxy.store.keyring import KeyringStore
+
+    if isinstance(store, FileStore):
+        return f"file store {store.directory} (data key from {store.key_source})"
+    if isinstance(store, KeyringStore):
+        return "keyring store (Secret Service)"
+    return "memory store (empty in a new process)"
+
+
+def host_status(
+    *, as_json: bool = False, backend: str | None = None, config_path: Path | None = None
+) -> dict[str, Any]:
+    """``credproxy status`` on the host: print names and expiry (never values); return them."""
+    with _reported_errors():
+
+        async def action(store: CredentialStore) -> dict[str, Any]:
+            report = await collect_host_status(store)
+            report["store"] = _store_description(store)
+            return report
+
+        report = _run(backend, config_path, action)
+    if as_json:
+        _print_json(report)
+        return report
+    click.echo(f"credproxy host view ({report['store']})")
+    providers: dict[str, dict[str, dict[str, Any]]] = report["providers"]
+    click.echo("providers:" if providers else "providers: none stored")
+    for provider, buckets in providers.items():
+        click.echo(f"  {provider}")
+        for bucket, entry in buckets.items():
+            refresh = ", refresh token held" if entry.get("refreshToken") else ""
+            click.echo(f"    {bucket}: {entry['status']}{refresh}")
+    keys: list[str] = report["keys"]
+    click.echo("api keys:" if keys else "api keys: none stored")
+    for name in keys:
+        click.echo(f"  {name}")
+    return report
+
+
+def host_key_list(
+    *, as_json: bool = False, backend: str | None = None, config_path: Path | None = None
+) -> list[str]:
+    """``credproxy key list`` on the host: print the store's key names and return them."""
+    with _reported_errors():
+        names = _run(backend, config_path, collect_key_names)
+    if as_json:
+        _print_json({"keys": names})
+    else:
+        for name in names:
+            click.echo(name)
+    return names
