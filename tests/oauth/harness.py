@@ -104,6 +104,7 @@ def start_oauth_daemon(
     *args: str,
     oauth: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    tokens: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> OAuthDaemon:
     """A real ``credproxy serve`` whose config also has ``[providers.*]``; our ``--config``
     comes after the fixture's and wins."""
@@ -111,7 +112,7 @@ def start_oauth_daemon(
     store_dir = workdir / "store"
     config_path = workdir / "oauth-config.toml"
     write_config(config_path, store_dir, providers, oauth)
-    handle = factory("--config", str(config_path), *args, workdir=workdir, env=env)
+    handle = factory("--config", str(config_path), *args, workdir=workdir, env=env, tokens=tokens)
     return OAuthDaemon(handle, store_dir, config_path)
 
 

@@ -1,0 +1,144 @@
+"""Login sessions through a real ``Daemon`` on a real socket, run inside the test's
+event loop so the test can hold two capability tokens of one daemon and inject the
+session manager's clock (``credproxy serve`` issues one token and uses the real clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from credproxy.audit import AuditLog
+from credproxy.client import AsyncProxyClient, ProxyClient, UnauthorizedError
+from credproxy.client.login import EXPIRED_MESSAGE, LoginError, Prompter, run_login
+from credproxy.grants import CapabilityTable, Grant
+from credproxy.oauth.config import ProviderRegistry, parse_providers
+from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime
+from credproxy.server.app import Daemon
+from credproxy.server.context import ServerState
+from credproxy.sessions import OAuthSessionManager
+from credproxy.store.memory import MemoryStore
+from tests.fixtures.oidc import OidcServer
+
+
+class FakeClock:
+    """The session manager's monotonic clock, advanced by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class InProcess:
+    daemon: Daemon
+    runtime: OAuthRuntime
+    store: MemoryStore
+    clock: FakeClock
+    tokens: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return str(self.daemon.socket_path)
+
+    def client(self, who: str) -> AsyncProxyClient:
+        return AsyncProxyClient(self.path, self.tokens[who])
+
+
+@pytest.fixture
+async def in_process(oidc_server: OidcServer) -> AsyncIterator[InProcess]:
+    config = {
+        "providers": {
+            "paste": oidc_server.provider_table("pkce_redirect"),
+            "device": oidc_server.provider_table("device_code"),
+        }
+    }
+    store = MemoryStore()
+    clock = FakeClock()
+    state = ServerState(store=store)
+    runtime = OAuthRuntime(
+        ProviderRegistry(parse_providers(config)),
+        store,
+        sessions=OAuthSessionManager(60.0, clock=clock, environ={}),
+    )
+    state.extensions[EXTENSION_KEY] = runtime
+    table = CapabilityTable()
+    tokens = {
+        "alice": table.issue(Grant("alice", providers=frozenset({"paste", "device"}))),
+        "bob": table.issue(Grant("bob", providers=frozenset({"paste", "device"}))),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="cpo-", dir="/tmp"))
+    daemon = Daemon(
+        state,
+        capabilities=table,
+        socket_path=workdir / "d.sock",
+        audit=AuditLog(io.StringIO()),
+    )
+    await daemon.start()
+    try:
+        yield InProcess(daemon, runtime, store, clock, tokens)
+    finally:
+        await daemon.stop(grace_s=1.0)
+        workdir.rmdir()
+
+
+@pytest.mark.parametrize("provider", ["paste", "device"])
+async def test_a_session_cannot_be_used_by_a_sandbox_with_another_grant(
+    in_process: InProcess, provider: str
+) -> None:
+    async with in_process.client("alice") as alice, in_process.client("bob") as bob:
+        started = await alice.oauth_initiate(provider)
+        sid = started["session_id"]
+        attempts: list[Any] = [bob.oauth_poll(sid), bob.oauth_cancel(sid)]
+        if provider == "paste":
+            attempts.append(bob.oauth_exchange(sid, "some-code"))
+        for attempt in attempts:
+            with pytest.raises(UnauthorizedError):
+                await attempt
+        if provider == "device":  # bob's attempts neither consumed nor ended it
+            assert (await alice.oauth_poll(sid))["status"] == "pending"
+        await alice.oauth_cancel(sid)
+
+
+async def test_an_expired_session_is_reported_and_the_driver_says_to_log_in_again(
+    in_process: InProcess,
+) -> None:
+    """The injected clock jumps past the 60 s session timeout while the driver polls."""
+    out = io.StringIO()
+    polls = 0
+
+    def advance_clock(_: float) -> None:
+        nonlocal polls
+        polls += 1
+        if polls == 2:
+            in_process.clock.now += 61.0
+
+    def drive() -> None:
+        with ProxyClient(in_process.path, in_process.tokens["alice"]) as client:
+            run_login(client, "device", prompter=Prompter(out=out), sleep=advance_clock)
+
+    with pytest.raises(LoginError) as caught:
+        await asyncio.to_thread(drive)
+    assert caught.value.message == EXPIRED_MESSAGE
+    assert caught.value.code == "SESSION_EXPIRED"
+    assert "Open http" in out.getvalue()
+
+
+async def test_the_daemon_ends_open_logins_when_it_stops(in_process: InProcess) -> None:
+    async with in_process.client("alice") as alice:
+        await alice.oauth_initiate("device")
+    runtime = in_process.runtime
+    assert runtime.sessions.gc_running
+    assert len(runtime.sessions) == 1
+    await in_process.daemon.stop(grace_s=1.0)
+    assert len(runtime.sessions) == 0
+    assert not runtime.sessions.gc_running
