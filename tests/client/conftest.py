@@ -85,6 +85,24 @@ SECRETS = (
 """Values a sandbox with ``GRANT_ARGS`` must never see, in data or in errors."""
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition another process or task brings about (an audit line, a close)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """``eventually`` for code outside an event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
+
+
 class FakeClock:
     """Monotonic seconds that move only when a test says so."""
 

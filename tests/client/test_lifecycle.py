@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,8 @@ from tests.client.conftest import (
     TOKENS,
     ClientFactory,
     FakeClock,
+    eventually,
+    wait_for,
 )
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle
 
@@ -37,15 +37,6 @@ LOST = "Credential proxy connection lost. Restart the session."
 
 def handshakes_seen(daemon: DaemonHandle) -> list[str]:
     return [e["outcome"] for e in daemon.audit_events() if e["op"] == "handshake"]
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a condition another process or task brings about."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -68,6 +59,7 @@ async def test_idle_connection_is_replaced_by_a_new_handshake_on_next_use(
     fake_clock.advance(300.0)
     assert await client.get_api_key("anthropic") == KEYS["anthropic"]
     assert client.handshakes == 2
+    await eventually(lambda: len(handshakes_seen(daemon)) >= 2)
     assert handshakes_seen(daemon) == ["ok", "ok"]
 
 
@@ -99,9 +91,10 @@ async def test_sigkilled_daemon_is_a_lost_connection_never_a_silent_reconnect(
         assert caught.value.message == LOST
         assert caught.value.code == "CONNECTION_LOST"
     assert client.handshakes == 1
-    assert handshakes_seen(second) == []
     fresh = make_client(second.socket_path, None)
     assert await fresh.list_api_keys() == ["anthropic", "hiddenkey", "openai"]
+    await eventually(lambda: len(handshakes_seen(second)) >= 1)
+    assert handshakes_seen(second) == ["ok"]
 
 
 async def test_request_in_flight_when_the_daemon_dies_fails_as_connection_lost(
@@ -109,8 +102,7 @@ async def test_request_in_flight_when_the_daemon_dies_fails_as_connection_lost(
 ) -> None:
     async with AsyncProxyClient(str(held_daemon.socket_path), held_daemon.capability_token) as c:
         pending = asyncio.ensure_future(c.get_token("alpha"))
-        await eventually(lambda: c.is_connected and len(held_daemon.audit_events()) >= 1)
-        await asyncio.sleep(0)
+        await eventually(lambda: c.in_flight == 1)
         held_daemon.process.send_signal(signal.SIGKILL)
         held_daemon.process.wait()
         with pytest.raises(ConnectionLostError) as caught:
@@ -155,8 +147,7 @@ async def test_cancelled_task_cancels_its_request_on_the_daemon(
 ) -> None:
     async with AsyncProxyClient(str(held_daemon.socket_path), held_daemon.capability_token) as c:
         task = asyncio.ensure_future(c.get_token("alpha"))
-        await eventually(lambda: c.is_connected)
-        await asyncio.sleep(0.05)
+        await eventually(lambda: c.in_flight == 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -183,6 +174,7 @@ async def test_many_concurrent_requests_share_one_connection_and_get_their_own_a
     for (op, _, want), got in zip(expected, results, strict=True):
         value = got["access_token"] if op == "get_token" else got
         assert value == want
+    await eventually(lambda: len(handshakes_seen(daemon)) >= 1)
     assert handshakes_seen(daemon) == ["ok"]
 
 
@@ -194,12 +186,15 @@ async def test_more_concurrent_requests_than_the_daemon_admits_queue_in_the_clie
         str(held_daemon.socket_path), held_daemon.capability_token
     ) as client:
         calls = [asyncio.ensure_future(client.get_api_key("openai")) for _ in range(24)]
-        await eventually(lambda: client.is_connected)
-        await asyncio.sleep(0.1)
+        await eventually(lambda: client.in_flight == 16)
         held_daemon.process.send_signal(signal.SIGUSR1)
         assert await asyncio.gather(*calls) == [KEYS["openai"]] * 24
-    outcomes = {e["outcome"] for e in held_daemon.audit_events() if e["op"] == "get_api_key"}
-    assert outcomes == {"ok"}
+
+    def outcomes() -> list[str]:
+        return [e["outcome"] for e in held_daemon.audit_events() if e["op"] == "get_api_key"]
+
+    await eventually(lambda: len(outcomes()) >= 24)
+    assert outcomes() == ["ok"] * 24
 
 
 async def test_closed_client_refuses_further_requests(
@@ -248,4 +243,5 @@ def test_sync_client_from_env_keeps_the_fd_token_for_the_reconnect(
         fake_clock.advance(301.0)
         assert client.list_api_keys() == ["anthropic", "openai"]
         assert client.handshakes == 2
+    wait_for(lambda: len(handshakes_seen(daemon)) >= 2)
     assert handshakes_seen(daemon) == ["ok", "ok"]

@@ -121,6 +121,11 @@ class AsyncProxyClient:
     def is_connected(self) -> bool:
         return self._conn is not None
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on the open connection and not yet answered."""
+        return len(self._conn.waiters) if self._conn is not None else 0
+
     async def aclose(self) -> None:
         self._closed = True
         self._cancel_idle_timer()
