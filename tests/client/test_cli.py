@@ -294,3 +294,35 @@ def test_token_get_loads_nothing_from_the_host_side(daemon: DaemonHandle) -> Non
     )
     assert done.stdout == ALPHA["access_token"] + "\n"
     assert done.stderr.strip() == ""
+
+
+def test_host_status_without_a_socket_reads_the_store_names_only(
+    fresh_daemon: DaemonHandle,
+) -> None:
+    config = fresh_daemon.workdir / "config.toml"
+    result = run_cli(["status", "--config", str(config)])
+    assert result.returncode == 0, result
+    assert result.stdout.startswith("credproxy host view")
+    assert "    work: expired 3m ago, refresh token held" in result.stdout
+    assert "  hidden\n" in result.stdout
+    for token in TOKENS.values():
+        assert token["access_token"] not in result.stdout
+        assert token["refresh_token"] not in result.stdout
+    report = json.loads(run_cli(["status", "--json", "--config", str(config)]).stdout)
+    assert report["mode"] == "host"
+    assert set(report["providers"]) == {"alpha", "beta", "hidden"}
+
+
+def test_host_key_list_without_a_socket_lists_every_stored_name(daemon: DaemonHandle) -> None:
+    config = daemon.workdir / "config.toml"
+    plain = run_cli(["key", "list", "--config", str(config)])
+    assert (plain.returncode, plain.stdout) == (0, "anthropic\nhiddenkey\nopenai\n")
+    as_json = run_cli(["key", "list", "--json", "--config", str(config)])
+    assert json.loads(as_json.stdout) == {"keys": ["anthropic", "hiddenkey", "openai"]}
+
+
+def test_host_store_options_inside_a_sandbox_are_a_usage_error(daemon: DaemonHandle) -> None:
+    result = sandbox(daemon, "status", "--store", "memory")
+    assert result.returncode == 2
+    assert "inside a sandbox" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,13 +13,15 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
 from credproxy.cli import key, main, token
+from credproxy.cli.store_commands import store_options
 
 if TYPE_CHECKING:
     from credproxy.client import ProxyClient, ProxyClientError
@@ -146,17 +148,19 @@ def key_get(name: str, as_json: bool) -> None:
 
 @key.command("list", epilog=EXIT_CODES_HELP)
 @click.option("--json", "as_json", is_flag=True, help='Print {"keys": [...]}.')
-def key_list(as_json: bool) -> None:
+@store_options
+def key_list(as_json: bool, backend: str | None, config_path: Path | None) -> None:
     """List API key names (values are never shown).
 
-    Inside a sandbox: the names its grant may read. On the host: the store's names.
+    Inside a sandbox: the names its grant may read. On the host: the store's
+    names (--store and --config pick the store; they apply on the host only).
     """
-    with _reported_errors():
-        from credproxy.client import in_sandbox
+    if _on_host(backend, config_path):
+        from credproxy.cli.store_commands import host_key_list
 
-        if not in_sandbox():
-            _host_key_list(as_json)
-            return
+        host_key_list(as_json=as_json, backend=backend, config_path=config_path)
+        return
+    with _reported_errors():
         with _sandbox_client() as client:
             names = client.list_api_keys()
         if as_json:
@@ -168,18 +172,20 @@ def key_list(as_json: bool) -> None:
 
 @main.command("status", epilog=EXIT_CODES_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def status(as_json: bool) -> None:
+@store_options
+def status(as_json: bool, backend: str | None, config_path: Path | None) -> None:
     """Show what is reachable: providers, buckets, token expiry and key names.
 
     Inside a sandbox this is what its grant lets it see; on the host it is the
-    whole store. No token or key value is ever shown.
+    whole store (--store and --config pick it; they apply on the host only).
+    No token or key value is ever shown.
     """
-    with _reported_errors():
-        from credproxy.client import in_sandbox
+    if _on_host(backend, config_path):
+        from credproxy.cli.store_commands import host_status
 
-        if not in_sandbox():
-            _host_status(as_json)
-            return
+        host_status(as_json=as_json, backend=backend, config_path=config_path)
+        return
+    with _reported_errors():
         with _sandbox_client() as client:
             report = sandbox_status(client, now=time.time())
         if as_json:
@@ -264,18 +270,15 @@ def format_status(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _host_command(name: str) -> Callable[..., Any]:
-    """A host-side function from the storage commands, imported only on the host path."""
-    import importlib
+def _on_host(backend: str | None, config_path: Path | None) -> bool:
+    """True without a proxy socket; host-only options inside a sandbox are a usage error."""
+    from credproxy.client import in_sandbox
 
-    module = importlib.import_module("credproxy.cli.store_commands")
-    function: Callable[..., Any] = getattr(module, name)
-    return function
-
-
-def _host_key_list(as_json: bool) -> None:
-    _host_command("host_key_list")(as_json=as_json)
-
-
-def _host_status(as_json: bool) -> None:
-    _host_command("host_status")(as_json=as_json)
+    if not in_sandbox():
+        return True
+    if backend is not None or config_path is not None:
+        raise click.UsageError(
+            "--store and --config work on the host store; inside a sandbox "
+            "(LLXPRT_CREDENTIAL_SOCKET is set) the proxy decides what is visible"
+        )
+    return False
