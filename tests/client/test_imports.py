@@ -45,6 +45,7 @@ def test_client_package_and_both_clients_import_nothing_from_the_host_side() -> 
         import credproxy.client
         from credproxy.client import AsyncProxyClient, ProxyClient
         import credproxy.client.env
+        import credproxy.client.login
         """
     )
     assert "credproxy.client._async" in modules
