@@ -158,8 +158,10 @@ class ServerConnection:
 
     def _handshake(self, frame: dict[str, Any]) -> Event:
         envelope_version = frame.get("v")
-        reply_version = envelope_version if envelope_version in (1, 2) else 1
-        assert isinstance(reply_version, int)
+        # ``in`` alone would let 1.0 and True through (they compare equal to 1).
+        reply_version = envelope_version if type(envelope_version) is int else 1
+        if reply_version not in (1, 2):
+            reply_version = 1
         if frame.get("op") != HANDSHAKE_OP:
             self.state = ConnectionState.CLOSED
             error = ProxyError(ErrorCode.INVALID_REQUEST, "the first message must be the handshake")
