@@ -80,22 +80,26 @@ class OAuthDaemon:
         return self.handle.capability_token
 
     def stored_token(self, provider: str, bucket: str = "default") -> dict[str, Any] | None:
-        """Read the host store through the file backend (its own loop, in a thread)."""
-        from credproxy.store.factory import open_store
+        return read_stored_token(self.store_dir, provider, bucket)
 
-        result: list[dict[str, Any] | None] = []
 
-        async def read() -> None:
-            store = open_store("file", store_config(self.store_dir))
-            try:
-                result.append(await store.get_token(provider, bucket))
-            finally:
-                await store.close()
+def read_stored_token(store_dir: Path, provider: str, bucket: str) -> dict[str, Any] | None:
+    """Read the host store through the file backend (its own loop, in a thread)."""
+    from credproxy.store.factory import open_store
 
-        thread = threading.Thread(target=lambda: asyncio.run(read()))
-        thread.start()
-        thread.join()
-        return result[0] if result else None
+    result: list[dict[str, Any] | None] = []
+
+    async def read() -> None:
+        store = open_store("file", store_config(store_dir))
+        try:
+            result.append(await store.get_token(provider, bucket))
+        finally:
+            await store.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(read()))
+    thread.start()
+    thread.join()
+    return result[0] if result else None
 
 
 def start_oauth_daemon(
@@ -275,4 +279,26 @@ def start_login(
         )
     finally:
         os.close(read_end)
+    return LoginProcess(process)
+
+
+def start_host_login(config_path: Path, provider: str, *args: str) -> LoginProcess:
+    """``credproxy login PROVIDER --json`` on the host: no socket, the store in the config."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "credproxy",
+            "login",
+            provider,
+            "--json",
+            "--config",
+            str(config_path),
+            *args,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=daemon_env(),
+    )
     return LoginProcess(process)
