@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +29,12 @@ LOCK_TIMEOUT_S: Final = 10.0
 
 
 def default_lock_path() -> Path:
-    from platformdirs import user_runtime_path
+    """In the session's runtime directory when there is one, else the user data directory."""
+    from platformdirs import user_data_path
 
-    return user_runtime_path("credproxy") / "keyring-index.lock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "credproxy" if runtime else user_data_path("credproxy")
+    return base / "keyring-index.lock"
 
 
 class KeyringStore:
