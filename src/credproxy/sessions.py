@@ -250,6 +250,7 @@ class OAuthSession:
         "_resources",
         "_result",
         "_used",
+        "_used_ids",
         "bucket",
         "created_at",
         "flow",
@@ -270,6 +271,7 @@ class OAuthSession:
         identity: PeerIdentity,
         created_at: float,
         closer: _Closer,
+        used_ids: set[str],
     ) -> None:
         self.session_id: Final = session_id
         self.provider: Final = provider
@@ -283,6 +285,7 @@ class OAuthSession:
         self._result = _PENDING
         self._resources: list[Resource] | None = None
         self._closer = closer
+        self._used_ids = used_ids
 
     def __repr__(self) -> str:
         # The id lets its holder use the session: never shown in full.
@@ -294,8 +297,20 @@ class OAuthSession:
 
     @property
     def used(self) -> bool:
-        """Set by ``OAuthSessionManager.mark_used`` so the sweep can find it cheaply."""
+        """Set through ``OAuthSessionManager.mark_used`` (or here), which also files the id
+        where the sweep finds it cheaply. Single use: it never goes back to False."""
         return self._used
+
+    @used.setter
+    def used(self, value: bool) -> None:
+        if not value:
+            if self._used:
+                raise ValueError("a used login session cannot be made unused")
+            return
+        if not self._used:
+            self._used = True
+            if not self._ended:
+                self._used_ids.add(self.session_id)
 
     @property
     def ended(self) -> bool:
@@ -383,7 +398,7 @@ class OAuthSessionManager:
         self.max_sessions: Final = max_sessions
         self._clock = clock
         self._sessions: OrderedDict[str, OAuthSession] = OrderedDict()
-        self._used: set[str] = set()
+        self._used_ids: set[str] = set()
         self._per_identity: dict[tuple[int | None, Grant | None], int] = {}
         self._flow_owners: dict[int, str] = {}
         self._closer = _Closer()
@@ -446,6 +461,7 @@ class OAuthSessionManager:
             identity=identity,
             created_at=self._clock(),
             closer=self._closer,
+            used_ids=self._used_ids,
         )
         self._per_identity[key] = self._per_identity.get(key, 0) + 1
         if flow is not None:
@@ -477,8 +493,7 @@ class OAuthSessionManager:
         session = self._sessions.get(session_id)
         if session is None:
             raise ProxyError(ErrorCode.SESSION_NOT_FOUND, "no login session with that id")
-        session._used = True
-        self._used.add(session_id)
+        session.used = True
 
     def remove_session(self, session_id: str) -> None:
         """End the session and close what it owns; unknown ids are ignored (idempotent cancel)."""
@@ -501,7 +516,8 @@ class OAuthSessionManager:
         for session in doomed:
             self._remove(session)
         removed = len(doomed)
-        used, self._used = self._used, set()
+        used = list(self._used_ids)
+        self._used_ids.clear()  # in place: every session holds this set
         for session_id in used:
             consumed = self._sessions.get(session_id)
             if consumed is not None:
@@ -549,7 +565,7 @@ class OAuthSessionManager:
     def _remove(self, session: OAuthSession) -> None:
         session_id = session.session_id
         del self._sessions[session_id]
-        self._used.discard(session_id)
+        self._used_ids.discard(session_id)
         key = session.identity.key
         remaining = self._per_identity[key] - 1
         if remaining:

@@ -200,6 +200,28 @@ def test_mark_used_makes_later_lookups_already_used(manager: OAuthSessionManager
     assert _code(info) == "SESSION_ALREADY_USED"
 
 
+def test_setting_used_on_the_session_consumes_it_like_mark_used(
+    manager: OAuthSessionManager,
+) -> None:
+    session_id = open_session(manager)
+    manager.get_session(session_id, ALICE_A).used = True
+    with pytest.raises(ProxyError) as info:
+        manager.get_session(session_id, ALICE_A)
+    assert _code(info) == "SESSION_ALREADY_USED"
+    assert manager.sweep_expired() == 1
+    assert session_id not in manager
+
+
+def test_a_used_session_cannot_be_made_unused(manager: OAuthSessionManager) -> None:
+    session_id = open_session(manager)
+    session = manager.get_session(session_id, ALICE_A)
+    session.used = False  # still unused: nothing to undo
+    manager.mark_used(session_id)
+    with pytest.raises(ValueError, match="cannot be made unused"):
+        session.used = False
+    assert session.used
+
+
 def test_mark_used_on_unknown_session_is_session_not_found(manager: OAuthSessionManager) -> None:
     with pytest.raises(ProxyError) as info:
         manager.mark_used("f" * 32)
