@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +278,15 @@ def test_what_the_user_sees_is_stripped_of_control_characters() -> None:
 def test_the_pasted_code_is_read_from_a_non_terminal_stdin() -> None:
     prompter = Prompter(out=io.StringIO(), source=io.StringIO("the-code#state\n"))
     assert prompter.read_code() == "the-code#state"
+
+
+def test_the_documented_example_config_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "config.toml"
+    config = tomllib.loads(path.read_text())
+    providers = parse_providers(config)
+    assert {p.flow for p in providers.values()} == {
+        "pkce_redirect",
+        "device_code",
+        "browser_redirect",
+    }
+    session_limits(config)
