@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -273,10 +276,6 @@ def test_real_command_reads_a_piped_key_and_shows_it_only_by_name(store_env: Pat
 
 def test_key_set_on_a_terminal_prompts_without_echoing_the_key(store_env: Path) -> None:
     """A real pseudo-terminal: the typed key must not come back in what the terminal shows."""
-    import os
-    import pty
-    import select
-
     master, slave = pty.openpty()
     process = subprocess.Popen(
         [*credproxy_command(), "key", "set", "typed"],

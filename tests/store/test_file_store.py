@@ -407,3 +407,22 @@ async def test_lock_held_too_long_fails_with_what_to_do(store_dir: Path) -> None
     await store.set_key("k", "v")
     assert await store.get_key("k") == "v"
     await store.close()
+
+
+async def test_unchanged_file_is_not_read_again_and_a_changed_one_is(store_dir: Path) -> None:
+    """The hot path: reads of an unchanged file reuse the loaded snapshot (one stat each)."""
+    reader = FileStore(store_dir, KeySettings(source="keyfile"))
+    writer = FileStore(store_dir, KeySettings(source="keyfile"))
+    await writer.save_token("openai", "default", TOKEN)
+    await reader.get_token("openai", "default")
+    loaded = reader._snapshot
+    for _ in range(5):
+        assert await reader.get_token("openai", "default") == TOKEN
+        assert await reader.list_providers() == ["openai"]
+    assert reader._snapshot is loaded
+    await writer.set_key("k", "v")
+    assert await reader.get_token("openai", "default") == TOKEN
+    assert reader._snapshot is not loaded
+    assert await reader.get_key("k") == "v"
+    await reader.close()
+    await writer.close()

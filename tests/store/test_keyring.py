@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,17 @@ def _items(service: SecretService) -> list[str]:
         ]
     finally:
         connection.close()
+
+
+async def test_concurrent_saves_from_two_store_instances_keep_every_index_entry(
+    service: SecretService, tmp_path: Path
+) -> None:
+    first = KeyringStore.open(service, tmp_path / "index.lock")
+    second = KeyringStore.open(SecretService(service.service), tmp_path / "index.lock")
+    await asyncio.gather(
+        *(first.save_token("one", f"b{index}", TOKEN) for index in range(6)),
+        *(second.save_token("two", f"b{index}", TOKEN) for index in range(6)),
+    )
+    expected = [f"b{index}" for index in range(6)]
+    assert await first.list_buckets("one") == expected
+    assert await first.list_buckets("two") == expected
