@@ -298,3 +298,24 @@ async def test_refresh_with_a_dead_grant_requires_a_new_login(
         await coordinator.refresh("test", "default")
     assert caught.value.code == ErrorCode.REAUTH_REQUIRED
     assert "garbage-refresh" not in caught.value.message
+
+
+async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    """NOT_FOUND first; once a token is stored, the next refresh calls the provider."""
+    config = provider(oidc_server, "pkce_redirect")
+    registry = ProviderRegistry({"test": config})
+    flow = CodePasteFlow(config, await registry.endpoints(config, http), http)
+    with HeadlessUser() as user:
+        pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
+    store = MemoryStore()
+    writer = TokenWriter(store)
+    coordinator = RefreshCoordinator(registry, http, store, writer)
+    with pytest.raises(ProxyError) as caught:
+        await coordinator.refresh("test", "default")
+    assert caught.value.code == ErrorCode.NOT_FOUND
+    await writer.save("test", "default", await flow.finish(pasted))
+    refreshed = await coordinator.refresh("test", "default")
+    assert coordinator.provider_calls == 1
+    assert refreshed["refresh_token"]

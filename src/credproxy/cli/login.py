@@ -26,6 +26,8 @@ from credproxy.cli import main
 
 if TYPE_CHECKING:
     from credproxy.client.login import LoginResult, Prompter
+    from credproxy.oauth.config import ProviderRegistry
+    from credproxy.store.base import CredentialStore
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 _SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
@@ -167,7 +169,11 @@ def _in_daemon_thread(read: Callable[[], str]) -> asyncio.Future[str]:
 
 
 async def _host_flow(
-    registry: Any, provider: str, bucket: str, store: Any, prompter: Prompter
+    registry: ProviderRegistry,
+    provider: str,
+    bucket: str,
+    store: CredentialStore,
+    prompter: Prompter,
 ) -> LoginResult:
     from credproxy.client.login import DENIED_MESSAGE, LoginError, LoginResult
     from credproxy.oauth.errors import OAuthFlowError
@@ -179,6 +185,8 @@ async def _host_flow(
     from credproxy.tokens import sanitize
 
     config = registry.get(provider)
+    if config is None:
+        raise LoginError(f"No OAuth provider {provider!r} is configured.")
     http = OAuthHttp()
     try:
         endpoints = await registry.endpoints(config, http)
@@ -264,7 +272,7 @@ def logout(
 
 
 async def _host_logout(
-    settings: dict[str, Any], provider: str, bucket: str, store: Any, revoke: bool
+    settings: dict[str, Any], provider: str, bucket: str, store: CredentialStore, revoke: bool
 ) -> bool:
     """Remove the token; revoke its refresh token first when the provider has an endpoint
     (RFC 7009). A failed revocation is reported and the local token removed anyway."""

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from credproxy.oauth.runtime import TokenWriter
 
 REFRESH_COOLDOWN_S: Final = 30.0
+_PRUNE_AT: Final = 256
 
 
 @dataclass(slots=True)
@@ -81,22 +82,35 @@ class RefreshCoordinator:
         return await asyncio.shield(running)
 
     async def _run(self, key: tuple[str, str]) -> Token:
+        """One refresh; its outcome is remembered for the cooldown only when the
+        provider was actually called (a missing token or provider costs nothing to
+        recheck, and must not let a sandbox grow the table with made-up names)."""
+        called: list[bool] = []
         try:
-            token = await self._refresh_once(*key)
+            token = await self._refresh_once(*key, called)
         except ProxyError as exc:
-            self._last[key] = _Attempt(self._monotonic(), exc)
+            if called:
+                self._remember(key, exc)
             raise
         except Exception:
             failure = ProxyError(ErrorCode.INTERNAL_ERROR, "the refresh failed on the host")
-            self._last[key] = _Attempt(self._monotonic(), failure)
+            if called:
+                self._remember(key, failure)
             raise failure from None
         else:
-            self._last[key] = _Attempt(self._monotonic(), None)
+            self._remember(key, None)
             return token
         finally:
             self._inflight.pop(key, None)
 
-    async def _refresh_once(self, provider: str, bucket: str) -> Token:
+    def _remember(self, key: tuple[str, str], error: ProxyError | None) -> None:
+        now = self._monotonic()
+        if len(self._last) >= _PRUNE_AT:
+            for stale in [k for k, a in self._last.items() if now - a.at >= self._cooldown_s]:
+                del self._last[stale]
+        self._last[key] = _Attempt(now, error)
+
+    async def _refresh_once(self, provider: str, bucket: str, called: list[bool]) -> Token:
         config = self._providers.get(provider)
         if config is None:
             raise ProxyError(
@@ -116,6 +130,7 @@ class RefreshCoordinator:
             )
         try:
             endpoints = await self._providers.endpoints(config, self._http)
+            called.append(True)
             self.provider_calls += 1
             fresh = await request_token(
                 config,
