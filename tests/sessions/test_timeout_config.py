@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from credproxy.sessions import TIMEOUT_ENV_VAR, OAuthSessionManager, parse_timeout_env
 
@@ -110,3 +112,15 @@ def test_session_caps_must_be_positive_integers(field: str, value: int) -> None:
             max_sessions_per_identity=caps["max_sessions_per_identity"],
             max_sessions=caps["max_sessions"],
         )
+
+
+@given(raw=st.text(max_size=12) | st.integers(-5, 10**11).map(str))
+def test_an_accepted_value_is_exactly_the_decimal_spelling_of_a_positive_integer(raw: str) -> None:
+    """Nothing with a second spelling (sign, padding, other digits) is ever accepted."""
+    try:
+        seconds = parse_timeout_env(raw)
+    except ValueError as error:
+        assert TIMEOUT_ENV_VAR in str(error)
+        return
+    assert seconds > 0
+    assert str(seconds) == raw
