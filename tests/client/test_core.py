@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from credproxy.client import (
     InvalidRequestError,
@@ -300,3 +302,53 @@ def test_string_list_rejects_non_string_items() -> None:
     with pytest.raises(ProtocolViolationError):
         string_list({"keys": ["a", 1]}, "keys")
     assert string_list({"keys": ["a"]}, "keys") == ["a"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+frame_objects = st.dictionaries(
+    st.sampled_from(["v", "id", "op", "ok", "data", "code", "error", "retryAfter"])
+    | st.text(max_size=6),
+    json_values,
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=200), chunk=st.integers(min_value=1, max_value=17))
+def test_arbitrary_bytes_never_raise_anything_but_a_violation(data: bytes, chunk: int) -> None:
+    for core in (ClientCore(TOKEN), ready_core()):
+        if core.state is State.NEW:
+            core.initiate_handshake()
+        try:
+            for start in range(0, len(data), chunk):
+                core.receive_data(data[start : start + chunk])
+        except ProtocolViolationError:
+            assert core.state is State.CLOSED
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=st.lists(frame_objects, max_size=5), in_handshake=st.booleans())
+def test_arbitrary_json_objects_become_events_or_a_violation(
+    frames: list[dict[str, Any]], in_handshake: bool
+) -> None:
+    core = ClientCore(TOKEN)
+    core.initiate_handshake()
+    if not in_handshake:
+        core = ready_core()
+        core.send_request("list_providers")
+    stream = b"".join(encode_frame(frame) for frame in frames)
+    try:
+        events = core.receive_data(stream)
+    except ProtocolViolationError:
+        return
+    for event in events:
+        if isinstance(event, ResponseReceived):
+            assert (event.data is None) != (event.error is None)
+            if event.error is not None:
+                assert event.error.message.isprintable()
