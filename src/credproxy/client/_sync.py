@@ -21,7 +21,7 @@ from credproxy.client import _core
 from credproxy.client._core import ClientCore, HandshakeComplete, HandshakeFailed, ResponseReceived
 from credproxy.client._exceptions import (
     ProxyClientError,
-    ProxyConnectionError,
+    RequestTimeoutError,
     client_closed,
     connect_failed,
     connection_lost,
@@ -124,9 +124,8 @@ class ProxyClient:
                         if isinstance(event, ResponseReceived) and event.request_id == request_id:
                             self._last_used = self._clock()
                             return event.unwrap()
-            except ProxyConnectionError as exc:
-                if exc.code == "TIMEOUT":
-                    self._abandon(sock, core, request_id)
+            except RequestTimeoutError:
+                self._abandon(sock, core, request_id)
                 raise
 
     def get_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
