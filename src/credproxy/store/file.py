@@ -24,6 +24,7 @@ import binascii
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 import threading
@@ -48,6 +49,9 @@ CHECK_PLAINTEXT: Final = b"credproxy data key check"
 TEMP_PREFIX: Final = f".{DATA_FILE}."
 TEMP_SUFFIX: Final = ".tmp"
 DEFAULT_LOCK_TIMEOUT_S: Final = 10.0
+
+_STORE_ID_RE: Final = re.compile(r"[0-9a-f]{32}")
+_SOURCE_NAMES: Final = {"keyfile": "key file", "keyring": "keyring", "passphrase": "passphrase"}
 
 _Signature = tuple[int, int, int, int]
 
@@ -151,7 +155,7 @@ class FileStore:
             return
         header = self._header
         store_id = header.get("store_id")
-        if not isinstance(store_id, str) or not store_id.isalnum():
+        if not isinstance(store_id, str) or not _STORE_ID_RE.fullmatch(store_id):
             raise StoreError(f"store file {self.path} has a damaged header (store_id)")
         self._store_id = store_id
         self._key, self.key_source = load_key(
@@ -168,7 +172,8 @@ class FileStore:
             )
         except (crypto.SealError, binascii.Error, ValueError):
             raise StoreError(
-                f"the data key from the {self.key_source} does not open the store in "
+                f"the data key from the {_SOURCE_NAMES.get(self.key_source, self.key_source)} "
+                f"does not open the store in "
                 f"{self.directory} (a wrong passphrase, or a key file or keyring entry of "
                 "another store); use the right key, or choose another store path"
             ) from None
