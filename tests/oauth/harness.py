@@ -175,12 +175,15 @@ class Relay:
             return bytes(self.to_client)
 
     def close(self) -> None:
+        """Shut the sockets down first: that (unlike close) wakes threads blocked on them."""
         self._closed = True
-        self._listener.close()
-        for sock in self._sockets:
-            sock.close()
+        for sock in [self._listener, *self._sockets]:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         for thread in self._threads:
             thread.join(timeout=5)
+        for sock in [self._listener, *self._sockets]:
+            sock.close()
         self.path.unlink(missing_ok=True)
 
 

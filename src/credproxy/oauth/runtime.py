@@ -87,8 +87,9 @@ class OAuthRuntime:
         )
 
     def start(self) -> None:
-        """Start the session sweep; call inside the daemon's running loop."""
-        self.sessions.start_gc()
+        """Start the session sweep; call inside the daemon's running loop. Idempotent."""
+        if not self.sessions.gc_running:
+            self.sessions.start_gc()
 
     async def aclose(self) -> None:
         """End every login (tasks cancelled, listeners closed), then the HTTP session."""

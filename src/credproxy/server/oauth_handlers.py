@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.flows import BackgroundFlow, CodePasteFlow, start_flow
-from credproxy.oauth.runtime import OAuthRuntime, runtime_of
+from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime, runtime_of
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.messages import Exchange, ProviderBucket, SessionRef
 from credproxy.server.context import Handler, RequestContext
@@ -41,6 +41,14 @@ def _require_login_access(ctx: RequestContext, provider: str, bucket: str) -> No
     ctx.audit["bucket"] = bucket
     if not ctx.grant.allows_token(provider, bucket):
         raise ProxyError(ErrorCode.UNAUTHORIZED, _OUTSIDE_GRANT)
+
+
+def _session_runtime(ctx: RequestContext) -> OAuthRuntime:
+    """A daemon without OAuth has no sessions either: the id is simply unknown."""
+    runtime = ctx.state.extensions.get(EXTENSION_KEY)
+    if not isinstance(runtime, OAuthRuntime):
+        raise ProxyError(ErrorCode.SESSION_NOT_FOUND, "no login session with that id")
+    return runtime
 
 
 def _wrong_op(op: str, flow_type: str, use: str) -> ProxyError:
@@ -101,7 +109,7 @@ async def _complete_in_background(
 
 
 async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, Any]:
-    runtime = runtime_of(ctx.state)
+    runtime = _session_runtime(ctx)
     session = runtime.sessions.get_session(payload.session_id, _identity(ctx))
     ctx.audit["provider"] = session.provider
     ctx.audit["bucket"] = session.bucket
@@ -118,7 +126,7 @@ async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, An
 
 
 async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
-    runtime = runtime_of(ctx.state)
+    runtime = _session_runtime(ctx)
     session = runtime.sessions.get_session(payload.session_id, _identity(ctx))
     ctx.audit["provider"] = session.provider
     ctx.audit["bucket"] = session.bucket
@@ -143,7 +151,9 @@ async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]
 
 async def oauth_cancel(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
     """Idempotent: an unknown, expired or already used session is already over."""
-    runtime = runtime_of(ctx.state)
+    runtime = ctx.state.extensions.get(EXTENSION_KEY)
+    if not isinstance(runtime, OAuthRuntime):
+        return {}
     try:
         session = runtime.sessions.get_session(payload.session_id, _identity(ctx))
     except ProxyError as exc:
