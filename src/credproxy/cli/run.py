@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -229,7 +230,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
             finally:
                 del token
                 await daemon.stop(STOP_GRACE_S)
-                await oauth.aclose()
+                await _bounded(oauth.aclose())
         except SandboxError as exc:
             click.echo(f"Error: {exc}", err=True)
             return exc.exit_code
@@ -247,3 +248,12 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
 def _null_stream() -> IO[str]:
     """Where audit lines go when --audit-log is not given: the command owns the terminal."""
     return open(os.devnull, "w", encoding="utf-8")
+
+
+async def _bounded(closing: Awaitable[None]) -> None:
+    """Shutdown steps get a deadline: the command has exited, ``run`` must not hang."""
+    try:
+        async with asyncio.timeout(STOP_GRACE_S):
+            await closing
+    except TimeoutError:
+        click.echo("credproxy run: shutdown of login sessions timed out", err=True)
