@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.fixtures.daemon import DaemonFactory
+from tests.fixtures.daemon import DaemonFactory, daemon_env
 from tests.fixtures.oidc import OidcServer
 from tests.oauth.browser import HeadlessUser
 from tests.oauth.conftest import StartLogin
@@ -211,3 +213,43 @@ def test_ctrl_c_during_a_device_login_cancels_the_session_and_polling_stops(
     time.sleep(0.5)  # ten poll intervals: a live poller would have asked again
     assert oidc_server.token_requests().get(grant, 0) <= after_cancel + 1
     assert daemon.stored_token("device") is None
+
+
+def run_in_sandbox(daemon: OAuthDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "credproxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=daemon_env(
+            {
+                "LLXPRT_CREDENTIAL_SOCKET": str(daemon.socket_path),
+                "LLXPRT_CAPABILITY_TOKEN": daemon.token,
+            }
+        ),
+    )
+
+
+def test_logout_in_a_sandbox_removes_the_token_on_the_host_only_when_the_grant_allows(
+    credproxy_daemon: DaemonFactory, oidc_server: OidcServer
+) -> None:
+    token = {
+        "access_token": "a",
+        "expiry": 4102444800,
+        "token_type": "Bearer",
+        "refresh_token": "r",
+    }
+    seeded = {("paste", "default"): token}
+    providers = providers_for(oidc_server)
+    narrow = start_oauth_daemon(credproxy_daemon, providers, "--allow", "paste", tokens=seeded)
+    refused = run_in_sandbox(narrow, "logout", "paste")
+    assert refused.returncode == 1
+    assert "Logout failed" in refused.stderr
+    assert narrow.stored_token("paste") is not None
+
+    full = start_oauth_daemon(credproxy_daemon, providers, tokens=seeded)
+    done = run_in_sandbox(full, "logout", "paste")
+    assert done.returncode == 0, done.stderr
+    assert "Logged out of paste" in done.stdout
+    assert full.stored_token("paste") is None

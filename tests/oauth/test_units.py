@@ -12,7 +12,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from credproxy.client.login import Prompter, describe_start
+from credproxy.client import (
+    ExchangeFailedError,
+    ProxyClientError,
+    SessionAlreadyUsedError,
+    SessionExpiredError,
+    SessionNotFoundError,
+)
+from credproxy.client.login import (
+    EXPIRED_MESSAGE,
+    GONE_MESSAGE,
+    USED_MESSAGE,
+    Prompter,
+    describe_start,
+    explain,
+)
 from credproxy.oauth.config import ProviderConfigError, parse_provider, parse_providers
 from credproxy.oauth.errors import KNOWN_ERRORS, UNKNOWN_ERROR, OAuthFlowError, reduce_error_code
 from credproxy.oauth.flows import next_poll_interval, split_pasted_code, token_from_response
@@ -290,3 +304,18 @@ def test_the_documented_example_config_is_valid() -> None:
         "browser_redirect",
     }
     session_limits(config)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (SessionExpiredError("SESSION_EXPIRED", "x"), EXPIRED_MESSAGE),
+        (SessionAlreadyUsedError("SESSION_ALREADY_USED", "x"), USED_MESSAGE),
+        (SessionNotFoundError("SESSION_NOT_FOUND", "x"), GONE_MESSAGE),
+        (ExchangeFailedError("EXCHANGE_FAILED", "p: refused"), "Login failed: p: refused"),
+    ],
+)
+def test_session_failures_tell_the_user_what_to_do(error: ProxyClientError, message: str) -> None:
+    explained = explain(error)
+    assert explained.message == message
+    assert explained.code == error.code

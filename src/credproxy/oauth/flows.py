@@ -423,7 +423,7 @@ class LoopbackFlow:
         site = web.TCPSite(runner, LOOPBACK_HOST, self.provider.redirect_port or 0)
         try:
             await site.start()
-        except OSError:
+        except BaseException:  # OSError (port taken) or a cancelled request
             await runner.cleanup()
             raise
         self._runner = runner

@@ -138,7 +138,7 @@ async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]
         return {"status": "pending", "pollIntervalMs": flow.poll_interval_ms}
     runtime.sessions.remove_session(payload.session_id)
     if result.status == "complete" and result.token is not None:
-        return {"status": "complete", **sanitize(result.token)}
+        return {**sanitize(result.token), "status": "complete"}
     answer: dict[str, Any] = {
         "status": "error",
         "code": result.code or ErrorCode.EXCHANGE_FAILED.value,
