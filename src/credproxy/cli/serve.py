@@ -41,6 +41,7 @@ class _Options:
     allow_uid: tuple[int, ...]
     audit_log: Path | None
     as_json: bool
+    rate_limit: float
     frame_timeout: float
     call_timeout: float
     hold_store: bool
@@ -181,6 +182,14 @@ def write_capability_fd(fd: int, token: str) -> None:
     help="Append audit lines to this file (0600) instead of stderr.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when ready.")
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=1.0, max=1_000_000.0),
+    default=60.0,
+    show_default=True,
+    metavar="N",
+    help="Requests per second allowed on one connection (bursts up to N).",
+)
 @click.option("--testing-frame-timeout", type=float, default=5.0, hidden=True)
 @click.option("--testing-call-timeout", type=float, default=15.0, hidden=True)
 @click.option("--testing-hold-store", is_flag=True, hidden=True)
@@ -198,6 +207,7 @@ def serve(  # noqa: PLR0917  (click passes every option)
     allow_uid: tuple[int, ...],
     audit_log: Path | None,
     as_json: bool,
+    rate_limit: float,
     testing_frame_timeout: float,
     testing_call_timeout: float,
     testing_hold_store: bool,
@@ -232,6 +242,7 @@ def serve(  # noqa: PLR0917  (click passes every option)
         allow_uid=allow_uid,
         audit_log=audit_log,
         as_json=as_json,
+        rate_limit=rate_limit,
         frame_timeout=testing_frame_timeout,
         call_timeout=testing_call_timeout,
         hold_store=testing_hold_store,
@@ -287,6 +298,7 @@ async def _run(opts: _Options, credential_store: CredentialStore, settings: dict
         allowed_uids=frozenset(opts.allow_uid),
         audit=audit,
         frame_timeout_s=opts.frame_timeout,
+        rate_per_second=opts.rate_limit,
     )
     token_file: Path | None = None
     try:

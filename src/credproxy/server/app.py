@@ -16,6 +16,7 @@ from pathlib import Path
 
 from credproxy.audit import AuditEvent, AuditLog
 from credproxy.grants import CapabilityTable, Grant
+from credproxy.protocol.server import RATE_PER_SECOND
 from credproxy.server.connection import (
     PARTIAL_FRAME_TIMEOUT_S,
     Connection,
@@ -55,6 +56,7 @@ class Daemon:
         handlers: Mapping[str, Handler] | None = None,
         frame_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S,
         throttle: HandshakeThrottle | None = None,
+        rate_per_second: float = RATE_PER_SECOND,
     ) -> None:
         if capabilities is None and allowed_uids:
             raise ValueError("other uids can only be admitted with capability tokens")
@@ -70,6 +72,7 @@ class Daemon:
             audit=self._audit,
             throttle=throttle or HandshakeThrottle(),
             frame_timeout_s=frame_timeout_s,
+            rate_per_second=rate_per_second,
         )
         self._path: Path | None = None
         self._server: asyncio.Server | None = None
