@@ -15,7 +15,6 @@ expiry) cancels its background task and closes its loopback listener.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Final
 
 from credproxy.oauth.errors import OAuthFlowError
@@ -26,8 +25,6 @@ from credproxy.protocol.messages import Exchange, ProviderBucket, SessionRef
 from credproxy.server.context import Handler, RequestContext
 from credproxy.sessions import OAuthSession, PeerIdentity
 from credproxy.tokens import sanitize
-
-logger = logging.getLogger(__name__)
 
 _OUTSIDE_GRANT: Final = "not permitted by this connection's grant"
 
