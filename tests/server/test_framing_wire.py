@@ -93,7 +93,11 @@ def test_frame_split_byte_by_byte_is_reassembled(credproxy_daemon: DaemonFactory
         hello = {
             "v": 2,
             "op": "handshake",
-            "payload": {"minVersion": 1, "maxVersion": 2, "capabilityToken": daemon.capability_token},
+            "payload": {
+                "minVersion": 1,
+                "maxVersion": 2,
+                "capabilityToken": daemon.capability_token,
+            },
         }
         request = {"v": 2, "id": "slow", "op": "has_api_key", "payload": {"name": "k"}}
         for message in (hello, request):
@@ -101,7 +105,12 @@ def test_frame_split_byte_by_byte_is_reassembled(credproxy_daemon: DaemonFactory
             for byte in _frame(body):
                 client.send_raw(bytes([byte]))
         assert client.recv()["ok"] is True
-        assert client.recv_id("slow") == {"v": 2, "id": "slow", "ok": True, "data": {"exists": False}}
+        assert client.recv_id("slow") == {
+            "v": 2,
+            "id": "slow",
+            "ok": True,
+            "data": {"exists": False},
+        }
 
 
 def test_stalled_partial_frame_is_closed_after_the_frame_timeout(

@@ -52,7 +52,12 @@ def test_handshake_picks_highest_common_version_and_grant() -> None:
     (event,) = conn.receive_data(_hello(minVersion=1, maxVersion=7, capabilityToken=TOKEN), 0.0)
     assert isinstance(event, HandshakeAccepted)
     assert event.version == 2 and event.grant is GRANT
-    assert _decode(event.response) == {"v": 2, "op": "handshake", "ok": True, "data": {"version": 2}}
+    assert _decode(event.response) == {
+        "v": 2,
+        "op": "handshake",
+        "ok": True,
+        "data": {"version": 2},
+    }
     assert conn.state is ConnectionState.READY
 
 
@@ -115,12 +120,10 @@ def _cancelled() -> Any:
 
 def test_rate_limit_allows_sixty_then_answers_rate_limited_with_retry_after() -> None:
     conn = _ready()
-    accepted = 0
     for i in range(60):
         (event,) = conn.receive_data(_req(str(i)), 0.0)
         assert isinstance(event, RequestReceived)
         conn.send_success(str(i), {})
-        accepted += 1
     (limited,) = conn.receive_data(_req("61"), 0.0)
     assert isinstance(limited, ProtocolViolation)
     reply = _decode(limited.response)
@@ -159,9 +162,7 @@ def test_framing_error_closes_without_a_response() -> None:
 
 def test_cancel_is_unknown_in_version_1() -> None:
     conn = ServerConnection(_auth)
-    hello = encode_frame(
-        {"v": 1, "op": "handshake", "payload": {"capabilityToken": TOKEN}}
-    )
+    hello = encode_frame({"v": 1, "op": "handshake", "payload": {"capabilityToken": TOKEN}})
     (accepted,) = conn.receive_data(hello, 0.0)
     assert isinstance(accepted, HandshakeAccepted) and accepted.version == 1
     cancel = encode_frame({"v": 1, "id": "c", "op": "cancel", "payload": {"targetId": "x"}})
@@ -180,7 +181,11 @@ async def test_handshake_throttle_doubles_per_uid_and_never_delays_other_uids() 
         slept.append((current["uid"], delay))
 
     throttle = HandshakeThrottle(
-        base_delay_s=0.1, max_delay_s=0.5, forget_after_s=60.0, clock=lambda: now[0], sleep=fake_sleep
+        base_delay_s=0.1,
+        max_delay_s=0.5,
+        forget_after_s=60.0,
+        clock=lambda: now[0],
+        sleep=fake_sleep,
     )
 
     async def fail(uid: int) -> None:

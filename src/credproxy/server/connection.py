@@ -121,6 +121,15 @@ class ConnectionSettings:
     rate_per_second: float = RATE_PER_SECOND
 
 
+_SHUTTING_DOWN: Final = ProxyError(
+    ErrorCode.INTERNAL_ERROR, "the daemon shut down before the operation finished"
+)
+
+
+def _cancelled() -> ProxyError:
+    return ProxyError(ErrorCode.CANCELLED, "the request was cancelled")
+
+
 class _Close(Exception):
     """Internal: the read loop ends and in-flight requests are dropped."""
 
@@ -148,6 +157,7 @@ class Connection:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancellable: set[str] = set()
         self._cancel_requested: set[str] = set()
+        self._writers: set[asyncio.Task[None]] = set()
         self._reader_task: asyncio.Task[bool] | None = None
         self._stopping = False
         self._grace_s = 0.0
@@ -252,14 +262,25 @@ class Connection:
         task = asyncio.create_task(self._serve(request))
         self._tasks[request.id] = task
         self._cancellable.add(request.id)
-        task.add_done_callback(functools.partial(self._forget, request.id))
+        task.add_done_callback(functools.partial(self._forget, request.id, request.op))
 
-    def _forget(self, request_id: str, task: asyncio.Task[None]) -> None:
-        """Clean up after ``task``, unless its id was already reused by a newer request."""
-        if self._tasks.get(request_id) is task:
-            del self._tasks[request_id]
-            self._cancellable.discard(request_id)
-            self._cancel_requested.discard(request_id)
+    def _forget(self, request_id: str, op: str, task: asyncio.Task[None]) -> None:
+        """Clean up after ``task``, unless its id was already reused by a newer request.
+
+        A task cancelled before its first step never ran ``_serve``, so nothing
+        answered it; a requested cancel is answered here instead.
+        """
+        if self._tasks.get(request_id) is not task:
+            return
+        del self._tasks[request_id]
+        self._cancellable.discard(request_id)
+        if task.cancelled() and request_id in self._cancel_requested:
+            frame = self._proto.send_failure(request_id, _cancelled())
+            writer = asyncio.get_running_loop().create_task(self._write(frame))
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+            self._audit(op, ErrorCode.CANCELLED, {}, None)
+        self._cancel_requested.discard(request_id)
 
     async def _cancel(self, request: Request) -> None:
         payload = request.payload
@@ -288,13 +309,14 @@ class Connection:
         try:
             frame, outcome = await self._call(ctx, request)
         except asyncio.CancelledError:
-            if request.id not in self._cancel_requested:
+            requested = request.id in self._cancel_requested
+            if not (requested or self._stopping) or self._broken:
                 raise
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
             self._cancel_requested.discard(request.id)
-            error = ProxyError(ErrorCode.CANCELLED, "the request was cancelled")
+            error = _cancelled() if requested else _SHUTTING_DOWN
             frame, outcome = self._proto.send_failure(request.id, error), error.code
         self._cancellable.discard(request.id)
         await self._write(frame)
@@ -340,7 +362,7 @@ class Connection:
                 self._broken = True
 
     async def _settle(self, grace_s: float) -> None:
-        pending = [task for task in self._tasks.values() if not task.done()]
+        pending = [task for task in (*self._tasks.values(), *self._writers) if not task.done()]
         if pending and grace_s > 0:
             await asyncio.wait(pending, timeout=grace_s)
         for task in pending:
