@@ -134,7 +134,7 @@ def test_capability_token_arrives_on_fd_3_and_nowhere_else(run_host: RunHost) ->
     texts = report["process_texts"]
     assert len(texts) >= 4  # bwrap's init and the probe, environ and cmdline each
     assert not any(token in text for text in texts)
-    assert report["fds"] == [0, 1, 2, 3, 4] or report["fds"] == [0, 1, 2, 3]
+    assert sorted(report["fds"]) == ["0", "1", "2", "3"]
 
 
 def test_only_the_one_socket_is_visible_inside(run_host: RunHost) -> None:

@@ -246,18 +246,21 @@ class _SignalForwarder:
     foreground group; when the child shares that group with us, forwarding
     them again would deliver them twice, so only kill(1)-style signals are
     forwarded then. For bwrap the command runs in its own session, so the
-    signal goes to its process group inside the sandbox, found from
-    ``--info-fd``.
+    signal goes to the sandbox's process group, whose leader bwrap reports
+    on ``--info-fd``.
     """
 
-    def __init__(self, pid: int, prepared: Prepared) -> None:
+    def __init__(self, pid: int, prepared: Prepared, info: _InfoReader | None) -> None:
         self.pid = pid
         self.prepared = prepared
-        self.inner_pid: int | None = None
+        self.info = info
 
     def __call__(self, signum: int) -> None:
         if self.prepared.own_process_group:
-            target = self._inner_command()
+            # bwrap's init inside is the leader of the sandbox's session and
+            # process group; the command and its own children are in it. The
+            # init (pid 1 there) has no handlers, so the kernel spares it.
+            target = self.info.poll() if self.info is not None else None
             try:
                 if target is not None:
                     os.killpg(target, signum)
@@ -270,16 +273,6 @@ class _SignalForwarder:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signum)
-
-    def _inner_command(self) -> int | None:
-        if self.inner_pid is None:
-            return None
-        try:
-            children = Path(f"/proc/{self.inner_pid}/task/{self.inner_pid}/children").read_text()
-        except OSError:
-            return None
-        first = children.split()
-        return int(first[0]) if first else None
 
 
 def _terminal_reaches_us() -> bool:
@@ -296,25 +289,55 @@ def _terminal_reaches_us() -> bool:
         os.close(fd)
 
 
-async def _read_info(read_fd: int, forwarder: _SignalForwarder) -> None:
-    """Learn the sandbox's init pid from bwrap's ``--info-fd`` JSON."""
-    data = await asyncio.to_thread(_read_all, read_fd)
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        pid = json.loads(data)["child-pid"]
-        if isinstance(pid, int) and pid > 0:
-            forwarder.inner_pid = pid
+class _InfoReader:
+    """bwrap's ``--info-fd`` JSON, read without blocking as it arrives.
 
+    The forwarder polls it too, so a signal that comes right after the
+    command started finds the sandbox's pid even if the loop has not yet
+    run the reader callback.
+    """
 
-def _read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    try:
-        while chunk := os.read(fd, 4096):
-            chunks.append(chunk)
-            if sum(map(len, chunks)) > 65536:
+    MAX_BYTES: Final = 65536
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+        self._buffer = b""
+        self.pid: int | None = None
+
+    def poll(self) -> int | None:
+        while self._fd is not None:
+            try:
+                chunk = os.read(self._fd, 4096)
+            except BlockingIOError:
                 break
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
+            except OSError:
+                chunk = b""
+            self._buffer += chunk
+            if not chunk or len(self._buffer) > self.MAX_BYTES:
+                self.close()
+            self._parse()
+            if self.pid is not None:
+                self.close()
+        return self.pid
+
+    def _parse(self) -> None:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            pid = json.loads(self._buffer)["child-pid"]
+            if isinstance(pid, int) and pid > 1:
+                self.pid = pid
+
+    def fd_for_loop(self) -> int:
+        if self._fd is None:
+            raise ValueError("the info pipe is closed")
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
 
 class _FifoDelivery:
@@ -354,41 +377,43 @@ class _FifoDelivery:
 
 
 async def run_prepared(prepared: Prepared, token: str) -> int:
-    """Spawn, forward signals, wait; always cleans the FIFO directory."""
+    """Spawn, forward signals, wait for the exit code; every pipe and FIFO is cleaned up."""
     loop = asyncio.get_running_loop()
-    fifo = _FifoDelivery(prepared.fifo_dir, token) if prepared.fifo_dir else None
-    token_fd = _token_pipe(token) if prepared.token_fd else None
-    info_read: int | None = None
+    fifo: _FifoDelivery | None = None
+    info: _InfoReader | None = None
+    token_fd: int | None = None
     info_write: int | None = None
-    if prepared.bwrap_info:
-        info_read, info_write = os.pipe2(os.O_CLOEXEC)
     try:
+        if prepared.fifo_dir is not None:
+            fifo = _FifoDelivery(prepared.fifo_dir, token)
+        if prepared.token_fd:
+            token_fd = _token_pipe(token)
+        if prepared.bwrap_info:
+            info_read, info_write = os.pipe2(os.O_CLOEXEC)
+            info = _InfoReader(info_read)
         try:
             pid = spawn(prepared, token_fd, info_write)
         finally:
             for fd in (token_fd, info_write):
                 if fd is not None:
                     os.close(fd)
-        forwarder = _SignalForwarder(pid, prepared)
-        info_task = None
-        if info_read is not None:
-            info_task = asyncio.create_task(_read_info(info_read, forwarder))
-            info_read = None
+        forwarder = _SignalForwarder(pid, prepared, info)
+        if info is not None:
+            loop.add_reader(info.fd_for_loop(), info.poll)
         for signum in FORWARDED_SIGNALS:
             loop.add_signal_handler(signum, forwarder, signum)
         try:
-            code = await wait_exit(pid)
+            return await wait_exit(pid)
         finally:
             for signum in FORWARDED_SIGNALS:
                 loop.remove_signal_handler(signum)
-        if info_task is not None:
-            await info_task
-        return code
     finally:
-        if info_read is not None:
-            os.close(info_read)
+        if info is not None:
+            info.close()
         if fifo is not None:
             fifo.close()
+        elif prepared.fifo_dir is not None:
+            shutil.rmtree(prepared.fifo_dir, ignore_errors=True)
 
 
 __all__ = ["Prepared", "none_env", "prepare", "run_prepared", "spawn", "wait_exit"]

@@ -44,6 +44,17 @@ def _sockets(top: str, found: list[str]) -> None:
                     found.append(entry.path)
 
 
+def _open_fds() -> dict[str, str]:
+    """Open descriptors and what they point at, without the one listing them."""
+    found: dict[str, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            if not target.startswith("/proc/"):
+                found[name] = target
+    return found
+
+
 def _mount_points() -> list[str]:
     """A file bind-mounted onto a path keeps the directory entry's type of the
     file underneath, so a walk by entry type misses it; mount points are stat'ed."""
@@ -95,7 +106,7 @@ def main() -> None:
         "environ": dict(os.environ),
         "pid": os.getpid(),
         "uid": os.getuid(),
-        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+        "fds": _open_fds(),
         "process_texts": _process_texts(),
         "exists": {path: os.path.lexists(path) for path in args.exists},
     }

@@ -1,0 +1,74 @@
+"""``credproxy run --sandbox none``: a plain child with the socket and the token pipe."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from credproxy.client import ConnectFailedError, ProxyClient
+from tests.sandbox.conftest import DEMO_ACCESS, HOST_MARKER, OUTER_TOKEN, RunHost
+
+TOKEN_LINE = re.compile(r"[0-9a-f]{64}\n")
+
+
+def test_token_get_with_no_sandbox_uses_the_fd_token(run_host: RunHost) -> None:
+    done = run_host.run(
+        "--sandbox", "none", "--allow", "demo", "--", "credproxy", "token", "get", "demo"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == DEMO_ACCESS + "\n"
+
+
+def test_outside_the_grant_is_refused_with_no_sandbox(run_host: RunHost) -> None:
+    done = run_host.run(
+        "--sandbox", "none", "--allow", "demo:work", "--", "credproxy", "token", "get", "demo"
+    )
+    assert done.returncode == 4
+    assert DEMO_ACCESS not in done.stdout + done.stderr
+
+
+def test_child_env_has_the_socket_and_fd_but_no_outer_token(run_host: RunHost) -> None:
+    report = run_host.probe("none", "--read-fd", "--parent")
+    env = report["environ"]
+    assert env["LLXPRT_CAPABILITY_FD"] == "3"
+    assert "LLXPRT_CAPABILITY_TOKEN" not in env
+    assert env["CREDPROXY_TEST_MARKER"] == HOST_MARKER  # the host env is kept, by design
+    assert env["LLXPRT_CREDENTIAL_SOCKET"].startswith(str(run_host.runtime_dir))
+    assert sorted(report["fds"]) == ["0", "1", "2", "3"]
+    assert report["fds"]["3"].startswith("pipe:")
+    assert TOKEN_LINE.fullmatch(report["token_line"])
+
+
+def test_token_is_in_no_argv_or_environment_of_run_or_its_child(run_host: RunHost) -> None:
+    """The parent read here is the ``credproxy run`` process itself."""
+    report = run_host.probe("none", "--read-fd", "--parent")
+    token = report["token_line"].strip()
+    assert token != OUTER_TOKEN
+    assert "credproxy" in report["parent_cmdline"]
+    for text in (report["parent_environ"], report["parent_cmdline"], *report["process_texts"]):
+        assert token not in text
+
+
+def test_the_token_and_socket_die_with_the_run(run_host: RunHost) -> None:
+    report = run_host.probe("none", "--read-fd")
+    token = report["token_line"].strip()
+    path = report["environ"]["LLXPRT_CREDENTIAL_SOCKET"]
+    assert run_host.sockets_left() == []
+    with ProxyClient(path, token, timeout=5) as client, pytest.raises(ConnectFailedError):
+        client.get_token("demo")
+
+
+def test_exit_code_and_missing_command_with_no_sandbox(run_host: RunHost) -> None:
+    assert run_host.run("--sandbox", "none", "--", "sh", "-c", "exit 9").returncode == 9
+    assert run_host.run("--sandbox", "none", "--", "sh", "-c", "kill -KILL $$").returncode == 137
+    missing = run_host.run("--sandbox", "none", "--", "no-such-command-credproxy")
+    assert missing.returncode == 127
+    assert run_host.sockets_left() == []
+
+
+def test_bind_and_no_net_need_a_sandbox(run_host: RunHost) -> None:
+    for flags in (["--bind", "/usr:/x"], ["--no-net"]):
+        done = run_host.run("--sandbox", "none", *flags, "--", "true")
+        assert done.returncode != 0
+        assert "sandbox" in done.stderr
