@@ -7,9 +7,12 @@ Usage: python worker.py MODE STORE_DIR ARGS...
       one key per token, then print "<first save ns> <last save ns>".
   zygote STORE_DIR COUNT
       a pre-loaded parent that forks writers cheaply. For each stdin line
-      "<delay_us> <generation>" it forks a child that saves COUNT tokens and
-      one key round after round from that generation on, sleeps delay_us,
-      SIGKILLs the child, reaps it and prints "killed <signal>".
+      "<saves> <delay_us> <generation>" it forks a child that saves COUNT
+      tokens and one key round after round from that generation on, reporting
+      each completed save on a pipe; after <saves> completed saves it waits
+      delay_us more, SIGKILLs the child, reaps it and prints "killed <signal>".
+      Counting saves (not time) puts the kill at the same point of the write
+      sequence however loaded the machine is.
   diskfull STORE_DIR
       save a small token, then try a value far larger than the filesystem;
       print a JSON report of what happened.
@@ -59,26 +62,38 @@ async def many(directory: str, prefix: str, count: int, start_file: str | None) 
     print(first, last, flush=True)
 
 
-async def write_forever(directory: str, count: int, generation: int) -> None:
+async def write_forever(directory: str, count: int, generation: int, progress: int) -> None:
     store = open_store(directory)
     while True:
         for index in range(count):
             await store.save_token("crash", f"b{index}", token_value("crash", index, generation))
+            os.write(progress, b".")
         await store.set_key("crash-key", f"crash-key-gen-{generation}")
+        os.write(progress, b".")
         generation += 1
 
 
 def zygote(directory: str, count: int) -> None:
     for line in sys.stdin:
-        delay_us, generation = (int(part) for part in line.split())
+        saves, delay_us, generation = (int(part) for part in line.split())
+        progress_read, progress_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                asyncio.run(write_forever(directory, count, generation))
+                os.close(progress_read)
+                asyncio.run(write_forever(directory, count, generation, progress_write))
             finally:
                 os._exit(1)
+        os.close(progress_write)
+        completed = 0
+        while completed < saves:
+            chunk = os.read(progress_read, saves - completed)
+            if not chunk:
+                break
+            completed += len(chunk)
         time.sleep(delay_us / 1_000_000)
         os.kill(pid, signal.SIGKILL)
+        os.close(progress_read)
         _, status = os.waitpid(pid, 0)
         print(f"killed {os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1}", flush=True)
 
