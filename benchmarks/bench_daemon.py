@@ -603,18 +603,51 @@ def _ratio_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
+PROFILE_PARTS: Final = (
+    ("a request, from its task's start to its audit line", "connection.py", "_serve"),
+    ("  handler and call timeout", "connection.py", "_call"),
+    ("    get_token handler (grant check, store, sanitize)", "handlers.py", "get_token"),
+    ("      memory store get_token (deep copy)", "memory.py", "get_token"),
+    ("    response encoding (encode_frame)", "framing.py", "encode_frame"),
+    ("  response write (lock, write, drain)", "connection.py", "_write"),
+    ("    socket send, one per response", "~", "<method 'send' of '_socket.socket' objects>"),
+    ("  audit line (build, JSON, write, flush)", "connection.py", "_audit"),
+    ("    AuditLog.record (JSON, write, flush)", "audit.py", "record"),
+    ("      AuditEvent.to_json (dataclasses.asdict)", "audit.py", "to_json"),
+    ("reading and parsing requests (sans-IO core)", "server.py", "receive_data"),
+    ("starting one task per request", "connection.py", "_start"),
+)
+"""Functions whose cumulative time says where a request's time goes (they nest as indented)."""
+
+
 def _print_profile(path: Path, out: Callable[[str], object]) -> None:
-    stats = pstats.Stats(str(path))
-    total = stats.total_tt  # type: ignore[attr-defined]
-    rows = []
-    for (filename, line, name), values in stats.stats.items():  # type: ignore[attr-defined]
-        tottime, cumtime = values[2], values[3]
-        rows.append((tottime, cumtime, f"{Path(filename).name}:{line}({name})"))
-    out(f"daemon profile (cProfile, {total:.1f} s of CPU in profiled code)")
-    out("| function | own time % | cumulative % |")
+    """Shares of the daemon's busy time: the time it spent waiting in epoll is left out."""
+    stats: dict[tuple[str, int, str], tuple[Any, ...]]
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    idle = sum(v[2] for (_, _, name), v in stats.items() if "poll' of 'select.epoll" in name)
+    total = sum(v[2] for v in stats.values())
+    busy = total - idle
+    out(
+        f"daemon profile (cProfile): {busy:.1f} s busy, {idle:.1f} s waiting in epoll; "
+        "shares of busy time"
+    )
+    out("| part | cumulative % |")
+    out("|---|---|")
+    for label, filename, function in PROFILE_PARTS:
+        cumulative = sum(
+            v[3] for (f, _, n), v in stats.items() if f.endswith(filename) and n == function
+        )
+        out(f"| {label} | {cumulative / busy:.1%} |")
+    rows = [
+        (v[2], v[3], f"{Path(f).name}:{line}({n})")
+        for (f, line, n), v in stats.items()
+        if "poll' of 'select.epoll" not in n
+    ]
+    out("")
+    out("| function (top 20 by own time) | own % | cumulative % |")
     out("|---|---|---|")
-    for tottime, cumtime, label in sorted(rows, reverse=True)[:25]:
-        out(f"| {label} | {tottime / total:.1%} | {cumtime / total:.1%} |")
+    for tottime, cumtime, label in sorted(rows, reverse=True)[:20]:
+        out(f"| {label} | {tottime / busy:.1%} | {cumtime / busy:.1%} |")
 
 
 def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print) -> int:
