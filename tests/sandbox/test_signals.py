@@ -22,8 +22,8 @@ HANDLER = (
     "def handler(signum, frame):\n"
     "    os.write(1, f'got {signum}\\n'.encode())\n"
     "    os._exit(40 + signum)\n"
-    "signal.signal(signal.SIGTERM, handler)\n"
-    "signal.signal(signal.SIGINT, handler)\n"
+    "for name in ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGWINCH'):\n"
+    "    signal.signal(getattr(signal, name), handler)\n"
     "print('ready', flush=True)\n"
     "while True:\n"
     "    time.sleep(0.05)\n"
@@ -38,7 +38,9 @@ def _wait_ready(child: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.parametrize("sandbox", ["none", "bwrap"])
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH]
+)
 def test_signal_to_run_is_forwarded_to_the_command_and_its_exit_code_returned(
     run_host: RunHost, sandbox: str, signum: signal.Signals
 ) -> None:

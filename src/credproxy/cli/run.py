@@ -148,7 +148,8 @@ def run(  # noqa: PLR0917  (click passes every option)
     Example:
       credproxy run --sandbox bwrap --allow anthropic -- llxprt
     Without --allow/--allow-key the command may read nothing. The command's
-    exit code is returned; SIGINT, SIGTERM and SIGHUP are passed on to it.
+    exit code is returned; SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH are
+    passed on to it.
     """
     from credproxy.config import ConfigError, load_config
     from credproxy.sandbox.spec import Mount, SandboxError, SandboxSpec, parse_bind

@@ -40,9 +40,18 @@ from credproxy.sandbox.spec import (
 
 INFO_FD: Final = 4
 """bwrap writes the sandbox's init pid here (``--info-fd``), for signal forwarding."""
-FORWARDED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-TERMINAL_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP})
-"""Signals a terminal sends to its whole foreground process group by itself."""
+FORWARDED_SIGNALS: Final = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGWINCH,
+)
+TERMINAL_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH})
+"""Signals a terminal sends to its whole foreground process group by itself.
+bwrap's command is in a session of its own and never gets them from the
+terminal, so for bwrap they are always forwarded (SIGWINCH keeps a
+full-screen program's size right)."""
 _HIGH_FD: Final = 10
 
 
@@ -240,7 +249,7 @@ async def wait_exit(pid: int) -> int:
 
 
 class _SignalForwarder:
-    """Passes INT/TERM/HUP on to the command.
+    """Passes INT/TERM/HUP/QUIT/WINCH on to the command.
 
     A terminal already delivers INT and HUP to every process of its
     foreground group; when the child shares that group with us, forwarding
