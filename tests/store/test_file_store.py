@@ -426,3 +426,32 @@ async def test_unchanged_file_is_not_read_again_and_a_changed_one_is(store_dir: 
     assert await reader.get_key("k") == "v"
     await reader.close()
     await writer.close()
+
+
+async def test_existing_store_opens_and_reads_while_another_process_holds_the_lock(
+    store_dir: Path,
+) -> None:
+    """Opening (and a passphrase prompt) must not wait for, or hold up, a writer."""
+    seed = FileStore(store_dir, KeySettings(source="keyfile"))
+    await seed.save_token("openai", "default", TOKEN)
+    await seed.close()
+    holder = FileLock(store_dir / LOCK_FILE, thread_local=False)
+    acquired = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with holder:
+            acquired.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        acquired.wait(10)
+        store = FileStore(store_dir, KeySettings(source="keyfile"), lock_timeout_s=0.2)
+        assert await store.get_token("openai", "default") == TOKEN
+        assert await store.list_providers() == ["openai"]
+    finally:
+        release.set()
+        thread.join()
+    await store.close()

@@ -123,8 +123,14 @@ class FileStore:
         self._check = ""
         self._key = b""
         self.key_source = ""
-        with self._locked():
-            self._open_or_create()
+        # An existing store opens without the lock (writes replace the file
+        # atomically), so a passphrase prompt never holds up other processes.
+        if self._load().signature is None:
+            with self._locked():
+                if self._load().signature is None:
+                    self._create()
+                    return
+        self._open_existing()
 
     # --- setup -----------------------------------------------------------------
 
@@ -148,11 +154,7 @@ class FileStore:
                 f"run: chmod 700 {self.directory}"
             )
 
-    def _open_or_create(self) -> None:
-        snapshot = self._load()
-        if snapshot.signature is None:
-            self._create()
-            return
+    def _open_existing(self) -> None:
         header = self._header
         store_id = header.get("store_id")
         if not isinstance(store_id, str) or not _STORE_ID_RE.fullmatch(store_id):
