@@ -1,4 +1,4 @@
-"""Two real daemons sharing one encrypted file store: no lost update, no stale read."""
+"""Real daemons on real stores: two sharing a file store lose nothing; one on the keyring."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from credproxy.store.file import FileStore
 from credproxy.store.keysource import KeySettings
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle
+from tests.fixtures.keyring import KeyringSession
 
 SAVES_PER_DAEMON = 40
 
@@ -92,3 +93,23 @@ def test_a_save_through_one_daemon_is_served_by_the_other_on_the_next_request(
         gone = reader.request("get_token", {"provider": "shared", "bucket": "default"})
         assert gone["ok"] is False
         assert gone["code"] == "NOT_FOUND"
+
+
+def test_daemon_on_the_keyring_store_serves_what_it_saved(
+    credproxy_daemon: DaemonFactory, gnome_keyring: KeyringSession
+) -> None:
+    """`credproxy serve --store keyring` against the real gnome-keyring of the session."""
+    daemon = credproxy_daemon(store="keyring", capability=False)
+    saved = {**token("kr", 1), "refresh_token": "kr-refresh-never-served"}
+    with daemon.client() as client:
+        reply = client.request(
+            "save_token", {"provider": "kr-daemon", "bucket": "default", "token": saved}
+        )
+        assert reply["ok"] is True, reply
+        got = client.request("get_token", {"provider": "kr-daemon"})
+        assert got["ok"] is True, got
+        assert got["data"] == token("kr", 1)
+        listed = client.request("list_buckets", {"provider": "kr-daemon"})
+        assert listed["data"] == {"buckets": ["default"]}
+        assert b"kr-refresh-never-served" not in bytes(client.received)
+        assert client.request("remove_token", {"provider": "kr-daemon"})["ok"] is True
