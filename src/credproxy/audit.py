@@ -3,9 +3,10 @@
 An audit line is built only through ``AuditEvent.build``, which accepts an
 allowlist of fields and keeps a value only when it has the shape of a name
 (provider, bucket, key, op, error code). A secret cannot reach the audit log
-by accident because nothing secret-shaped passes that gate: a 64-hex
-capability token is not a 1-64 character name either, and is refused by
-length. The daemon's own log records go through ``SecretScrubber``, which
+by accident because nothing secret-shaped passes that gate: a value that is
+too long for a real name or matches a credential pattern is recorded as
+``<redacted>``, and an op is recorded only if it is one the protocol
+defines. The daemon's own log records go through ``SecretScrubber``, which
 rewrites anything that looks like a credential before it is formatted.
 """
 
@@ -22,29 +23,41 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from credproxy.grants import CAPABILITY_TOKEN_HEX
+from credproxy.protocol.messages import OPERATIONS
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 _GRANT_RE: Final = re.compile(r"^[A-Za-z0-9._@:,*=+\[\] -]{1,1024}\Z")
 _REDACTED: Final = "<redacted>"
 
-NAME_FIELDS: Final = frozenset({"provider", "bucket", "key", "flow_type", "op", "outcome"})
-"""Fields a handler may put in ``RequestContext.audit`` or the server sets itself."""
+MAX_AUDIT_NAME: Final = 32
+KNOWN_OPS: Final = frozenset({*OPERATIONS, "handshake", "connect", "invalid"})
 
 
 def _name(value: object) -> str | None:
+    """A name as the peer sent it, unless it could be a credential sent in its place.
+
+    Names come from the peer, and a confused or hostile peer may put a token
+    or key where a name goes. Real provider, bucket and key names are short
+    and plain, so anything longer than ``MAX_AUDIT_NAME`` or shaped like a
+    credential is recorded as ``<redacted>``.
+    """
     if value is None:
         return None
-    if isinstance(value, str) and _NAME_RE.match(value) and not _looks_secret(value):
+    if (
+        isinstance(value, str)
+        and len(value) <= MAX_AUDIT_NAME
+        and _NAME_RE.match(value)
+        and scrub(value) == value
+    ):
         return value
     return _REDACTED
 
 
-def _looks_secret(value: str) -> bool:
-    return len(value) >= CAPABILITY_TOKEN_HEX // 2 and _HEXISH.match(value) is not None
-
-
-_HEXISH: Final = re.compile(r"^[0-9a-fA-F]+\Z")
+def _op(value: object) -> str | None:
+    """Ops are recorded only when they are ones we know; anything else is ``unknown``."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) and value in KNOWN_OPS else "unknown"
 
 
 def _int(value: object) -> int | None:
@@ -88,7 +101,7 @@ class AuditEvent:
             grant_text = grant if isinstance(grant, str) and _GRANT_RE.match(grant) else _REDACTED
         return cls(
             ts=round(time.time() if ts is None else ts, 3),
-            op=_name(op),
+            op=_op(op),
             outcome=_name(outcome),
             provider=_name(fields.get("provider")),
             bucket=_name(fields.get("bucket")),

@@ -35,14 +35,20 @@ def read_token() -> str:
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:
     body = json.dumps(message).encode("utf-8")
-    sock.sendall(struct.pack(">I", len(body)) + body)
+    try:
+        sock.sendall(struct.pack(">I", len(body)) + body)
+    except (BrokenPipeError, ConnectionResetError):
+        raise SystemExit("server closed the connection") from None
 
 
 def recv(sock: socket.socket) -> dict[str, Any]:
     def exactly(n: int) -> bytes:
         buf = b""
         while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
+            try:
+                chunk = sock.recv(n - len(buf))
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise SystemExit("server closed the connection")
             buf += chunk
