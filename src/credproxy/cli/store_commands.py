@@ -188,9 +188,11 @@ def token_import(
 ) -> None:
     """Store a token (with its refresh token) for PROVIDER from a JSON file.
 
-    Accepted: expiry in Unix seconds or milliseconds, expires_at (seconds,
-    milliseconds or ISO 8601), expiry_date (milliseconds), expires_in (from
-    the file's modification time); token_type defaults to Bearer.
+    The imported token replaces the bucket's stored token as a whole (it may
+    belong to another account, so nothing of the old one is kept). Accepted:
+    expiry in Unix seconds or milliseconds, expires_at (seconds, milliseconds
+    or ISO 8601), expiry_date (milliseconds), expires_in (from the file's
+    modification time); token_type defaults to Bearer.
     """
     _check_name("provider", provider, "PROVIDER")
     _check_name("bucket", bucket, "--bucket")
