@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -259,4 +260,20 @@ def test_missing_command_exits_127_and_leaves_no_socket(run_host: RunHost) -> No
     done = run_host.run("--sandbox", "bwrap", "--", "no-such-command-credproxy")
     assert done.returncode == 127
     assert "not found" in done.stderr
+    assert run_host.sockets_left() == []
+
+
+def test_bind_of_the_config_directory_is_refused(run_host: RunHost) -> None:
+    """The config file may hold OAuth client secrets; its directory stays out too."""
+    config_dir = run_host.root / "cfg"
+    config_dir.mkdir()
+    config = config_dir / "config.toml"
+    config.write_text(run_host.config.read_text())
+    argv = run_host.argv("--sandbox", "bwrap", "--bind", f"{config_dir}:/cfg:ro", "--", "true")
+    argv[argv.index("--config") + 1] = str(config)
+    done = subprocess.run(
+        argv, env=run_host.env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 125
+    assert str(config) in done.stderr
     assert run_host.sockets_left() == []

@@ -154,7 +154,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     from credproxy.config import ConfigError, load_config
     from credproxy.sandbox.spec import Mount, SandboxError, SandboxSpec, parse_bind
     from credproxy.store.base import StoreError
-    from credproxy.store.factory import open_store, store_directory
+    from credproxy.store.factory import open_store
 
     if kind == "none" and share_net is False:
         raise click.UsageError(
@@ -171,8 +171,7 @@ def run(  # noqa: PLR0917  (click passes every option)
         raise click.BadParameter(str(exc), param_hint="--bind") from None
     try:
         settings = load_config(config)
-        backend = store or settings.get("store", {}).get("backend") or "file"
-        protected = (str(store_directory(settings)),) if backend == "file" else ()
+        protected = _protected_paths(store, settings, config)
         credential_store = open_store(store, settings)
     except (ConfigError, StoreError) as exc:
         click.echo(f"Error: {exc}", err=True)
@@ -258,3 +257,24 @@ async def _bounded(closing: Awaitable[None]) -> None:
             await closing
     except TimeoutError:
         click.echo("credproxy run: shutdown of login sessions timed out", err=True)
+
+
+def _protected_paths(
+    backend: str | None, settings: dict[str, Any], config: Path | None
+) -> tuple[str, ...]:
+    """Host paths no sandbox may see: the config file (it may hold client
+    secrets) and, for the file store, its directory and key file."""
+    from credproxy.config import default_config_path
+    from credproxy.store.factory import KEY_FILE_ENV, store_directory
+
+    paths = [str(config if config is not None else default_config_path())]
+    section = settings.get("store", {})
+    name = backend or (section.get("backend") if isinstance(section, dict) else None) or "file"
+    if name == "file":
+        paths.append(str(store_directory(settings)))
+        key_file = os.environ.get(KEY_FILE_ENV) or (
+            section.get("key_file") if isinstance(section, dict) else None
+        )
+        if isinstance(key_file, str) and key_file:
+            paths.append(os.path.expanduser(key_file))
+    return tuple(paths)
