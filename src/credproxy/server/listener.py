@@ -28,7 +28,7 @@ SUN_PATH_MAX: Final = 107
 """Usable bytes of ``sockaddr_un.sun_path`` on Linux (108 with the terminating NUL)."""
 NONCE_HEX: Final = 32
 DIR_PREFIX: Final = "credproxy-"
-_SOCKET_NAME_RE: Final = re.compile(r"^(\d+)-[0-9a-f]{32}\.sock\Z")
+_LEFTOVER_RE: Final = re.compile(r"^(\d+)-[0-9a-f]{32}\.(sock|token)\Z")
 _UCRED: Final = struct.Struct("3i")
 
 
@@ -84,17 +84,19 @@ def default_socket_path(base: Path | None = None) -> Path:
 
 
 def sweep_stale_sockets(directory: Path) -> None:
-    """Remove sockets left by daemons of ours that died without cleaning up."""
+    """Remove sockets and capability files left by daemons of ours that died
+    without cleaning up (SIGKILL, power loss); live daemons' files stay."""
     try:
         entries = list(directory.iterdir())
     except OSError:
         return
     for entry in entries:
-        match = _SOCKET_NAME_RE.match(entry.name)
+        match = _LEFTOVER_RE.match(entry.name)
         if match is None or _pid_alive(int(match.group(1))):
             continue
+        expected = stat.S_ISSOCK if match.group(2) == "sock" else stat.S_ISREG
         with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(entry).st_mode):
+            if expected(os.lstat(entry).st_mode):
                 entry.unlink()
 
 
