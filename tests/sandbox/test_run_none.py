@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
 from credproxy.client import ConnectFailedError, ProxyClient
-from tests.sandbox.conftest import DEMO_ACCESS, HOST_MARKER, OUTER_TOKEN, RunHost
+from tests.sandbox.conftest import (
+    DEMO_ACCESS,
+    GUEST_PROBES,
+    HOST_MARKER,
+    OUTER_TOKEN,
+    PROBES,
+    RunHost,
+)
 
 TOKEN_LINE = re.compile(r"[0-9a-f]{64}\n")
 
@@ -72,3 +82,38 @@ def test_bind_and_no_net_need_a_sandbox(run_host: RunHost) -> None:
         done = run_host.run("--sandbox", "none", *flags, "--", "true")
         assert done.returncode != 0
         assert "sandbox" in done.stderr
+
+
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_descriptors_inherited_by_run_do_not_reach_the_command(
+    run_host: RunHost, sandbox: str
+) -> None:
+    """fd 4 and 7 are open (inheritable) in ``run``; the command gets 0-3 only."""
+    extra = [] if sandbox == "none" else ["--bind", f"{PROBES}:{GUEST_PROBES}:ro"]
+    script = (
+        str(PROBES / "inspect_sandbox.py")
+        if sandbox == "none"
+        else (f"{GUEST_PROBES}/inspect_sandbox.py")
+    )
+    argv = run_host.argv("--sandbox", sandbox, *extra, "--", sys.executable, script)
+    done = subprocess.run(
+        ["sh", "-c", 'exec 4</dev/null 7</dev/null; exec "$@"', "sh", *argv],
+        env=run_host.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    fds = json.loads(done.stdout)["fds"]
+    assert sorted(fds) == ["0", "1", "2", "3"]
+    assert fds["3"].startswith("pipe:")
+
+
+def test_a_file_that_cannot_be_executed_exits_126(run_host: RunHost) -> None:
+    plain = run_host.root / "not-executable"
+    plain.write_text("#!/bin/sh\nexit 0\n")
+    for sandbox in ("none", "bwrap"):
+        done = run_host.run("--sandbox", sandbox, "--", str(plain))
+        assert done.returncode == 126, (sandbox, done.stderr)
+        assert run_host.sockets_left() == []

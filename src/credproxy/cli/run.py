@@ -162,6 +162,10 @@ def run(  # noqa: PLR0917  (click passes every option)
         )
     if kind not in ("podman", "docker") and (image or engine_args):
         raise click.UsageError("--image and --engine-arg apply to --sandbox podman/docker only")
+    if (allow_save or allow_remove) and not allow:
+        raise click.UsageError(
+            "--allow-save/--allow-remove apply to tokens the grant may read; add --allow"
+        )
     grant = build_grant(
         allow, allow_key, allow_save, allow_remove, label=f"run {os.path.basename(command[0])}"
     )

@@ -32,6 +32,7 @@ from credproxy.sandbox.spec import (
     CAPABILITY_TOKEN_ENV,
     GUEST_SOCKET,
     SOCKET_ENV,
+    CommandNotExecutableError,
     CommandNotFoundError,
     SandboxError,
     SandboxKind,
@@ -187,37 +188,46 @@ def spawn(prepared: Prepared, token_fd: int | None, info_fd: int | None) -> int:
     """Start the child; ``token_fd`` becomes descriptor 3, ``info_fd`` descriptor 4."""
     actions: list[tuple[int, int] | tuple[int, int, int]] = []
     sources: list[int] = []
+    targets: set[int] = set()
     try:
         for fd, target in ((token_fd, CAPABILITY_FD), (info_fd, INFO_FD)):
             if fd is not None:
                 high = _high_dup(fd)
                 sources.append(high)
+                targets.add(target)
                 actions.append((os.POSIX_SPAWN_DUP2, high, target))
-        actions += [
-            (os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds({CAPABILITY_FD, INFO_FD, *sources})
-        ]
-        executable = shutil.which(prepared.argv[0], path=prepared.env.get("PATH"))
+        # Close actions run after the dup2s, so they must spare the targets.
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds(targets)]
+        name = prepared.argv[0]
+        executable = name if "/" in name else shutil.which(name, path=prepared.env.get("PATH"))
         if executable is None:
-            raise CommandNotFoundError(f"command {prepared.argv[0]!r} not found on PATH")
+            raise CommandNotFoundError(f"command {name!r} not found on PATH")
         defaults = (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED_SIGNALS)
-        if prepared.own_process_group:
+        try:
+            if prepared.own_process_group:
+                return os.posix_spawn(
+                    executable,
+                    prepared.argv,
+                    prepared.env,
+                    file_actions=actions,
+                    setpgroup=0,
+                    setsigmask=(),
+                    setsigdef=defaults,
+                )
             return os.posix_spawn(
                 executable,
                 prepared.argv,
                 prepared.env,
                 file_actions=actions,
-                setpgroup=0,
                 setsigmask=(),
                 setsigdef=defaults,
             )
-        return os.posix_spawn(
-            executable,
-            prepared.argv,
-            prepared.env,
-            file_actions=actions,
-            setsigmask=(),
-            setsigdef=defaults,
-        )
+        except FileNotFoundError:
+            raise CommandNotFoundError(f"command {name!r} does not exist") from None
+        except OSError as exc:
+            raise CommandNotExecutableError(
+                f"cannot start {executable}: {exc.strerror or type(exc).__name__}"
+            ) from None
     finally:
         for fd in sources:
             os.close(fd)

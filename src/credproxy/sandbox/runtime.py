@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 from credproxy.sandbox.bwrap import RootLayout
-from credproxy.sandbox.spec import CommandNotFoundError, SandboxError
+from credproxy.sandbox.spec import CommandNotExecutableError, CommandNotFoundError, SandboxError
 
 ROOT_ENTRIES: Final = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 ETC_COMMON: Final = (
@@ -159,8 +159,8 @@ def probe_layout(
 ) -> tuple[RootLayout, str]:
     """The root for ``command`` and the absolute path to execute inside."""
     executable = resolve_command(command[0], search_path)
-    if not os.access(executable, os.X_OK):
-        raise SandboxError(f"{executable} is not an executable file")
+    if not os.path.isfile(executable) or not os.access(executable, os.X_OK):
+        raise CommandNotExecutableError(f"{executable} is not an executable file")
     paths = ["/usr", executable]
     path_dirs: list[str] = []
     symlinks: list[tuple[str, str]] = []

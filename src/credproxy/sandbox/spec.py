@@ -35,6 +35,10 @@ class CommandNotFoundError(SandboxError):
     exit_code = 127
 
 
+class CommandNotExecutableError(SandboxError):
+    exit_code = 126
+
+
 @dataclass(frozen=True, slots=True)
 class Mount:
     """A host path made visible at ``guest`` inside the sandbox."""
