@@ -234,3 +234,19 @@ def test_signal_lets_the_request_in_flight_finish_and_removes_the_socket(
         assert client.wait_closed() == []
     assert daemon.process.wait(15) == 0
     assert daemon.capability_file is not None and not daemon.capability_file.exists()
+
+
+def test_request_still_running_after_the_grace_period_is_answered_and_the_daemon_exits(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    daemon = credproxy_daemon("--testing-hold-store", store="memory")
+    with daemon.client() as client:
+        held = client.send_request("list_api_keys")
+        assert client.request("no_such_op")["code"] == "INVALID_REQUEST"
+        daemon.send_signal(signal.SIGTERM)
+        reply = client.recv_id(held)
+        assert reply["code"] == "INTERNAL_ERROR"
+        assert reply["error"] == "the daemon shut down before the operation finished"
+        assert client.wait_closed() == []
+    assert daemon.process.wait(15) == 0
+    assert not os.path.lexists(daemon.socket_path)

@@ -162,6 +162,9 @@ class Daemon:
                 _, pending = await asyncio.wait(waits, timeout=grace_s + 1.0)
                 for waiter in pending:
                     waiter.cancel()
+            for connection in connections:
+                if not connection.closed.is_set():
+                    connection.abort()
             current = asyncio.current_task()
             leftovers = [t for t in self._connection_tasks if t is not current and not t.done()]
             for task in leftovers:

@@ -38,6 +38,7 @@ from credproxy.store.base import StoreError
 
 READ_CHUNK: Final = 65_536
 PARTIAL_FRAME_TIMEOUT_S: Final = 5.0
+WRITE_TIMEOUT_S: Final = 30.0
 HANDSHAKE_TIMEOUT_S: Final = 30.0
 """An unauthenticated connection holds a file descriptor; it gets this long to handshake."""
 
@@ -352,14 +353,29 @@ class Connection:
         return self._proto.send_failure(request.id, error), error.code
 
     async def _write(self, frame: bytes) -> None:
+        """Write one whole frame. A peer that stops reading for ``WRITE_TIMEOUT_S``
+        loses the connection instead of pinning its requests and buffers."""
         if self._broken:
             return
         async with self._write_lock:
+            if self._broken:
+                return
             try:
                 self._writer.write(frame)
-                await self._writer.drain()
-            except (ConnectionError, OSError):
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await self._writer.drain()
+            except (ConnectionError, OSError, TimeoutError):
                 self._broken = True
+                self._writer.transport.abort()
+
+    def abort(self) -> None:
+        """Drop everything now: the daemon is past its grace period."""
+        self._broken = True
+        for task in (*self._tasks.values(), *self._writers):
+            task.cancel()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        self._writer.transport.abort()
 
     async def _settle(self, grace_s: float) -> None:
         pending = [task for task in (*self._tasks.values(), *self._writers) if not task.done()]
