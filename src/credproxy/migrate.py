@@ -5,6 +5,10 @@ What is read (facts about LLxprt's layout, not its code):
   ~/.llxprt/oauth/<provider>-<bucket>.json  token of another bucket
   ~/.llxprt/keys/<file>                     one API key per file (e.g. ``.xai_key``)
 Lock files (``*-refresh.lock``) and half-written temp files (``*.tmp-*``) are ignored.
+Newer LLxprt keeps them in the OS keyring instead; on request those are read
+too: service ``llxprt-code-oauth`` (accounts ``<provider>:<bucket>``, which
+splits without ambiguity) and ``llxprt-code-provider-keys`` (account = key
+name). LLxprt's own encrypted fallback files are not read.
 
 Provider and bucket names may both contain ``-``, so ``a-b-c.json`` is
 ambiguous. A name is split after the longest known provider name that
@@ -25,6 +29,7 @@ dropped (``.xai_key`` becomes ``xai``); the rest must be a valid key name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import errno
@@ -34,7 +39,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -42,9 +47,13 @@ from typing import Any, Final
 from credproxy.protocol.errors import ProxyError
 from credproxy.protocol.messages import DEFAULT_BUCKET, NAME_PATTERN
 from credproxy.store.base import CredentialStore, StoreError
+from credproxy.store.secretservice import SecretService
 from credproxy.tokens import Token, validate_token
 
 LLXPRT_OAUTH_PROVIDERS: Final = frozenset({"anthropic", "codex", "gemini", "qwen"})
+LLXPRT_TOKEN_SERVICE: Final = "llxprt-code-oauth"
+LLXPRT_KEY_SERVICE: Final = "llxprt-code-provider-keys"
+LLXPRT_PROBE_PREFIX: Final = "__securestore_probe__"
 MAX_SOURCE_BYTES: Final = 64 * 1024
 MAX_KEY_CHARS: Final = 4096
 MILLISECONDS_THRESHOLD: Final = 100_000_000_000  # seconds past this are the year 5138
@@ -174,9 +183,14 @@ def key_name_from_file_name(file_name: str) -> str:
 
 def load_key_file(path: Path) -> str:
     try:
-        value = read_source(path).decode("utf-8").strip()
+        text = read_source(path).decode("utf-8")
     except UnicodeDecodeError:
         raise MigrationError("is not UTF-8 text") from None
+    return _single_key(text)
+
+
+def _single_key(text: str) -> str:
+    value = text.strip()
     if not value:
         raise MigrationError("is empty")
     if len(value) > MAX_KEY_CHARS or any(char.isspace() for char in value):
@@ -206,6 +220,17 @@ class _Candidate:
     value: Token | str | None
     provider: str = ""
     bucket: str = ""
+    remove_original: Callable[[], bool] | None = None
+
+
+def _file_remover(path: Path) -> Callable[[], bool]:
+    def remove() -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            return True
+        return False
+
+    return remove
 
 
 def _token_candidates(oauth_dir: Path, known: set[str]) -> list[_Candidate]:
@@ -215,7 +240,7 @@ def _token_candidates(oauth_dir: Path, known: set[str]) -> list[_Candidate]:
         if not path.name.endswith(".json") or ".tmp-" in path.name:
             continue
         item = ImportItem("token", str(path), "", "skipped")
-        candidate = _Candidate(item, None)
+        candidate = _Candidate(item, None, remove_original=_file_remover(path))
         found.append(candidate)
         try:
             provider, bucket = split_token_file_name(path.name[: -len(".json")], known)
@@ -235,7 +260,7 @@ def _key_candidates(keys_dir: Path) -> list[_Candidate]:
     seen: set[str] = set()
     for path in sorted(keys_dir.iterdir()) if keys_dir.is_dir() else []:
         item = ImportItem("key", str(path), "", "skipped")
-        candidate = _Candidate(item, None)
+        candidate = _Candidate(item, None, remove_original=_file_remover(path))
         found.append(candidate)
         try:
             item.name = key_name_from_file_name(path.name)
@@ -248,6 +273,48 @@ def _key_candidates(keys_dir: Path) -> list[_Candidate]:
     return found
 
 
+def _keyring_candidates(
+    tokens_service: SecretService, keys_service: SecretService
+) -> list[_Candidate]:
+    """Items of LLxprt's keyring services: accounts ``provider:bucket`` and key names."""
+    found: list[_Candidate] = []
+    for kind, service in (("token", tokens_service), ("key", keys_service)):
+        for username, secret in service.search():
+            if username.startswith(LLXPRT_PROBE_PREFIX):
+                continue
+            item = ImportItem(kind, f"keyring {service.service} {username}", "", "skipped")
+            candidate = _Candidate(item, None, remove_original=_keyring_remover(service, username))
+            found.append(candidate)
+            try:
+                if kind == "token":
+                    provider, _, bucket = username.partition(":")
+                    for label, value in (("provider", provider), ("bucket", bucket)):
+                        if not _NAME_RE.match(value):
+                            raise MigrationError(f"{value!r} is not a valid {label} name")
+                    item.name = f"{provider}/{bucket}"
+                    candidate.provider, candidate.bucket = provider, bucket
+                    try:
+                        raw = json.loads(secret)
+                    except ValueError:
+                        raise MigrationError("the keyring item is not token JSON") from None
+                    candidate.value = normalize_token(raw)
+                else:
+                    if not _NAME_RE.match(username):
+                        raise MigrationError(f"{username!r} is not a valid key name")
+                    item.name = username
+                    candidate.value = _single_key(secret)
+            except MigrationError as exc:
+                item.detail = str(exc)
+    return found
+
+
+def _keyring_remover(service: SecretService, username: str) -> Callable[[], bool]:
+    def remove() -> bool:
+        return service.delete(username)
+
+    return remove
+
+
 async def import_llxprt(
     store: CredentialStore,
     source: Path | None = None,
@@ -256,8 +323,15 @@ async def import_llxprt(
     dry_run: bool = False,
     delete_originals: bool = False,
     overwrite: bool = False,
+    from_keyring: bool = False,
+    secret_service: Callable[[str], SecretService] = SecretService,
 ) -> list[ImportItem]:
-    """Copy LLxprt's token and key files into ``store``; report every file looked at.
+    """Copy LLxprt's token and key files into ``store``; report every source looked at.
+
+    With ``from_keyring`` the items of LLxprt's keyring services are read as
+    well (newer LLxprt keeps tokens in ``llxprt-code-oauth`` as
+    ``provider:bucket`` and keys in ``llxprt-code-provider-keys``); blocking
+    D-Bus work runs in a thread.
 
     A credential already in the store is kept unless ``overwrite`` (the store's
     copy may be newer: the daemon refreshes it). An original is deleted only
@@ -267,6 +341,12 @@ async def import_llxprt(
     root = source if source is not None else default_llxprt_dir()
     known = set(LLXPRT_OAUTH_PROVIDERS) | set(known_providers)
     candidates = _token_candidates(root / "oauth", known) + _key_candidates(root / "keys")
+    if from_keyring:
+        candidates += await asyncio.to_thread(
+            _keyring_candidates,
+            secret_service(LLXPRT_TOKEN_SERVICE),
+            secret_service(LLXPRT_KEY_SERVICE),
+        )
     for candidate in candidates:
         item = candidate.item
         if candidate.value is None:
@@ -281,7 +361,7 @@ async def import_llxprt(
                 else "the store holds a different value; kept it (use --overwrite to replace)"
             )
             if same and delete_originals and not dry_run:
-                item.removed_original = _remove(Path(item.source))
+                item.removed_original = await _remove_original(candidate)
             continue
         if dry_run:
             item.status = "would import"
@@ -291,7 +371,7 @@ async def import_llxprt(
             raise StoreError(f"{item.kind} {item.name} did not read back as written; retry")
         item.status = "imported"
         if delete_originals:
-            item.removed_original = _remove(Path(item.source))
+            item.removed_original = await _remove_original(candidate)
     return [candidate.item for candidate in candidates]
 
 
@@ -310,8 +390,7 @@ async def _save(store: CredentialStore, candidate: _Candidate) -> None:
         await store.set_key(candidate.item.name, candidate.value)
 
 
-def _remove(path: Path) -> bool:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-        return True
-    return False
+async def _remove_original(candidate: _Candidate) -> bool:
+    if candidate.remove_original is None:
+        return False
+    return await asyncio.to_thread(candidate.remove_original)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,60 @@ async def test_concurrent_saves_from_two_store_instances_keep_every_index_entry(
     expected = [f"b{index}" for index in range(6)]
     assert await first.list_buckets("one") == expected
     assert await first.list_buckets("two") == expected
+
+
+# --- importing newer LLxprt's keyring items --------------------------------------------
+
+
+def _add_rust_keyring_item(service: str, username: str, secret: str) -> None:
+    """An item shaped the way keyring-rs (LLxprt's @napi-rs/keyring) writes it."""
+    import secretstorage
+
+    connection = secretstorage.dbus_init()
+    try:
+        collection = secretstorage.get_default_collection(connection)
+        attributes = {
+            "service": service,
+            "username": username,
+            "target": "default",
+            "application": "rust-keyring",
+        }
+        collection.create_item(f"{username}@{service}", attributes, secret.encode(), replace=True)
+    finally:
+        connection.close()
+
+
+async def test_import_llxprt_reads_and_removes_llxprt_keyring_items(
+    gnome_keyring: KeyringSession, tmp_path: Path
+) -> None:
+    from credproxy.migrate import import_llxprt
+
+    suffix = "-import-test"
+    llxprt_token = {**TOKEN, "expiry": 1_900_000_000_000, "scope": None}
+    _add_rust_keyring_item(f"llxprt-code-oauth{suffix}", "gemini:work", json.dumps(llxprt_token))
+    _add_rust_keyring_item(f"llxprt-code-oauth{suffix}", "__securestore_probe__1a2b", "probe")
+    _add_rust_keyring_item(f"llxprt-code-oauth{suffix}", "bad name:x", json.dumps(TOKEN))
+    SecretService(f"llxprt-code-provider-keys{suffix}").set("openai", "sk-from-llxprt-keyring\n")
+
+    store = FileStore(tmp_path / "store", KeySettings(source="keyfile"))
+    items = await import_llxprt(
+        store,
+        tmp_path / "no-llxprt-dir",
+        from_keyring=True,
+        delete_originals=True,
+        secret_service=lambda name: SecretService(name + suffix),
+    )
+    report = {(item.kind, item.name, item.status) for item in items}
+    assert report == {
+        ("token", "gemini/work", "imported"),
+        ("key", "openai", "imported"),
+        ("token", "", "skipped"),
+    }
+    assert await store.get_token("gemini", "work") == {**TOKEN, "scope": None}
+    assert await store.get_key("openai") == "sk-from-llxprt-keyring"
+    await store.close()
+    remaining = [name for name, _ in SecretService(f"llxprt-code-oauth{suffix}").search()]
+    assert remaining == ["__securestore_probe__1a2b", "bad name:x"]
+    assert SecretService(f"llxprt-code-provider-keys{suffix}").search() == []
+    for item in items:
+        assert "sk-from-llxprt" not in json.dumps(item.as_dict())

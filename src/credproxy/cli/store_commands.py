@@ -275,6 +275,11 @@ def import_group() -> None:
     "--delete-originals", is_flag=True, help="Delete each plaintext file once it is in the store."
 )
 @click.option("--overwrite", is_flag=True, help="Replace credentials the store already holds.")
+@click.option(
+    "--from-keyring",
+    is_flag=True,
+    help="Also read newer LLxprt's keyring items (llxprt-code-oauth, llxprt-code-provider-keys).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @store_options
 def import_llxprt_command(
@@ -284,6 +289,7 @@ def import_llxprt_command(
     dry_run: bool,
     delete_originals: bool,
     overwrite: bool,
+    from_keyring: bool,
     as_json: bool,
     backend: str | None,
     config_path: Path | None,
@@ -294,6 +300,7 @@ def import_llxprt_command(
     Because both names may contain '-', the split follows the longest known
     provider name (LLxprt's, the config's, and --provider); other names with a
     '-' are skipped and reported. Key files: '.xai_key' becomes the key 'xai'.
+    Exits 1 when any source was skipped (the report says why).
     """
     for name in providers:
         _check_name("provider", name, "--provider")
@@ -313,6 +320,7 @@ def import_llxprt_command(
                 dry_run=dry_run,
                 delete_originals=delete_originals and not dry_run,
                 overwrite=overwrite,
+                from_keyring=from_keyring,
             )
 
         items = _run(backend, config_path, action)

@@ -93,6 +93,42 @@ class SecretService:
             return False
         return True
 
+    def search(self) -> list[tuple[str, str]]:
+        """(user name, secret) of every item under this service.
+
+        The keyring API cannot list, so this asks the Secret Service directly
+        for items whose ``service`` attribute matches: that finds items written
+        by Python's keyring and by other clients using the same attributes
+        (keyring-rs, which LLxprt's @napi-rs/keyring wraps).
+        """
+        self._open()
+        import secretstorage
+
+        try:
+            connection = secretstorage.dbus_init()
+        except Exception as exc:
+            raise KeyringUnavailableError(f"{UNAVAILABLE_MESSAGE} ({_short_reason(exc)})") from None
+        try:
+            collection = secretstorage.get_default_collection(connection)
+            if collection.is_locked():
+                collection.unlock()
+                if collection.is_locked():
+                    raise KeyringLockedError(LOCKED_MESSAGE)
+            found = []
+            for item in collection.search_items({"service": self.service}):
+                username = item.get_attributes().get("username")
+                if isinstance(username, str):
+                    found.append((username, item.get_secret().decode("utf-8", "replace")))
+            return sorted(found)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if _looks_locked(exc):
+                raise KeyringLockedError(LOCKED_MESSAGE) from None
+            raise KeyringUnavailableError(f"{UNAVAILABLE_MESSAGE} ({_short_reason(exc)})") from None
+        finally:
+            connection.close()
+
 
 def _looks_locked(exc: BaseException) -> bool:
     try:
