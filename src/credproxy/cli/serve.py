@@ -136,7 +136,13 @@ def write_capability_fd(fd: int, token: str) -> None:
 
 
 @main.command()
-@click.option("--store", "store", metavar="BACKEND", help="Store backend (default: from config).")
+@click.option(
+    "--store",
+    "store",
+    metavar="BACKEND",
+    help="Store backend: file, keyring or memory (default: [store] backend in the config, "
+    "else file).",
+)
 @click.option(
     "--config",
     "config",
@@ -303,6 +309,7 @@ async def _run(opts: _Options, credential_store: CredentialStore, settings: dict
     token_file: Path | None = None
     try:
         path = await daemon.start()
+        daemon.install_signal_handlers()
         if token is not None:
             if opts.capability_fd is not None:
                 write_capability_fd(opts.capability_fd, token)
@@ -310,7 +317,6 @@ async def _run(opts: _Options, credential_store: CredentialStore, settings: dict
                 token_file = opts.capability_file or path.with_suffix(".token")
                 write_capability_file(token_file, token)
         del token
-        daemon.install_signal_handlers()
         _announce(opts, path, token_file, grant)
         await daemon.serve_forever()
     finally:
