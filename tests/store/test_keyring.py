@@ -174,6 +174,13 @@ def test_bus_without_a_keyring_says_to_use_the_file_store(
     assert str(caught.value).startswith(UNAVAILABLE_MESSAGE)
 
 
+def test_file_store_asked_for_a_keyring_key_without_a_keyring_says_use_a_key_file(
+    bus_without_keyring: KeyringSession, tmp_path: Path
+) -> None:
+    with pytest.raises(KeyringUnavailableError, match='key_source = "keyfile"'):
+        FileStore(tmp_path / "store", KeySettings(source="keyring"))
+
+
 def test_no_session_bus_at_all_says_to_use_the_file_store(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -253,7 +260,7 @@ async def test_keyring_keyed_store_on_a_locked_keyring_gives_the_unlock_message(
         FileStore(tmp_path / "store", KeySettings())
     assert str(caught.value) == LOCKED_MESSAGE
     monkeypatch.setenv(bus, f"unix:path={tmp_path / 'gone'}")
-    with pytest.raises(KeyringUnavailableError, match="use --store file"):
+    with pytest.raises(KeyringUnavailableError, match=r"kept in the OS keyring.*DBUS_SESSION"):
         FileStore(tmp_path / "store", KeySettings())
 
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from credproxy.store import crypto
 from credproxy.store.base import StoreError
-from credproxy.store.secretservice import SecretService
+from credproxy.store.secretservice import KeyringUnavailableError, SecretService
 
 KEY_SOURCES: Final = ("auto", "keyring", "keyfile", "passphrase")
 KEY_FILE_NAME: Final = "store.key"
@@ -67,9 +67,15 @@ def create_key(
             source = "keyring"
     if source == "keyring":
         key = crypto.new_data_key()
-        settings.secret_service().set(
-            _keyring_username(store_id), base64.b64encode(key).decode("ascii")
-        )
+        try:
+            settings.secret_service().set(
+                _keyring_username(store_id), base64.b64encode(key).decode("ascii")
+            )
+        except KeyringUnavailableError:
+            raise KeyringUnavailableError(
+                "No keyring available on this machine for the file store's data key; set "
+                '[store] key_source = "keyfile" (or CREDPROXY_KEY_SOURCE=keyfile)'
+            ) from None
         return key, {"source": "keyring"}
     if source == "keyfile":
         path = settings.key_file_for(directory)
@@ -93,7 +99,14 @@ def load_key(settings: KeySettings, directory: Path, store_id: str, info: Any) -
             "another store path"
         )
     if source == "keyring":
-        value = settings.secret_service().get(_keyring_username(store_id))
+        try:
+            value = settings.secret_service().get(_keyring_username(store_id))
+        except KeyringUnavailableError:
+            raise KeyringUnavailableError(
+                f"the data key of the store in {directory} is kept in the OS keyring, and no "
+                "keyring is reachable here; run where the keyring's D-Bus session is "
+                "available (DBUS_SESSION_BUS_ADDRESS), or use another store path"
+            ) from None
         if value is None:
             raise StoreError(
                 f"the data key of the store in {directory} is missing from the keyring; "
