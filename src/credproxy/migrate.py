@@ -89,7 +89,7 @@ def _seconds(value: Any, field: str) -> float:
 def normalize_token(raw: Any, *, issued_at: float | None = None) -> Token:
     """A credproxy token from LLxprt's (or a similar) token JSON; raises MigrationError."""
     if not isinstance(raw, Mapping):
-        raise MigrationError("the token file must hold a JSON object")
+        raise MigrationError("the token must be a JSON object")
     token: dict[str, Any] = dict(raw)
     if "expiry" in token:
         expiry = _seconds(token["expiry"], "expiry")
@@ -99,7 +99,11 @@ def normalize_token(raw: Any, *, issued_at: float | None = None) -> Token:
         expiry = _seconds(token["expiry_date"], "expiry_date")
     elif "expires_in" in token:
         lifetime = token["expires_in"]
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        if (
+            isinstance(lifetime, bool)
+            or not isinstance(lifetime, int | float)
+            or not math.isfinite(lifetime)
+        ):
             raise MigrationError("expires_in must be a number of seconds")
         expiry = float(int((issued_at if issued_at is not None else time.time()) + lifetime))
     else:

@@ -129,6 +129,8 @@ def test_expires_in_counts_from_when_the_file_was_written() -> None:
         ({"access_token": "a"}, "no expiry"),
         ({"access_token": "a", "expiry": "soon"}, "expiry"),
         ({"access_token": "a", "expires_in": "1h"}, "expires_in"),
+        ({"access_token": "a", "expires_in": float("inf")}, "expires_in"),
+        ({"access_token": "a", "expiry": float("nan")}, "expiry"),
         ({"access_token": "", "expiry": 5}, "access_token"),
         ({"access_token": "a", "expiry": 5, "refresh_token": 7}, "refresh_token"),
     ],
