@@ -17,7 +17,12 @@ from credproxy.cli.run import build_grant
 from credproxy.sandbox.bwrap import RootLayout, build_bwrap_argv, bwrap_env
 from credproxy.sandbox.container import DOCKER_WRAPPER, build_container_argv
 from credproxy.sandbox.launch import check_exposure, none_env
-from credproxy.sandbox.runtime import minimal_paths, probe_layout, shebang_interpreter
+from credproxy.sandbox.runtime import (
+    installation_prefix,
+    minimal_paths,
+    probe_layout,
+    shebang_interpreter,
+)
 from credproxy.sandbox.spec import (
     CAPABILITY_FD_ENV,
     CAPABILITY_TOKEN_ENV,
@@ -321,3 +326,31 @@ def test_grant_flags_with_bad_names_are_refused(
 ) -> None:
     with pytest.raises(click.BadParameter):
         build_grant(allow, keys, False, False, label="")
+
+
+def test_a_script_run_by_an_interpreter_outside_usr_gets_its_whole_prefix(tmp_path: Path) -> None:
+    """As for ``#!/usr/bin/env node`` with node from nvm: the global packages
+    live under the interpreter's prefix, next to its ``bin``."""
+    prefix = tmp_path / "versions" / "node" / "v20"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib" / "node_modules" / "tool").mkdir(parents=True)
+    _script(prefix / "bin" / "node", "#!/bin/sh")
+    target = prefix / "lib" / "node_modules" / "tool" / "cli.js"
+    _script(target, "#!/usr/bin/env node")
+    (prefix / "bin" / "tool").symlink_to(target)
+    layout, executable = probe_layout(
+        ("tool",), share_net=False, search_path=f"{prefix / 'bin'}:/usr/bin:/bin"
+    )
+    assert executable == str(prefix / "bin" / "tool")
+    assert str(prefix) in layout.read_only
+    assert str(prefix / "bin") in layout.path_dirs
+
+
+def test_installation_prefix_never_picks_the_home_directory_or_usr(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    interpreter = _script(home / "bin" / "node", "#!/bin/sh")
+    assert installation_prefix(interpreter, home=str(home)) is None
+    assert installation_prefix(interpreter, home=str(home / "sub")) is None
+    assert installation_prefix(interpreter, home="/nonexistent-home") == str(home)
+    assert installation_prefix("/usr/bin/sh", home="/nonexistent-home") is None

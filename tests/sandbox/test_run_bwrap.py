@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -277,3 +278,27 @@ def test_bind_of_the_config_directory_is_refused(run_host: RunHost) -> None:
     assert done.returncode == 125
     assert str(config) in done.stderr
     assert run_host.sockets_left() == []
+
+
+def test_script_of_an_interpreter_outside_usr_runs_with_its_package_tree(
+    run_host: RunHost,
+) -> None:
+    """The nvm-style layout: PREFIX/bin/tool -> PREFIX/lib/pkg/cli, run by
+    ``#!/usr/bin/env`` an interpreter in PREFIX/bin, reading a sibling file."""
+    prefix = run_host.root / "opt" / "runtime"
+    (prefix / "bin").mkdir(parents=True)
+    package = prefix / "lib" / "pkg"
+    package.mkdir(parents=True)
+    interpreter = prefix / "bin" / "minish"
+    shutil.copy("/bin/sh", interpreter)
+    cli = package / "cli"
+    cli.write_text(
+        '#!/usr/bin/env minish\n. "$(dirname "$(readlink -f "$0")")/helper"\necho "$GREETING"\n'
+    )
+    cli.chmod(0o755)
+    (package / "helper").write_text("GREETING=hello-from-the-package\n")
+    (prefix / "bin" / "tool").symlink_to(cli)
+    run_host.env["PATH"] = f"{prefix / 'bin'}:{run_host.env['PATH']}"
+    done = run_host.run("--sandbox", "bwrap", "--", "tool")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello-from-the-package\n"

@@ -202,6 +202,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     import logging
 
     from credproxy.audit import AuditLog, configure_daemon_logging
+    from credproxy.config import ConfigError
     from credproxy.grants import CapabilityTable
     from credproxy.oauth.runtime import install as install_oauth
     from credproxy.sandbox.launch import prepare, run_prepared
@@ -238,7 +239,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
         except SandboxError as exc:
             click.echo(f"Error: {exc}", err=True)
             return exc.exit_code
-        except (ListenerError, PermissionError) as exc:
+        except (ConfigError, ListenerError, PermissionError) as exc:
             click.echo(f"Error: {exc}", err=True)
             return SETUP_FAILED
         except OSError as exc:

@@ -69,11 +69,13 @@ def build_bwrap_argv(
         "ALL",
         "--clearenv",
     ]
+    # The fresh /proc, /dev and /tmp come first so a runtime that lives under
+    # /tmp on the host is mounted on top of the tmpfs, not hidden by it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", SANDBOX_TMP]
     for path in layout.read_only:
         argv += ["--ro-bind", path, path]
     for target, path in layout.symlinks:
         argv += ["--symlink", target, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", SANDBOX_TMP]
     argv += ["--bind", spec.socket_path, GUEST_SOCKET]
     for mount in spec.binds:
         argv += ["--ro-bind" if mount.read_only else "--bind", mount.host, mount.guest]

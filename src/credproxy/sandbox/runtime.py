@@ -150,6 +150,27 @@ def python_runtime(interpreter: str) -> tuple[list[str], list[str]]:
     return paths, bins
 
 
+def installation_prefix(interpreter: str, home: str | None = None) -> str | None:
+    """``PREFIX`` of an interpreter installed as ``PREFIX/bin/NAME`` outside ``/usr``.
+
+    A node from nvm or a ruby from rbenv keeps its globally installed
+    packages under that prefix (``lib/node_modules``, ``lib/ruby/gems``), so a
+    script run by it needs the whole prefix. A prefix that is, or contains,
+    the home directory is never chosen.
+    """
+    real = os.path.realpath(interpreter)
+    bin_dir = os.path.dirname(real)
+    if os.path.basename(bin_dir) != "bin":
+        return None
+    prefix = PurePosixPath(os.path.dirname(bin_dir))
+    home_dir = PurePosixPath(os.path.realpath(home or os.path.expanduser("~")))
+    if prefix in (PurePosixPath("/"), PurePosixPath("/usr")) or home_dir.is_relative_to(prefix):
+        return None
+    if _inside(str(prefix), "/usr"):
+        return None
+    return str(prefix)
+
+
 def _is_python(interpreter: str) -> bool:
     return os.path.basename(interpreter).startswith("python")
 
@@ -181,6 +202,12 @@ def probe_layout(
         extra, bins = python_runtime(python)
         paths += extra
         path_dirs += bins
+    elif interpreter is not None:
+        prefix = installation_prefix(interpreter)
+        if prefix is not None:
+            paths.append(prefix)
+            path_dirs.append(os.path.join(prefix, "bin"))
+    paths.append(os.path.realpath(executable))
     read_only = minimal_paths(paths)
     visible = [d for d in path_dirs if any(_inside(d, root) for root in read_only)]
     layout = RootLayout(
