@@ -35,7 +35,7 @@ def validate_token(raw: Mapping[str, Any]) -> Token:
     if (
         isinstance(expiry, bool)
         or not isinstance(expiry, int | float)
-        or not math.isfinite(expiry)
+        or not _finite(expiry)
         or expiry < 0
     ):
         raise ProxyError(ErrorCode.INVALID_REQUEST, "token.expiry must be Unix seconds (a number)")
@@ -46,6 +46,14 @@ def validate_token(raw: Mapping[str, Any]) -> Token:
     if refresh is not None and not isinstance(refresh, str):
         raise ProxyError(ErrorCode.INVALID_REQUEST, "token.refresh_token must be a string")
     return dict(raw)
+
+
+def _finite(number: float) -> bool:
+    """``math.isfinite`` that says False, not OverflowError, for an int beyond any float."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def sanitize(token: Mapping[str, Any]) -> Token:

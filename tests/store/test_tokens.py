@@ -58,6 +58,7 @@ def test_expiry_accepts_non_negative_unix_seconds(expiry: float) -> None:
         ("expiry", -1),
         ("expiry", math.inf),
         ("expiry", math.nan),
+        ("expiry", 10**400),
         ("token_type", None),
         ("token_type", ""),
         ("token_type", ["Bearer"]),
