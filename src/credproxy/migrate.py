@@ -81,9 +81,15 @@ def _seconds(value: Any, field: str) -> float:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
         return parsed.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise MigrationError(f"{field} must be a number")
-    return float(value) / 1000 if value > MILLISECONDS_THRESHOLD else float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise MigrationError(f"{field} is out of range") from None
+    if not math.isfinite(number):
+        raise MigrationError(f"{field} must be a finite number")
+    return number / 1000 if number > MILLISECONDS_THRESHOLD else number
 
 
 def normalize_token(raw: Any, *, issued_at: float | None = None) -> Token:
@@ -99,13 +105,13 @@ def normalize_token(raw: Any, *, issued_at: float | None = None) -> Token:
         expiry = _seconds(token["expiry_date"], "expiry_date")
     elif "expires_in" in token:
         lifetime = token["expires_in"]
-        if (
-            isinstance(lifetime, bool)
-            or not isinstance(lifetime, int | float)
-            or not math.isfinite(lifetime)
-        ):
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
             raise MigrationError("expires_in must be a number of seconds")
-        expiry = float(int((issued_at if issued_at is not None else time.time()) + lifetime))
+        start = issued_at if issued_at is not None else time.time()
+        try:
+            expiry = float(int(start + float(lifetime)))
+        except (OverflowError, ValueError):
+            raise MigrationError("expires_in is out of range") from None
     else:
         raise MigrationError(
             "the token has no expiry (expiry, expires_at, expiry_date, expires_in)"

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from credproxy.migrate import (
     MigrationError,
@@ -244,3 +246,39 @@ async def test_missing_llxprt_directory_imports_nothing(
     file_store: FileStore, tmp_path: Path
 ) -> None:
     assert await import_llxprt(file_store, tmp_path / "absent") == []
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+)
+token_like = st.dictionaries(
+    st.sampled_from(
+        [
+            "access_token",
+            "refresh_token",
+            "expiry",
+            "expires_at",
+            "expiry_date",
+            "expires_in",
+            "token_type",
+            "scope",
+        ]
+    ),
+    json_scalars,
+    max_size=8,
+)
+
+
+@given(raw=token_like | json_scalars)
+def test_any_json_either_normalizes_to_a_valid_token_or_is_refused_cleanly(raw: Any) -> None:
+    try:
+        token = normalize_token(raw, issued_at=1_000_000)
+    except MigrationError:
+        return
+    assert isinstance(token["access_token"], str) and token["access_token"]
+    assert isinstance(token["expiry"], int | float) and token["expiry"] >= 0
+    assert not {"expires_at", "expiry_date", "expires_in"} & set(token)
