@@ -250,3 +250,17 @@ def test_request_still_running_after_the_grace_period_is_answered_and_the_daemon
         assert client.wait_closed() == []
     assert daemon.process.wait(15) == 0
     assert not os.path.lexists(daemon.socket_path)
+
+
+def test_socket_in_a_directory_others_can_write_is_refused(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    shared = credproxy_daemon.workdir() / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    stderr = _serve_fails("--socket", str(shared / "d.sock"))
+    assert "other users can write there and it has no sticky bit" in stderr
+    shared.chmod(0o1777)
+    daemon = credproxy_daemon(store="memory", socket_path=shared / "d.sock")
+    with daemon.client() as client:
+        assert client.request("list_api_keys")["ok"] is True

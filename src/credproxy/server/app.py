@@ -95,6 +95,12 @@ class Daemon:
     async def start(self) -> Path:
         """Bind and listen; returns the socket path clients must use."""
         path = self._requested_path or default_socket_path()
+        if self._allowed_uids and self._requested_path is None:
+            log.warning(
+                "other uids cannot reach the private socket directory %s; pass --socket "
+                "in a directory they can traverse",
+                path.parent,
+            )
         mode = 0o666 if self._allowed_uids else 0o600
         sock = bind_socket(path, mode=mode)
         self._path = path

@@ -147,9 +147,27 @@ def remove_stale_socket(path: Path) -> None:
         path.unlink()
 
 
+def check_parent(path: Path) -> None:
+    """An explicit socket path must sit in a directory others cannot rewrite: in a
+    world-writable directory without the sticky bit another user could swap the
+    socket for a symlink between our ``bind`` and ``chmod``."""
+    parent = path.parent
+    try:
+        info = os.stat(parent)
+    except OSError as exc:
+        raise ListenerError(f"cannot use socket directory {parent}: {exc.strerror}") from None
+    writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable_by_others and not info.st_mode & stat.S_ISVTX:
+        raise ListenerError(
+            f"refusing to place the socket in {parent}: other users can write there and it "
+            "has no sticky bit; choose a directory only you can write to"
+        )
+
+
 def bind_socket(path: Path, *, mode: int = 0o600) -> socket.socket:
     """A listening socket at ``path`` with ``mode``; the caller owns it afterwards."""
     check_path_length(path)
+    check_parent(path)
     remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
