@@ -312,3 +312,24 @@ def test_key_set_on_a_terminal_prompts_without_echoing_the_key(store_env: Path) 
     assert SECRET_KEY.encode() not in shown
     assert b"saved API key typed" in shown
     assert stored_key(store_env, "typed") == SECRET_KEY
+
+
+async def test_host_status_reports_unusable_expiry_and_damaged_records_without_failing(
+    tmp_path: Path,
+) -> None:
+    from credproxy.cli.store_commands import collect_host_status
+
+    store = FileStore(tmp_path / "store", KeySettings(source="keyfile"))
+    await store.save_token("odd", "huge", {**TOKEN, "expiry": 10**400})
+    await store.save_token("odd", "text", {**TOKEN, "expiry": "tomorrow"})
+    await store.save_token("fine", "default", {**TOKEN, "expiry": 2_000})
+    document = json.loads((tmp_path / "store" / "credentials.json").read_text())
+    document["records"]["token/fine/default"] = document["records"]["token/odd/text"]
+    (tmp_path / "store" / "credentials.json").write_text(json.dumps(document))
+
+    report = await collect_host_status(store, now=1_000)
+    assert report["providers"]["odd"]["huge"]["status"] == "expiry unknown"
+    assert report["providers"]["odd"]["text"]["status"] == "expiry unknown"
+    assert report["providers"]["fine"]["default"]["status"] == "damaged record"
+    assert str(TOKEN["refresh_token"]) not in json.dumps(report)
+    await store.close()

@@ -377,12 +377,19 @@ async def collect_key_names(store: CredentialStore) -> list[str]:
 def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
     from credproxy.cli.sandbox import describe_expiry
 
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
-        return {"expiry": None, "status": "expiry unknown"}
+    unknown = {"expiry": None, "status": "expiry unknown"}
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
+        return unknown
+    try:
+        seconds = float(expiry)
+    except OverflowError:
+        return unknown
+    if not math.isfinite(seconds):
+        return unknown
     return {
         "expiry": expiry,
-        "expiresIn": int(expiry - now),
-        "status": describe_expiry(expiry, now),
+        "expiresIn": int(seconds - now),
+        "status": describe_expiry(seconds, now),
     }
 
 
