@@ -93,6 +93,27 @@ class RunHost:
         )
 
 
+def make_rootfs(rootfs: Path) -> Path:
+    """An empty root for a container: the host's /usr and Python are bound in."""
+    for name in ("usr", "proc", "dev", "sys", "tmp", "run", "etc"):
+        (rootfs / name).mkdir(parents=True)
+    for name in ("bin", "lib", "lib64", "sbin"):
+        (rootfs / name).symlink_to(f"usr/{name}")
+    return rootfs
+
+
+def runtime_binds() -> list[str]:
+    """``--bind`` flags for /usr, this Python, the credproxy source and the probes."""
+    import credproxy
+
+    source = Path(credproxy.__file__).resolve().parents[1]
+    paths = {"/usr", sys.prefix, sys.base_prefix, str(source), str(PROBES)}
+    args: list[str] = []
+    for path in sorted(paths):
+        args += ["--bind", f"{path}:{path}:ro"]
+    return args
+
+
 async def _seed(config: Path) -> None:
     store = open_store(None, load_config(config))
     try:
@@ -132,7 +153,7 @@ def run_host() -> Iterator[RunHost]:
         )
         asyncio.run(_seed(config))
         env = {
-            "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),
             "XDG_RUNTIME_DIR": str(runtime_dir),
             "LANG": "C.UTF-8",

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
-import credproxy
-from tests.sandbox.conftest import DEMO_ACCESS, HOST_MARKER, PROBES, RunHost
+from tests.sandbox.conftest import (
+    DEMO_ACCESS,
+    HOST_MARKER,
+    PROBES,
+    RunHost,
+    make_rootfs,
+    runtime_binds,
+)
 
 ENGINE_ARGS = (
     "--engine-arg=--runtime=runc",
@@ -34,17 +40,8 @@ def podman_args(run_host: RunHost) -> Iterator[list[str]]:
         pytest.fail("podman and runc must be installed: apt-get install podman runc")
     if os.getuid() != 0:
         pytest.fail("these podman tests run podman as root (rootless needs a user session)")
-    rootfs = run_host.root / "rootfs"
-    for name in ("usr", "proc", "dev", "sys", "tmp", "run", "etc"):
-        (rootfs / name).mkdir(parents=True)
-    for name in ("bin", "lib", "lib64", "sbin"):
-        (rootfs / name).symlink_to(f"usr/{name}")
-    source = Path(credproxy.__file__).resolve().parents[1]
-    binds = {"/usr", sys.prefix, sys.base_prefix, str(source), str(PROBES)}
-    args = ["--sandbox", "podman", "--image", str(rootfs), *ENGINE_ARGS]
-    for path in sorted(binds):
-        args += ["--bind", f"{path}:{path}:ro"]
-    yield args
+    rootfs = make_rootfs(run_host.root / "rootfs")
+    yield ["--sandbox", "podman", "--image", str(rootfs), *ENGINE_ARGS, *runtime_binds()]
 
 
 def test_token_get_in_podman_reads_the_token_from_the_preserved_fd(
