@@ -138,8 +138,13 @@ def test_bwrap_env_keeps_only_terminal_and_locale_names_from_the_host() -> None:
     }
 
 
-def test_none_env_drops_an_outer_token_and_points_at_the_run_socket() -> None:
-    host = {"PATH": "/usr/bin", CAPABILITY_TOKEN_ENV: "b" * 64, CAPABILITY_FD_ENV: "9"}
+def test_none_env_drops_an_outer_token_and_the_passphrase_and_points_at_the_run_socket() -> None:
+    host = {
+        "PATH": "/usr/bin",
+        CAPABILITY_TOKEN_ENV: "b" * 64,
+        CAPABILITY_FD_ENV: "9",
+        "CREDPROXY_PASSPHRASE": "store passphrase",
+    }
     env = none_env(host, HOST_SOCKET)
     assert env == {"PATH": "/usr/bin", SOCKET_ENV: HOST_SOCKET, CAPABILITY_FD_ENV: "3"}
 

@@ -71,9 +71,17 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+WITHHELD_ENV: Final = frozenset({CAPABILITY_TOKEN_ENV, CAPABILITY_FD_ENV, "CREDPROXY_PASSPHRASE"})
+"""Never passed on: an outer sandbox's token, and the store passphrase ``run`` used."""
+
+
+def _withheld(host_env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in host_env.items() if k not in WITHHELD_ENV}
+
+
 def none_env(host_env: Mapping[str, str], socket_path: str) -> dict[str, str]:
-    """The caller's environment, minus any outer token, plus the socket and fd."""
-    env = {k: v for k, v in host_env.items() if k not in (CAPABILITY_TOKEN_ENV, CAPABILITY_FD_ENV)}
+    """The caller's environment, minus ``WITHHELD_ENV``, plus the socket and fd."""
+    env = _withheld(host_env)
     env[SOCKET_ENV] = socket_path
     env[CAPABILITY_FD_ENV] = str(CAPABILITY_FD)
     return env
@@ -151,8 +159,9 @@ def prepare(
         if fifo_dir is not None:
             shutil.rmtree(fifo_dir, ignore_errors=True)
         raise
-    env = {k: v for k, v in host_env.items() if k not in (CAPABILITY_TOKEN_ENV, CAPABILITY_FD_ENV)}
-    return Prepared(argv=argv, env=env, token_fd=kind == "podman", fifo_dir=fifo_dir)
+    return Prepared(
+        argv=argv, env=_withheld(host_env), token_fd=kind == "podman", fifo_dir=fifo_dir
+    )
 
 
 def _high_dup(fd: int) -> int:
