@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -119,6 +120,10 @@ class AuditEvent:
         )
 
 
+class AuditLogError(Exception):
+    """The audit log cannot be opened; the message names the path and the reason."""
+
+
 class AuditLog:
     """Writes one JSON line per event to a stream or an append-only 0600 file."""
 
@@ -134,11 +139,16 @@ class AuditLog:
     def to_file(cls, path: Path) -> AuditLog:
         """Open ``path`` for appending, created 0600; an existing file must be ours."""
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        fd = os.open(path, flags, 0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise AuditLogError(
+                f"cannot open audit log {path}: {exc.strerror} (a symlink is refused)"
+            ) from None
         try:
             info = os.fstat(fd)
-            if info.st_uid != os.getuid():
-                raise PermissionError(f"audit log {path} is owned by uid {info.st_uid}, not us")
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                raise AuditLogError(f"audit log {path} must be a regular file owned by us")
             os.fchmod(fd, 0o600)
             stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
         except BaseException:

@@ -142,3 +142,25 @@ def test_capability_file_is_64_hex_and_a_newline_at_mode_0600(
     assert daemon.capability_file == target
     assert re.fullmatch(r"[0-9a-f]{64}\n", target.read_text())
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+
+
+def test_audit_log_that_cannot_be_opened_is_a_clear_error(credproxy_daemon: DaemonFactory) -> None:
+    workdir = credproxy_daemon.workdir()
+    link = workdir / "audit.log"
+    link.symlink_to(workdir / "elsewhere.log")
+    for target in (workdir / "missing" / "audit.log", link):
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "credproxy", "serve", "--store", "memory"),
+                *("--socket", str(workdir / "d.sock"), "--audit-log", str(target)),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=daemon_env(),
+        )
+        assert result.returncode == 1
+        assert f"cannot open audit log {target}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (workdir / "elsewhere.log").exists()

@@ -201,6 +201,8 @@ def test_burst_over_sixty_per_second_is_rate_limited_with_retry_after(
                     assert reply["code"] == "RATE_LIMITED"
                     limited.append(reply)
         assert limited, "600 requests in a burst were never rate limited"
+        audited = [e for e in daemon.audit_events() if e["outcome"] == "RATE_LIMITED"]
+        assert 1 <= len(audited) < len(limited) or len(limited) == 1
         first = limited[0]
         assert isinstance(first["retryAfter"], int | float)
         assert 0 < first["retryAfter"] <= 1.0

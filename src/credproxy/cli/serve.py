@@ -254,6 +254,7 @@ def serve(  # noqa: PLR0917  (click passes every option)
         hold_store=testing_hold_store,
     )
     _check_options(opts)
+    from credproxy.audit import AuditLogError
     from credproxy.config import ConfigError, load_config
     from credproxy.oauth.config import parse_providers
     from credproxy.oauth.runtime import session_limits
@@ -270,7 +271,7 @@ def serve(  # noqa: PLR0917  (click passes every option)
         raise click.ClickException(str(exc)) from None
     try:
         asyncio.run(_run(opts, credential_store, settings))
-    except (ListenerError, StoreError, PermissionError) as exc:
+    except (ListenerError, StoreError, AuditLogError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

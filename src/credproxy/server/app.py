@@ -190,6 +190,7 @@ class Daemon:
             await self._serve_connection(reader, writer)
         except Exception as exc:
             log.error("connection handler failed: %s", type(exc).__name__)
+            writer.transport.abort()
         finally:
             if task is not None:
                 self._connection_tasks.discard(task)

@@ -163,6 +163,7 @@ class Connection:
         self._stopping = False
         self._grace_s = 0.0
         self._broken = False
+        self._rate_limited = False
         self.closed = asyncio.Event()
 
     async def run(self) -> None:
@@ -250,14 +251,19 @@ class Connection:
         elif isinstance(event, ProtocolViolation):
             if event.response is not None:
                 await self._write(event.response)
-            self._audit_violation(event.op, event.error.code)
+            limited = event.error.code == ErrorCode.RATE_LIMITED
+            if not (limited and self._rate_limited):  # a flood is audited once, not per frame
+                self._audit_violation(event.op, event.error.code)
+            self._rate_limited = limited
             if event.close:
                 log.info("closing connection of uid %s: %s", self.peer.uid, event.error.message)
                 raise _Close
-        elif event.request.op == "cancel":
-            await self._cancel(event.request)
         else:
-            self._start(event.request)
+            self._rate_limited = False
+            if event.request.op == "cancel":
+                await self._cancel(event.request)
+            else:
+                self._start(event.request)
 
     def _start(self, request: Request) -> None:
         task = asyncio.create_task(self._serve(request))
