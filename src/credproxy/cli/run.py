@@ -8,7 +8,6 @@ its socket go with it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -195,10 +194,13 @@ def run(  # noqa: PLR0917  (click passes every option)
         settings=settings,
         audit_log=audit_log,
     )
+    import asyncio
+
     sys.exit(asyncio.run(_run(plan, credential_store)))
 
 
 async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
+    import asyncio
     import logging
 
     from credproxy.audit import AuditLog, configure_daemon_logging
@@ -257,6 +259,8 @@ def _null_stream() -> IO[str]:
 
 async def _bounded(closing: Awaitable[None]) -> None:
     """Shutdown steps get a deadline: the command has exited, ``run`` must not hang."""
+    import asyncio
+
     try:
         async with asyncio.timeout(STOP_GRACE_S):
             await closing
