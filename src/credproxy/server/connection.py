@@ -3,8 +3,10 @@
 The sans-IO core decides what each frame means; this module adds what needs a
 clock or a task: the 5 s partial-frame timeout, the handshake throttle, one
 task per request (at most 16) each bounded by the call timeout, ``cancel``,
-and ordered, locked writes. A misbehaving peer can only lose its own
-connection; nothing here lets its bytes take down the daemon.
+and whole-frame writes under one lock. Each outcome is audited before its
+response is written, so the audit line exists by the time the peer sees the
+answer. A misbehaving peer can only lose its own connection; nothing here
+lets its bytes take down the daemon.
 """
 
 from __future__ import annotations
@@ -240,8 +242,8 @@ class Connection:
     ) -> None:
         if isinstance(event, HandshakeAccepted):
             self._grant = event.grant
-            await self._write(event.response)
             self._audit_handshake("ok")
+            await self._write(event.response)
         elif isinstance(event, HandshakeRejected):
             self._audit_handshake(event.error.code)
             if event.unauthorized and not await self._settings.throttle.penalize(self.peer.uid):
@@ -249,12 +251,12 @@ class Connection:
             await self._write(event.response)
             raise _Close
         elif isinstance(event, ProtocolViolation):
-            if event.response is not None:
-                await self._write(event.response)
             limited = event.error.code == ErrorCode.RATE_LIMITED
             if not (limited and self._rate_limited):  # a flood is audited once, not per frame
                 self._audit_violation(event.op, event.error.code)
             self._rate_limited = limited
+            if event.response is not None:
+                await self._write(event.response)
             if event.close:
                 log.info("closing connection of uid %s: %s", self.peer.uid, event.error.message)
                 raise _Close
@@ -283,10 +285,10 @@ class Connection:
         self._cancellable.discard(request_id)
         if task.cancelled() and request_id in self._cancel_requested:
             frame = self._proto.send_failure(request_id, _cancelled())
+            self._audit(op, ErrorCode.CANCELLED, {}, None)
             writer = asyncio.get_running_loop().create_task(self._write(frame))
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
-            self._audit(op, ErrorCode.CANCELLED, {}, None)
         self._cancel_requested.discard(request_id)
 
     async def _cancel(self, request: Request) -> None:
@@ -298,8 +300,8 @@ class Connection:
             self._cancel_requested.add(payload.targetId)
             target.cancel()
             cancelled = True
-        await self._write(self._proto.send_success(request.id, {"cancelled": cancelled}))
         self._audit(request.op, "ok", {}, 0.0)
+        await self._write(self._proto.send_success(request.id, {"cancelled": cancelled}))
 
     async def _serve(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
@@ -326,8 +328,8 @@ class Connection:
             error = _cancelled() if requested else _SHUTTING_DOWN
             frame, outcome = self._proto.send_failure(request.id, error), error.code
         self._cancellable.discard(request.id)
-        await self._write(frame)
         self._audit(request.op, outcome, ctx.audit, (loop.time() - started) * 1000.0)
+        await self._write(frame)
 
     async def _call(self, ctx: RequestContext, request: Request) -> tuple[bytes, str]:
         handler = self._settings.handlers.get(request.op)
