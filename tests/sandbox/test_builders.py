@@ -65,6 +65,16 @@ def test_bwrap_unshares_everything_and_isolates_session_env_and_caps() -> None:
     assert argv[argv.index("--") + 1 :] == ["tool", "--flag"]
 
 
+def test_bwrap_reports_its_pid_on_the_info_fd_only_when_asked() -> None:
+    spec = SandboxSpec(command=("x",), socket_path=HOST_SOCKET)
+    assert "--info-fd" not in build_bwrap_argv(spec, LAYOUT, {})
+    assert build_bwrap_argv(spec, LAYOUT, {}, bwrap="/usr/bin/bwrap", info_fd=4)[:3] == [
+        "/usr/bin/bwrap",
+        "--info-fd",
+        "4",
+    ]
+
+
 def test_bwrap_clearenv_comes_before_every_setenv() -> None:
     argv = build_bwrap_argv(
         SandboxSpec(command=("x",), socket_path=HOST_SOCKET), LAYOUT, {"A": "1", "B": "2"}
@@ -300,7 +310,7 @@ def test_check_exposure_refuses_binds_around_or_inside_the_store(tmp_path: Path)
     store.mkdir(parents=True)
     check_exposure([str(tmp_path / "other")], (str(store),))
     for bound in (tmp_path, tmp_path / "data", store, store / "sub"):
-        with pytest.raises(SandboxError, match="credential store"):
+        with pytest.raises(SandboxError, match="holds credentials"):
             check_exposure([str(bound)], (str(store),))
 
 

@@ -252,7 +252,7 @@ def test_bind_over_the_store_directory_is_refused_before_the_command_runs(
         f"touch {marker}",
     )
     assert done.returncode == 125
-    assert "credential store" in done.stderr
+    assert "holds credentials" in done.stderr
     assert not marker.exists()
     assert run_host.sockets_left() == []
 

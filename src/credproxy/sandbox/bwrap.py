@@ -58,9 +58,11 @@ def build_bwrap_argv(
     env: Mapping[str, str],
     *,
     bwrap: str = "bwrap",
+    info_fd: int | None = None,
 ) -> list[str]:
-    argv = [
-        bwrap,
+    """``info_fd``: where bwrap reports the sandbox's pid (for signal forwarding)."""
+    argv = [bwrap, *(["--info-fd", str(info_fd)] if info_fd is not None else [])]
+    argv += [
         "--unshare-all",
         *(["--share-net"] if spec.share_net else []),
         "--die-with-parent",

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -68,7 +68,6 @@ class Prepared:
     bwrap_info: bool = False
     token_fd: bool = True
     fifo_dir: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 WITHHELD_ENV: Final = frozenset({CAPABILITY_TOKEN_ENV, CAPABILITY_FD_ENV, "CREDPROXY_PASSPHRASE"})
@@ -88,7 +87,7 @@ def none_env(host_env: Mapping[str, str], socket_path: str) -> dict[str, str]:
 
 
 def check_exposure(bound: list[str], protected: tuple[str, ...]) -> None:
-    """Refuse a layout that would show the credential store inside the sandbox."""
+    """Refuse a layout that would show the store, its key or the config inside."""
     for secret in protected:
         real_secret = Path(os.path.realpath(secret))
         for path in bound:
@@ -96,7 +95,8 @@ def check_exposure(bound: list[str], protected: tuple[str, ...]) -> None:
             if real_secret.is_relative_to(real) or real.is_relative_to(real_secret):
                 raise SandboxError(
                     f"refusing to expose {path} inside the sandbox: it contains or lies in "
-                    f"the credential store {secret}; move the store or the bind"
+                    f"{secret}, which holds credentials or their configuration; "
+                    "bind a narrower path"
                 )
 
 
@@ -132,8 +132,7 @@ def prepare(
             host_env,
             {SOCKET_ENV: GUEST_SOCKET, CAPABILITY_FD_ENV: str(CAPABILITY_FD)},
         )
-        argv = build_bwrap_argv(inner, layout, env, bwrap=bwrap)
-        argv[1:1] = ["--info-fd", str(INFO_FD)]
+        argv = build_bwrap_argv(inner, layout, env, bwrap=bwrap, info_fd=INFO_FD)
         return Prepared(
             argv=argv,
             env={"PATH": host_env.get("PATH", "")},
