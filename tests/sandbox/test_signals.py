@@ -7,6 +7,7 @@ forward.
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import subprocess
@@ -78,3 +79,57 @@ def test_command_ignoring_sigterm_keeps_running_until_it_exits(run_host: RunHost
     assert out == "done\n", err
     assert child.returncode == 0
     assert run_host.sockets_left() == []
+
+
+@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
+def test_ctrl_c_on_a_real_terminal_reaches_the_command(run_host: RunHost, sandbox: str) -> None:
+    """``run`` holds a pty as controlling terminal (``setsid --ctty``) and ^C is
+    typed into it: under ``none`` the terminal signals the command itself,
+    under bwrap (a session of its own) ``run`` forwards it."""
+    script = (
+        "import os, signal, time\n"
+        "def handler(signum, frame):\n"
+        "    os.write(1, f'got {signum}\\n'.encode())\n"
+        "    os._exit(40 + signum)\n"
+        "signal.signal(signal.SIGINT, handler)\n"
+        "print('tty', os.isatty(0), flush=True)\n"
+        "while True:\n"
+        "    time.sleep(0.05)\n"
+    )
+    master, slave = os.openpty()
+    child = subprocess.Popen(
+        [
+            "setsid",
+            "--wait",
+            "--ctty",
+            *run_host.argv("--sandbox", sandbox, "--", sys.executable, "-c", script),
+        ],
+        env=run_host.env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    run_host.children.append(child)  # type: ignore[arg-type]
+    os.close(slave)
+    seen = b""
+    try:
+        seen = _read_until(master, b"tty True", seen)
+        os.write(master, b"\x03")
+        seen = _read_until(master, b"got 2", seen)
+        assert child.wait(timeout=READY_TIMEOUT_S) == 42
+    finally:
+        os.close(master)
+    assert run_host.sockets_left() == []
+
+
+def _read_until(fd: int, wanted: bytes, seen: bytes) -> bytes:
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], READY_TIMEOUT_S)
+        assert ready, f"waited for {wanted!r}, saw {seen!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        assert chunk, f"terminal closed before {wanted!r}; saw {seen!r}"
+        seen += chunk
+    return seen
