@@ -143,8 +143,12 @@ def remove_stale_socket(path: Path) -> None:
         )
     finally:
         probe.close()
-    with contextlib.suppress(FileNotFoundError):
+    try:
         path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ListenerError(f"cannot remove the stale socket {path}: {exc.strerror}") from None
 
 
 def check_parent(path: Path) -> None:
