@@ -89,6 +89,7 @@ OPERATIONS: Final[dict[str, OpSpec]] = {
     "get_api_key": OpSpec(KeyName),
     "list_api_keys": OpSpec(Empty),
     "has_api_key": OpSpec(KeyName),
+    "get_bucket_stats": OpSpec(ProviderBucket),
     "refresh_token": OpSpec(ProviderBucket),
     "oauth_initiate": OpSpec(ProviderBucket),
     "oauth_exchange": OpSpec(Exchange),

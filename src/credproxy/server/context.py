@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from credproxy.grants import Grant
+from credproxy.server.usage import BucketUsage
 from credproxy.store.base import CredentialStore
 
 
@@ -33,6 +34,7 @@ class ServerState:
 
     store: CredentialStore
     call_timeout_s: float = 15.0
+    usage: BucketUsage = field(default_factory=BucketUsage)
     extensions: dict[str, Any] = field(default_factory=dict)
 
 

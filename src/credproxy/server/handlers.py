@@ -44,7 +44,19 @@ async def get_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, A
             ErrorCode.NOT_FOUND,
             f"no token stored for provider {payload.provider!r} bucket {payload.bucket!r}",
         )
+    ctx.state.usage.record(payload.provider, payload.bucket)
     return sanitize(token)
+
+
+async def get_bucket_stats(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
+    """Usage of one bucket since the daemon started; LLxprt's client asks for it."""
+    _require_token_access(ctx, payload.provider, payload.bucket)
+    if await ctx.state.store.get_token(payload.provider, payload.bucket) is None:
+        raise ProxyError(
+            ErrorCode.NOT_FOUND,
+            f"no token stored for provider {payload.provider!r} bucket {payload.bucket!r}",
+        )
+    return ctx.state.usage.stats(payload.provider, payload.bucket)
 
 
 async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
@@ -116,6 +128,7 @@ CORE_HANDLERS: Final[dict[str, Handler]] = {
     "remove_token": remove_token,
     "list_providers": list_providers,
     "list_buckets": list_buckets,
+    "get_bucket_stats": get_bucket_stats,
     "get_api_key": get_api_key,
     "list_api_keys": list_api_keys,
     "has_api_key": has_api_key,
