@@ -17,7 +17,9 @@ Rules kept here:
 - A session owns the resources attached to it (its background task, its
   loopback listener); whichever way it ends, they are cancelled or closed.
 - Open sessions are bounded per identity and in total, so one sandbox cannot
-  fill the host's memory or starve the others.
+  fill the host's memory or starve the others. A login being started holds a
+  place (``admit``) before the provider is contacted, so the caps also bound
+  the provider calls a sandbox can cause.
 - Sessions are kept in creation order, which is expiry order because the
   timeout is the same for all, and used ids in a separate set, so a sweep
   touches only what it removes.
@@ -28,6 +30,7 @@ Not thread-safe: use one manager from one event loop's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -36,7 +39,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias, get_args
 
@@ -50,6 +53,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "FLOW_TYPES",
     "TIMEOUT_ENV_VAR",
+    "Admission",
     "FlowType",
     "OAuthSession",
     "OAuthSessionManager",
@@ -140,6 +144,20 @@ class SessionResult:
 
 
 _PENDING: Final = SessionResult("pending")
+
+_IdentityKey: TypeAlias = tuple[int | None, Grant | None]
+
+
+class Admission:
+    """One place under the session caps, held from the admission check until the
+    session exists (or the login is abandoned), so logins still contacting the
+    provider count against the cap too."""
+
+    __slots__ = ("held", "key")
+
+    def __init__(self, key: _IdentityKey) -> None:
+        self.key: Final = key
+        self.held = True
 
 
 class _Closer:
@@ -399,7 +417,9 @@ class OAuthSessionManager:
         self._clock = clock
         self._sessions: OrderedDict[str, OAuthSession] = OrderedDict()
         self._used_ids: set[str] = set()
-        self._per_identity: dict[tuple[int | None, Grant | None], int] = {}
+        self._per_identity: dict[_IdentityKey, int] = {}
+        """Open sessions plus held admissions, per identity."""
+        self._admitted = 0
         self._flow_owners: dict[int, str] = {}
         self._closer = _Closer()
         self._gc_task: asyncio.Task[None] | None = None
@@ -421,34 +441,25 @@ class OAuthSessionManager:
         flow_type: FlowType,
         flow: Any,
         identity: PeerIdentity,
+        *,
+        admission: Admission | None = None,
     ) -> str:
         """Open a session and return its id.
 
-        ``RESOURCE_EXHAUSTED`` when the identity or the host already holds the
-        maximum of open sessions (expired and used ones are swept first, so
-        only live logins count).
+        With a held ``admission`` of the same identity the session takes its
+        place; without one, ``RESOURCE_EXHAUSTED`` as ``ensure_capacity``.
         """
         if flow_type not in FLOW_TYPES:
             raise ValueError(f"unknown flow type {flow_type!r}")
         if flow is not None and id(flow) in self._flow_owners:
             raise ValueError("this flow object already belongs to a live session")
         key = identity.key
-        if (
-            len(self._sessions) >= self.max_sessions
-            or self._per_identity.get(key, 0) >= self.max_sessions_per_identity
-        ):
-            self.sweep_expired()
-        if self._per_identity.get(key, 0) >= self.max_sessions_per_identity:
-            raise ProxyError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"too many open login sessions for this sandbox (at most "
-                f"{self.max_sessions_per_identity}); finish or cancel one first",
-            )
-        if len(self._sessions) >= self.max_sessions:
-            raise ProxyError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                "too many open login sessions on the host; try again later",
-            )
+        if admission is not None and admission.held and admission.key == key:
+            admission.held = False
+            self._admitted -= 1
+        else:
+            self.ensure_capacity(identity)
+            self._per_identity[key] = self._per_identity.get(key, 0) + 1
         session_id = secrets.token_hex(SESSION_ID_BYTES)
         while session_id in self._sessions:  # 2**-128 per draw; kept for the invariant
             session_id = secrets.token_hex(SESSION_ID_BYTES)
@@ -463,10 +474,56 @@ class OAuthSessionManager:
             closer=self._closer,
             used_ids=self._used_ids,
         )
-        self._per_identity[key] = self._per_identity.get(key, 0) + 1
         if flow is not None:
             self._flow_owners[id(flow)] = session_id
         return session_id
+
+    def ensure_capacity(self, identity: PeerIdentity) -> None:
+        """``RESOURCE_EXHAUSTED`` when the identity or the host already holds the maximum
+        of open sessions and admitted logins (expired and used sessions are swept
+        first, so only live logins count).
+
+        Cheap and without network, so it runs (through ``admit``) before any
+        provider work: a sandbox at its cap cannot make the host contact the
+        provider or bind a listener for a session it would never get.
+        """
+        key = identity.key
+        if (
+            len(self._sessions) + self._admitted >= self.max_sessions
+            or self._per_identity.get(key, 0) >= self.max_sessions_per_identity
+        ):
+            self.sweep_expired()
+        if self._per_identity.get(key, 0) >= self.max_sessions_per_identity:
+            raise ProxyError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"too many open login sessions for this sandbox (at most "
+                f"{self.max_sessions_per_identity}); finish or cancel one first",
+            )
+        if len(self._sessions) + self._admitted >= self.max_sessions:
+            raise ProxyError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                "too many open login sessions on the host; try again later",
+            )
+
+    @contextlib.contextmanager
+    def admit(self, identity: PeerIdentity) -> Iterator[Admission]:
+        """``ensure_capacity``, then hold a place for ``identity`` until the block ends.
+
+        Wrap the provider work of a new login in this and pass the admission to
+        ``create_session``: a burst of concurrent logins cannot all pass the
+        check and then each make a provider call for a session only one can get.
+        """
+        self.ensure_capacity(identity)
+        admission = Admission(identity.key)
+        self._per_identity[admission.key] = self._per_identity.get(admission.key, 0) + 1
+        self._admitted += 1
+        try:
+            yield admission
+        finally:
+            if admission.held:
+                admission.held = False
+                self._admitted -= 1
+                self._drop_place(admission.key)
 
     def get_session(self, session_id: str, identity: PeerIdentity) -> OAuthSession:
         session = self._sessions.get(session_id)
@@ -566,15 +623,17 @@ class OAuthSessionManager:
         session_id = session.session_id
         del self._sessions[session_id]
         self._used_ids.discard(session_id)
-        key = session.identity.key
+        self._drop_place(session.identity.key)
+        if session.flow is not None:
+            self._flow_owners.pop(id(session.flow), None)
+        session._end()
+
+    def _drop_place(self, key: _IdentityKey) -> None:
         remaining = self._per_identity[key] - 1
         if remaining:
             self._per_identity[key] = remaining
         else:
             del self._per_identity[key]
-        if session.flow is not None:
-            self._flow_owners.pop(id(session.flow), None)
-        session._end()
 
     async def _gc(self, interval_s: float) -> None:
         while True:

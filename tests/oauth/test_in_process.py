@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,16 @@ from typing import Any
 import pytest
 
 from credproxy.audit import AuditLog
-from credproxy.client import AsyncProxyClient, ProxyClient, UnauthorizedError
+from credproxy.client import (
+    AsyncProxyClient,
+    ProxyClient,
+    ResourceExhaustedError,
+    UnauthorizedError,
+)
 from credproxy.client.login import EXPIRED_MESSAGE, LoginError, Prompter, run_login
 from credproxy.grants import CapabilityTable, Grant
 from credproxy.oauth.config import ProviderRegistry, parse_providers
+from credproxy.oauth.http import HttpResponse, OAuthHttp
 from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime
 from credproxy.server.app import Daemon
 from credproxy.server.context import ServerState
@@ -38,6 +44,34 @@ class FakeClock:
         return self.now
 
 
+SESSION_CAP = 3
+
+
+class CountingHttp(OAuthHttp):
+    """The daemon's real HTTP client, counting the provider requests it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    async def get_json(self, provider: str, step: str, url: str) -> HttpResponse:
+        self.requests += 1
+        return await super().get_json(provider, step, url)
+
+    async def post_form(
+        self,
+        provider: str,
+        step: str,
+        url: str,
+        form: Mapping[str, str],
+        *,
+        auth: tuple[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> HttpResponse:
+        self.requests += 1
+        return await super().post_form(provider, step, url, form, auth=auth, timeout_s=timeout_s)
+
+
 @dataclass
 class InProcess:
     daemon: Daemon
@@ -45,6 +79,7 @@ class InProcess:
     store: MemoryStore
     clock: FakeClock
     tokens: dict[str, str]
+    http: CountingHttp
 
     @property
     def path(self) -> str:
@@ -64,11 +99,15 @@ async def in_process(oidc_server: OidcServer) -> AsyncIterator[InProcess]:
     }
     store = MemoryStore()
     clock = FakeClock()
+    http = CountingHttp()
     state = ServerState(store=store)
     runtime = OAuthRuntime(
         ProviderRegistry(parse_providers(config)),
         store,
-        sessions=OAuthSessionManager(60.0, clock=clock, environ={}),
+        sessions=OAuthSessionManager(
+            60.0, clock=clock, max_sessions_per_identity=SESSION_CAP, environ={}
+        ),
+        http=http,
     )
     state.extensions[EXTENSION_KEY] = runtime
     table = CapabilityTable()
@@ -85,7 +124,7 @@ async def in_process(oidc_server: OidcServer) -> AsyncIterator[InProcess]:
     )
     await daemon.start()
     try:
-        yield InProcess(daemon, runtime, store, clock, tokens)
+        yield InProcess(daemon, runtime, store, clock, tokens, http)
     finally:
         await daemon.stop(grace_s=1.0)
         workdir.rmdir()
@@ -142,3 +181,37 @@ async def test_the_daemon_ends_open_logins_when_it_stops(in_process: InProcess) 
     await in_process.daemon.stop(grace_s=1.0)
     assert len(runtime.sessions) == 0
     assert not runtime.sessions.gc_running
+
+
+async def test_a_sandbox_at_its_session_cap_makes_the_host_send_no_provider_request(
+    in_process: InProcess,
+) -> None:
+    """The cap is checked before the device authorization request, not after it."""
+    async with in_process.client("alice") as alice, in_process.client("bob") as bob:
+        for _ in range(SESSION_CAP):
+            await alice.oauth_initiate("device")
+        sent = in_process.http.requests
+        for _ in range(5):
+            with pytest.raises(ResourceExhaustedError) as caught:
+                await alice.oauth_initiate("device")
+        assert in_process.http.requests == sent
+        assert "finish or cancel one first" in caught.value.message
+        await bob.oauth_initiate("device")  # another sandbox has its own allowance
+        assert in_process.http.requests == sent + 1
+
+
+async def test_concurrent_logins_beyond_the_cap_send_no_extra_provider_requests(
+    in_process: InProcess,
+) -> None:
+    """Logins still waiting for the provider hold their place under the cap."""
+    async with in_process.client("alice") as alice:
+        await alice.oauth_initiate("device")  # discovery is fetched once, here
+        sent = in_process.http.requests
+        outcomes = await asyncio.gather(
+            *(alice.oauth_initiate("device") for _ in range(8)), return_exceptions=True
+        )
+    started = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, ResourceExhaustedError)]
+    assert len(started) == SESSION_CAP - 1
+    assert len(refused) == 8 - len(started)
+    assert in_process.http.requests == sent + len(started)

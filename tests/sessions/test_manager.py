@@ -279,6 +279,45 @@ def test_the_host_wide_cap_bounds_all_identities_together(clock: FakeClock) -> N
     assert len(manager) == 4
 
 
+def test_ensure_capacity_refuses_at_the_cap_after_sweeping_what_is_over(clock: FakeClock) -> None:
+    manager = OAuthSessionManager(TIMEOUT_S, clock=clock, max_sessions_per_identity=2, environ={})
+    used = open_session(manager)
+    open_session(manager)
+    with pytest.raises(ProxyError) as info:
+        manager.ensure_capacity(ALICE_A)
+    assert _code(info) == "RESOURCE_EXHAUSTED"
+    assert "finish or cancel one first" in info.value.message
+    manager.ensure_capacity(PeerIdentity(uid=1000, grant=GRANT_B))
+    manager.mark_used(used)
+    manager.ensure_capacity(ALICE_A)
+    assert used not in manager
+
+
+def test_an_admitted_login_holds_its_place_until_its_session_takes_it(clock: FakeClock) -> None:
+    """Concurrent logins of one sandbox cannot all pass the check before any session exists."""
+    manager = OAuthSessionManager(clock=clock, max_sessions_per_identity=2, environ={})
+    with manager.admit(ALICE_A) as first, manager.admit(ALICE_A):
+        with pytest.raises(ProxyError) as info, manager.admit(ALICE_A):
+            pass
+        assert _code(info) == "RESOURCE_EXHAUSTED"
+        manager.create_session("gemini", "default", "device_code", Flow(), ALICE_A, admission=first)
+        assert len(manager) == 1
+    # The second admission ended without a session: its place is free again.
+    open_session(manager)
+    with pytest.raises(ProxyError):
+        open_session(manager)
+
+
+def test_admissions_count_against_the_host_wide_cap(clock: FakeClock) -> None:
+    manager = OAuthSessionManager(clock=clock, max_sessions=2, environ={})
+    with manager.admit(PeerIdentity(uid=1, grant=GRANT_A)):
+        open_session(manager, PeerIdentity(uid=2, grant=GRANT_A))
+        with pytest.raises(ProxyError) as info:
+            manager.ensure_capacity(PeerIdentity(uid=3, grant=GRANT_B))
+        assert "on the host" in info.value.message
+    manager.ensure_capacity(PeerIdentity(uid=3, grant=GRANT_B))
+
+
 # --- sweep -------------------------------------------------------------------
 
 

@@ -65,18 +65,24 @@ async def oauth_initiate(ctx: RequestContext, payload: ProviderBucket) -> dict[s
             f"no OAuth provider configured as {payload.provider!r}",
         )
     identity = _identity(ctx)
-    try:
-        endpoints = await runtime.providers.endpoints(provider, runtime.http)
-        flow, shown = await start_flow(provider, endpoints, runtime.http, clock=runtime.clock)
-    except OAuthFlowError as exc:
-        raise exc.to_proxy_error() from None
-    try:
-        session_id = runtime.sessions.create_session(
-            payload.provider, payload.bucket, flow.flow_type, flow, identity
-        )
-    except BaseException:
-        await flow.aclose()
-        raise
+    with runtime.sessions.admit(identity) as admission:
+        try:
+            endpoints = await runtime.providers.endpoints(provider, runtime.http)
+            flow, shown = await start_flow(provider, endpoints, runtime.http, clock=runtime.clock)
+        except OAuthFlowError as exc:
+            raise exc.to_proxy_error() from None
+        try:
+            session_id = runtime.sessions.create_session(
+                payload.provider,
+                payload.bucket,
+                flow.flow_type,
+                flow,
+                identity,
+                admission=admission,
+            )
+        except BaseException:
+            await flow.aclose()
+            raise
     session = runtime.sessions.get_session(session_id, identity)
     ctx.audit["flow_type"] = flow.flow_type
     if not isinstance(flow, CodePasteFlow):
