@@ -37,8 +37,9 @@ import msgspec
 from filelock import FileLock, Timeout
 
 from credproxy.store import crypto
-from credproxy.store.base import CorruptRecordError, StoreError, Token, validate_name
+from credproxy.store.base import StoreError
 from credproxy.store.keysource import KeySettings, create_key, load_key
+from credproxy.store.records import RecordStore, corrupt
 
 DATA_FILE: Final = "credentials.json"
 LOCK_FILE: Final = "credentials.lock"
@@ -56,33 +57,6 @@ _SOURCE_NAMES: Final = {"keyfile": "key file", "keyring": "keyring", "passphrase
 _Signature = tuple[int, int, int, int]
 
 
-def token_record_id(provider: str, bucket: str) -> str:
-    return f"token/{provider}/{bucket}"
-
-
-def key_record_id(name: str) -> str:
-    return f"key/{name}"
-
-
-def _describe(record_id: str) -> str:
-    kind, _, rest = record_id.partition("/")
-    if kind == "token":
-        provider, _, bucket = rest.partition("/")
-        return f"token {provider} (bucket {bucket})"
-    return f"API key {rest}"
-
-
-def _remedy(record_id: str) -> str:
-    kind, _, rest = record_id.partition("/")
-    if kind == "token":
-        provider, _, bucket = rest.partition("/")
-        return (
-            f"remove it with `credproxy token rm {provider} --bucket {bucket}` "
-            "and import it or log in again"
-        )
-    return f"set it again with `credproxy key set {rest}`"
-
-
 @dataclass
 class _Snapshot:
     """One loaded version of the file; replaced whole, never edited in place."""
@@ -97,7 +71,7 @@ def _signature(info: os.stat_result) -> _Signature:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-class FileStore:
+class FileStore(RecordStore):
     """A ``CredentialStore`` in one encrypted file; safe to share between processes."""
 
     def __init__(
@@ -263,9 +237,8 @@ class FileStore:
                 base64.b64decode(blob, validate=True),
             )
         except (crypto.SealError, binascii.Error, ValueError, TypeError):
-            raise CorruptRecordError(
-                f"the stored {_describe(record_id)} is damaged or was tampered with and "
-                f"cannot be decrypted; {_remedy(record_id)}"
+            raise corrupt(
+                record_id, "is damaged or was tampered with and cannot be decrypted"
             ) from None
         snapshot.plain[record_id] = (blob, plain)
         return plain
@@ -281,7 +254,7 @@ class FileStore:
             return snapshot
         return await asyncio.to_thread(self._current)
 
-    async def _read(self, record_id: str) -> Any:
+    async def _load_record(self, record_id: str) -> Any:
         snapshot = await self._fresh()
         plain = self._plaintext(snapshot, record_id)
         if plain is None:
@@ -289,11 +262,9 @@ class FileStore:
         try:
             return msgspec.json.decode(plain)
         except msgspec.DecodeError:
-            raise CorruptRecordError(
-                f"the stored {_describe(record_id)} is not valid JSON; {_remedy(record_id)}"
-            ) from None
+            raise corrupt(record_id, "is not valid JSON") from None
 
-    async def _ids(self) -> list[str]:
+    async def _record_ids(self) -> list[str]:
         return list((await self._fresh()).records)
 
     # --- writing ---------------------------------------------------------------
@@ -380,67 +351,8 @@ class FileStore:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
 
-    # --- the CredentialStore protocol -------------------------------------------
-
-    async def get_token(self, provider: str, bucket: str) -> Token | None:
-        value = await self._read(token_record_id(provider, bucket))
-        if value is not None and not isinstance(value, dict):
-            raise CorruptRecordError(
-                f"the stored {_describe(token_record_id(provider, bucket))} is not a token "
-                f"object; {_remedy(token_record_id(provider, bucket))}"
-            )
-        return value
-
-    async def save_token(self, provider: str, bucket: str, token: Token) -> None:
-        validate_name("provider", provider)
-        validate_name("bucket", bucket)
-        await asyncio.to_thread(self._mutate, token_record_id(provider, bucket), dict(token))
-
-    async def remove_token(self, provider: str, bucket: str) -> bool:
-        return await asyncio.to_thread(self._mutate, token_record_id(provider, bucket), None)
-
-    async def list_providers(self) -> list[str]:
-        return sorted({parts[1] for parts in await self._token_ids()})
-
-    async def list_buckets(self, provider: str) -> list[str]:
-        return sorted(parts[2] for parts in await self._token_ids() if parts[1] == provider)
-
-    async def _token_ids(self) -> list[list[str]]:
-        found = []
-        for record_id in await self._ids():
-            parts = record_id.split("/")
-            if len(parts) == 3 and parts[0] == "token":
-                found.append(parts)
-        return found
-
-    async def get_key(self, name: str) -> str | None:
-        value = await self._read(key_record_id(name))
-        if value is None:
-            return None
-        if not isinstance(value, dict) or not isinstance(value.get("value"), str):
-            raise CorruptRecordError(
-                f"the stored {_describe(key_record_id(name))} is not a key record; "
-                f"{_remedy(key_record_id(name))}"
-            )
-        key: str = value["value"]
-        return key
-
-    async def set_key(self, name: str, value: str) -> None:
-        validate_name("key", name)
-        if not isinstance(value, str) or not value:
-            raise ValueError("an API key must be a non-empty string")
-        await asyncio.to_thread(self._mutate, key_record_id(name), {"value": value})
-
-    async def remove_key(self, name: str) -> bool:
-        return await asyncio.to_thread(self._mutate, key_record_id(name), None)
-
-    async def list_keys(self) -> list[str]:
-        names = []
-        for record_id in await self._ids():
-            kind, _, name = record_id.partition("/")
-            if kind == "key" and name:
-                names.append(name)
-        return sorted(names)
+    async def _store_record(self, record_id: str, value: dict[str, Any] | None) -> bool:
+        return await asyncio.to_thread(self._mutate, record_id, value)
 
     async def close(self) -> None:
         for fd in (self._snapshot.fd, self._retired_fd):

@@ -14,14 +14,13 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
 from filelock import FileLock, Timeout
 
-from credproxy.store.base import CorruptRecordError, StoreError, Token, validate_name
-from credproxy.store.file import key_record_id, token_record_id
+from credproxy.store.base import StoreError
+from credproxy.store.records import RecordStore, corrupt
 from credproxy.store.secretservice import SecretService
 
 INDEX_ITEM: Final = "index"
@@ -37,7 +36,7 @@ def default_lock_path() -> Path:
     return base / "keyring-index.lock"
 
 
-class KeyringStore:
+class KeyringStore(RecordStore):
     """A ``CredentialStore`` in the freedesktop Secret Service (gnome-keyring, KWallet)."""
 
     def __init__(
@@ -81,7 +80,8 @@ class KeyringStore:
             ) from None
         return {"records": records}
 
-    def _update_index(self, change: Callable[[set[str]], bool]) -> None:
+    def _update_index(self, record_id: str, *, listed: bool) -> None:
+        """List or unlist ``record_id``; the index item is rewritten only when that changes it."""
         with self._thread_lock:
             try:
                 self._index_lock.acquire()
@@ -91,7 +91,8 @@ class KeyringStore:
                 ) from None
             try:
                 records = set(self._index()["records"])
-                if change(records):
+                if (record_id in records) != listed:
+                    records ^= {record_id}
                     self._service.set(INDEX_ITEM, json.dumps({"records": sorted(records)}))
             finally:
                 self._index_lock.release()
@@ -103,93 +104,31 @@ class KeyringStore:
         try:
             return json.loads(raw)
         except ValueError:
-            raise CorruptRecordError(
-                f"the keyring entry {record_id!r} is damaged; remove it and save it again"
-            ) from None
+            raise corrupt(record_id, "in the keyring is damaged") from None
 
-    def _set(self, record_id: str, value: Any) -> None:
-        self._service.set(record_id, json.dumps(value, separators=(",", ":")))
-
-        def add(records: set[str]) -> bool:
-            if record_id in records:
-                return False
-            records.add(record_id)
-            return True
-
-        self._update_index(add)
-
-    def _remove(self, record_id: str) -> bool:
-        removed = self._service.delete(record_id)
-
-        def drop(records: set[str]) -> bool:
-            if record_id not in records:
-                return False
-            records.discard(record_id)
-            return True
-
-        self._update_index(drop)
-        return removed
+    def _put(self, record_id: str, value: dict[str, Any] | None) -> bool:
+        """The item first, then the index: listing never misses a saved credential."""
+        if value is None:
+            changed = self._service.delete(record_id)
+        else:
+            self._service.set(record_id, json.dumps(value, separators=(",", ":")))
+            changed = True
+        self._update_index(record_id, listed=value is not None)
+        return changed
 
     def _ids(self) -> list[str]:
         return self._index()["records"]
 
-    # --- the CredentialStore protocol --------------------------------------------
+    # --- the record operations of RecordStore -------------------------------------
 
-    async def get_token(self, provider: str, bucket: str) -> Token | None:
-        value = await asyncio.to_thread(self._get, token_record_id(provider, bucket))
-        if value is not None and not isinstance(value, dict):
-            raise CorruptRecordError(
-                f"the keyring entry for token {provider} (bucket {bucket}) is not a token; "
-                f"remove it with `credproxy token rm {provider} --bucket {bucket}`"
-            )
-        return value
+    async def _load_record(self, record_id: str) -> Any:
+        return await asyncio.to_thread(self._get, record_id)
 
-    async def save_token(self, provider: str, bucket: str, token: Token) -> None:
-        validate_name("provider", provider)
-        validate_name("bucket", bucket)
-        await asyncio.to_thread(self._set, token_record_id(provider, bucket), dict(token))
+    async def _store_record(self, record_id: str, value: dict[str, Any] | None) -> bool:
+        return await asyncio.to_thread(self._put, record_id, value)
 
-    async def remove_token(self, provider: str, bucket: str) -> bool:
-        return await asyncio.to_thread(self._remove, token_record_id(provider, bucket))
-
-    async def list_providers(self) -> list[str]:
-        ids = await asyncio.to_thread(self._ids)
-        return sorted(
-            {p[1] for p in (i.split("/") for i in ids) if len(p) == 3 and p[0] == "token"}
-        )
-
-    async def list_buckets(self, provider: str) -> list[str]:
-        ids = await asyncio.to_thread(self._ids)
-        return sorted(
-            p[2]
-            for p in (i.split("/") for i in ids)
-            if len(p) == 3 and p[0] == "token" and p[1] == provider
-        )
-
-    async def get_key(self, name: str) -> str | None:
-        value = await asyncio.to_thread(self._get, key_record_id(name))
-        if value is None:
-            return None
-        if not isinstance(value, dict) or not isinstance(value.get("value"), str):
-            raise CorruptRecordError(
-                f"the keyring entry for API key {name} is damaged; "
-                f"set it again with `credproxy key set {name}`"
-            )
-        key: str = value["value"]
-        return key
-
-    async def set_key(self, name: str, value: str) -> None:
-        validate_name("key", name)
-        if not isinstance(value, str) or not value:
-            raise ValueError("an API key must be a non-empty string")
-        await asyncio.to_thread(self._set, key_record_id(name), {"value": value})
-
-    async def remove_key(self, name: str) -> bool:
-        return await asyncio.to_thread(self._remove, key_record_id(name))
-
-    async def list_keys(self) -> list[str]:
-        ids = await asyncio.to_thread(self._ids)
-        return sorted(i[4:] for i in ids if i.startswith("key/") and len(i) > 4)
+    async def _record_ids(self) -> list[str]:
+        return await asyncio.to_thread(self._ids)
 
     async def close(self) -> None:
         return None
