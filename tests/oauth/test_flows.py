@@ -265,7 +265,7 @@ async def test_refresh_rotates_the_refresh_token_and_shares_one_provider_call(
     store = MemoryStore()
     writer = TokenWriter(store)
     first = await writer.save("test", "default", await flow.finish(pasted))
-    coordinator = RefreshCoordinator(registry, http, store, writer)
+    coordinator = RefreshCoordinator(registry, http, writer)
     results = await asyncio.gather(*(coordinator.refresh("test", "default") for _ in range(10)))
     assert coordinator.provider_calls == 1
     assert {r["access_token"] for r in results} == {results[0]["access_token"]}
@@ -293,7 +293,7 @@ async def test_refresh_with_a_dead_grant_requires_a_new_login(
             "refresh_token": "garbage-refresh",
         },
     )
-    coordinator = RefreshCoordinator(registry, http, store, TokenWriter(store))
+    coordinator = RefreshCoordinator(registry, http, TokenWriter(store))
     with pytest.raises(ProxyError) as caught:
         await coordinator.refresh("test", "default")
     assert caught.value.code == ErrorCode.REAUTH_REQUIRED
@@ -311,7 +311,7 @@ async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
         pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
     store = MemoryStore()
     writer = TokenWriter(store)
-    coordinator = RefreshCoordinator(registry, http, store, writer)
+    coordinator = RefreshCoordinator(registry, http, writer)
     with pytest.raises(ProxyError) as caught:
         await coordinator.refresh("test", "default")
     assert caught.value.code == ErrorCode.NOT_FOUND

@@ -98,32 +98,6 @@ async def request_token(
     return token_from_response(provider.name, response.body, clock())
 
 
-def _auth_url(
-    provider: ProviderConfig,
-    endpoints: Endpoints,
-    redirect_uri: str,
-    state: str,
-    pkce: PkcePair,
-) -> str:
-    if endpoints.authorization is None:
-        raise OAuthFlowError(
-            ErrorCode.EXCHANGE_FAILED, f"{provider.name}: no authorization endpoint is known"
-        )
-    query: dict[str, str] = {
-        "response_type": "code",
-        "client_id": provider.client_id,
-        "redirect_uri": redirect_uri,
-        "state": state,
-        "code_challenge": pkce.challenge,
-        "code_challenge_method": CHALLENGE_METHOD,
-    }
-    if provider.scopes:
-        query["scope"] = provider.scope
-    query.update(provider.auth_params)
-    separator = "&" if urlsplit(endpoints.authorization).query else "?"
-    return endpoints.authorization + separator + urlencode(query)
-
-
 def split_pasted_code(pasted: str) -> tuple[str, str | None]:
     """The code and the state from what the user pasted.
 
@@ -140,7 +114,87 @@ def split_pasted_code(pasted: str) -> tuple[str, str | None]:
     return code, (state if sep else None)
 
 
-class CodePasteFlow:
+class _FlowBase:
+    """What every flow holds: the provider, its endpoints, the HTTP client and the clock."""
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        endpoints: Endpoints,
+        http: OAuthHttp,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.provider = provider
+        self._endpoints = endpoints
+        self._http = http
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        # The provider's name only: the flow's other fields are secrets.
+        return f"{type(self).__name__}(provider={self.provider.name!r})"
+
+    async def _request_token(self, form: Mapping[str, str], step: str) -> Token:
+        return await request_token(
+            self.provider, self._endpoints, self._http, form, step=step, clock=self._clock
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _RedirectFlow(_FlowBase):
+    """Authorization code with PKCE: the two flows that send the user to a URL."""
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        endpoints: Endpoints,
+        http: OAuthHttp,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__(provider, endpoints, http, clock=clock)
+        self._pkce = PkcePair.generate()
+        self._state = new_state()
+        self._redirect_uri = provider.redirect_uri or ""
+
+    def _auth_url(self) -> str:
+        authorization = self._endpoints.authorization
+        if authorization is None:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED,
+                f"{self.provider.name}: no authorization endpoint is known",
+            )
+        query: dict[str, str] = {
+            "response_type": "code",
+            "client_id": self.provider.client_id,
+            "redirect_uri": self._redirect_uri,
+            "state": self._state,
+            "code_challenge": self._pkce.challenge,
+            "code_challenge_method": CHALLENGE_METHOD,
+        }
+        if self.provider.scopes:
+            query["scope"] = self.provider.scope
+        query.update(self.provider.auth_params)
+        separator = "&" if urlsplit(authorization).query else "?"
+        return authorization + separator + urlencode(query)
+
+    def _state_matches(self, state: str) -> bool:
+        return hmac.compare_digest(state.encode("utf-8", "surrogatepass"), self._state.encode())
+
+    async def _exchange(self, code: str) -> Token:
+        """The code and the verifier for a token (RFC 7636 section 4.5)."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self._redirect_uri,
+            "code_verifier": self._pkce.verifier,
+        }
+        return await self._request_token(form, "code exchange")
+
+
+class CodePasteFlow(_RedirectFlow):
     """``pkce_redirect``: the user copies the code from the provider's page."""
 
     flow_type: Final[FlowKind] = "pkce_redirect"
@@ -157,51 +211,24 @@ class CodePasteFlow:
             raise OAuthFlowError(
                 ErrorCode.EXCHANGE_FAILED, f"{provider.name}: no redirect_uri is configured"
             )
-        self.provider = provider
-        self._endpoints = endpoints
-        self._http = http
-        self._clock = clock
-        self._redirect_uri = provider.redirect_uri
-        self._pkce = PkcePair.generate()
-        self._state = new_state()
-
-    def __repr__(self) -> str:
-        return f"CodePasteFlow(provider={self.provider.name!r})"
+        super().__init__(provider, endpoints, http, clock=clock)
 
     def start(self) -> dict[str, Any]:
-        url = _auth_url(self.provider, self._endpoints, self._redirect_uri, self._state, self._pkce)
-        return {"auth_url": url}
+        return {"auth_url": self._auth_url()}
 
     async def finish(self, pasted: str) -> Token:
-        """Exchange the pasted code with the verifier (RFC 7636 section 4.5)."""
+        """Exchange the pasted code; a state that belongs to another login is refused
+        before the provider is called."""
         name = self.provider.name
         code, state = split_pasted_code(pasted)
         if not code or len(code) > MAX_PASTED_CODE or not code.isprintable() or " " in code:
             raise OAuthFlowError(ErrorCode.EXCHANGE_FAILED, f"{name}: the pasted code is malformed")
-        if state is not None and not hmac.compare_digest(
-            state.encode("utf-8", "surrogatepass"), self._state.encode("ascii")
-        ):
+        if state is not None and not self._state_matches(state):
             raise OAuthFlowError(
                 ErrorCode.EXCHANGE_FAILED,
                 f"{name}: the pasted code belongs to another login (state mismatch)",
             )
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": self._redirect_uri,
-            "code_verifier": self._pkce.verifier,
-        }
-        return await request_token(
-            self.provider,
-            self._endpoints,
-            self._http,
-            form,
-            step="code exchange",
-            clock=self._clock,
-        )
-
-    async def aclose(self) -> None:
-        return None
+        return await self._exchange(code)
 
 
 def next_poll_interval(current_s: float, error: str) -> float | None:
@@ -213,7 +240,7 @@ def next_poll_interval(current_s: float, error: str) -> float | None:
     return None
 
 
-class DeviceCodeFlow:
+class DeviceCodeFlow(_FlowBase):
     """``device_code``: the user enters a short code elsewhere; the host polls."""
 
     flow_type: Final[FlowKind] = "device_code"
@@ -232,11 +259,8 @@ class DeviceCodeFlow:
                 ErrorCode.EXCHANGE_FAILED,
                 f"{provider.name}: no device authorization endpoint is known",
             )
-        self.provider = provider
+        super().__init__(provider, endpoints, http, clock=clock)
         self._endpoint = endpoints.device_authorization
-        self._endpoints = endpoints
-        self._http = http
-        self._clock = clock
         self._monotonic = monotonic
         self._pkce = PkcePair.generate() if provider.device_pkce else None
         self._device_code: str | None = None
@@ -244,9 +268,6 @@ class DeviceCodeFlow:
         self.interval_s = provider.poll_interval_s
         self.failure: OAuthFlowError | None = None
         """How the login ended when it failed; ``oauth_poll`` reports its safe fields."""
-
-    def __repr__(self) -> str:
-        return f"DeviceCodeFlow(provider={self.provider.name!r})"
 
     @property
     def poll_interval_ms(self) -> int:
@@ -317,14 +338,7 @@ class DeviceCodeFlow:
             if self._monotonic() >= self._deadline:
                 raise OAuthFlowError.from_provider(name, {"error": "expired_token"})
             try:
-                return await request_token(
-                    self.provider,
-                    self._endpoints,
-                    self._http,
-                    form,
-                    step="device token request",
-                    clock=self._clock,
-                )
+                return await self._request_token(form, "device token request")
             except OAuthFlowError as exc:
                 if exc.oauth_error is None or exc.oauth_error == "unknown_error":
                     transient += 1
@@ -336,9 +350,6 @@ class DeviceCodeFlow:
                     raise
                 transient = 0
                 self.interval_s = following
-
-    async def aclose(self) -> None:
-        return None
 
 
 def _positive_number(value: object) -> bool:
@@ -373,7 +384,7 @@ def _page(status: int, title: str, text: str) -> web.Response:
     )
 
 
-class LoopbackFlow:
+class LoopbackFlow(_RedirectFlow):
     """``browser_redirect``: the browser brings the code to a one-shot listener.
 
     A request with a missing or wrong ``state`` gets 400 and the listener keeps
@@ -391,21 +402,12 @@ class LoopbackFlow:
         *,
         clock: Clock = time.time,
     ) -> None:
-        self.provider = provider
-        self._endpoints = endpoints
-        self._http = http
-        self._clock = clock
-        self._pkce = PkcePair.generate()
-        self._state = new_state()
+        super().__init__(provider, endpoints, http, clock=clock)
         self._runner: web.AppRunner | None = None
-        self._redirect_uri = ""
         self._code: asyncio.Future[str] | None = None
         self._outcome: asyncio.Future[Literal["ok", "failed"]] | None = None
         self.failure: OAuthFlowError | None = None
         """How the login ended when it failed; ``oauth_poll`` reports its safe fields."""
-
-    def __repr__(self) -> str:
-        return f"LoopbackFlow(provider={self.provider.name!r})"
 
     @property
     def poll_interval_ms(self) -> int:
@@ -429,17 +431,13 @@ class LoopbackFlow:
         self._runner = runner
         port = _bound_port(runner)
         self._redirect_uri = f"http://{LOOPBACK_HOST}:{port}{self.provider.redirect_path}"
-        url = _auth_url(self.provider, self._endpoints, self._redirect_uri, self._state, self._pkce)
-        return {"auth_url": url, "pollIntervalMs": self.poll_interval_ms}
+        return {"auth_url": self._auth_url(), "pollIntervalMs": self.poll_interval_ms}
 
     async def _callback(self, request: web.Request) -> web.Response:
         code_future, outcome = self._code, self._outcome
         if code_future is None or outcome is None:
             return _page(404, "Not found", "No login is waiting here.")
-        state = request.query.get("state", "")
-        if not hmac.compare_digest(
-            state.encode("utf-8", "surrogatepass"), self._state.encode("ascii")
-        ):
+        if not self._state_matches(request.query.get("state", "")):
             return _page(400, "Unknown login", "This link does not belong to a login in progress.")
         if code_future.done():
             return _page(409, "Already used", "This login has already been completed.")
@@ -479,21 +477,7 @@ class LoopbackFlow:
             )
         outcome = self._outcome
         try:
-            code = await self._code
-            form = {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": self._redirect_uri,
-                "code_verifier": self._pkce.verifier,
-            }
-            token = await request_token(
-                self.provider,
-                self._endpoints,
-                self._http,
-                form,
-                step="code exchange",
-                clock=self._clock,
-            )
+            token = await self._exchange(await self._code)
         except BaseException:
             if not outcome.done():
                 outcome.set_result("failed")

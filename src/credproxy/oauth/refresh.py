@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Final
 from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.flows import Clock, request_token
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.store.base import TokenStore
 from credproxy.tokens import Token
 
 if TYPE_CHECKING:
@@ -40,21 +39,19 @@ class RefreshCoordinator:
         self,
         providers: ProviderRegistry,
         http: OAuthHttp,
-        store: TokenStore,
         writer: TokenWriter,
         *,
         clock: Clock = time.time,
         monotonic: Clock = time.monotonic,
-        timeout_s: float = 15.0,
         cooldown_s: float = REFRESH_COOLDOWN_S,
     ) -> None:
+        """Every store access goes through ``writer`` and every provider call through
+        ``http``; both bound their own time."""
         self._providers = providers
         self._http = http
-        self._store = store
         self._writer = writer
         self._clock = clock
         self._monotonic = monotonic
-        self._timeout_s = timeout_s
         self._cooldown_s = cooldown_s
         self._inflight: dict[tuple[str, str], asyncio.Task[Token]] = {}
         self._last: dict[tuple[str, str], _Attempt] = {}

@@ -8,8 +8,9 @@ background logins, loopback listeners and the HTTP session end with the daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from credproxy.config import ConfigError
@@ -41,29 +42,27 @@ class TokenWriter:
         self._timeout_s = timeout_s
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def save(self, provider: str, bucket: str, token: Token) -> Token:
-        """Store ``merge(stored, token)`` and return it (it still holds the refresh token)."""
-        key = (provider, bucket)
-        lock = self._locks.setdefault(key, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _in_time(self) -> AsyncIterator[None]:
         try:
-            async with lock, asyncio.timeout(self._timeout_s):
-                stored = await self._store.get_token(provider, bucket)
-                merged = merge(stored, token)
-                await self._store.save_token(provider, bucket, merged)
+            async with asyncio.timeout(self._timeout_s):
+                yield
         except TimeoutError:
             raise ProxyError(
                 ErrorCode.INTERNAL_ERROR, "the host's token store did not answer in time"
             ) from None
+
+    async def save(self, provider: str, bucket: str, token: Token) -> Token:
+        """Store ``merge(stored, token)`` and return it (it still holds the refresh token)."""
+        lock = self._locks.setdefault((provider, bucket), asyncio.Lock())
+        async with lock, self._in_time():
+            merged = merge(await self._store.get_token(provider, bucket), token)
+            await self._store.save_token(provider, bucket, merged)
         return merged
 
     async def load(self, provider: str, bucket: str) -> Token | None:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self._store.get_token(provider, bucket)
-        except TimeoutError:
-            raise ProxyError(
-                ErrorCode.INTERNAL_ERROR, "the host's token store did not answer in time"
-            ) from None
+        async with self._in_time():
+            return await self._store.get_token(provider, bucket)
 
 
 class OAuthRuntime:
@@ -82,9 +81,7 @@ class OAuthRuntime:
         self.http = http if http is not None else OAuthHttp()
         self.clock = clock
         self.writer = TokenWriter(store, timeout_s=store_timeout_s)
-        self.refresher = RefreshCoordinator(
-            providers, self.http, store, self.writer, clock=clock, timeout_s=store_timeout_s
-        )
+        self.refresher = RefreshCoordinator(providers, self.http, self.writer, clock=clock)
 
     def start(self) -> None:
         """Start the session sweep; call inside the daemon's running loop. Idempotent."""

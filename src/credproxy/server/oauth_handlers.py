@@ -40,12 +40,18 @@ def _require_login_access(ctx: RequestContext, provider: str, bucket: str) -> No
         raise ProxyError(ErrorCode.UNAUTHORIZED, _OUTSIDE_GRANT)
 
 
-def _session_runtime(ctx: RequestContext) -> OAuthRuntime:
-    """A daemon without OAuth has no sessions either: the id is simply unknown."""
+def _own_session(ctx: RequestContext, session_id: str) -> tuple[OAuthRuntime, OAuthSession]:
+    """The caller's session, audited by provider and bucket.
+
+    A daemon without OAuth has no sessions either: the id is simply unknown.
+    """
     runtime = ctx.state.extensions.get(EXTENSION_KEY)
     if not isinstance(runtime, OAuthRuntime):
         raise ProxyError(ErrorCode.SESSION_NOT_FOUND, "no login session with that id")
-    return runtime
+    session = runtime.sessions.get_session(session_id, _identity(ctx))
+    ctx.audit["provider"] = session.provider
+    ctx.audit["bucket"] = session.bucket
+    return runtime, session
 
 
 def _wrong_op(op: str, flow_type: str, use: str) -> ProxyError:
@@ -112,10 +118,7 @@ async def _complete_in_background(
 
 
 async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, Any]:
-    runtime = _session_runtime(ctx)
-    session = runtime.sessions.get_session(payload.session_id, _identity(ctx))
-    ctx.audit["provider"] = session.provider
-    ctx.audit["bucket"] = session.bucket
+    runtime, session = _own_session(ctx, payload.session_id)
     flow = session.flow
     if not isinstance(flow, CodePasteFlow):
         raise _wrong_op("oauth_exchange", session.flow_type, "oauth_poll")
@@ -129,10 +132,7 @@ async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, An
 
 
 async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
-    runtime = _session_runtime(ctx)
-    session = runtime.sessions.get_session(payload.session_id, _identity(ctx))
-    ctx.audit["provider"] = session.provider
-    ctx.audit["bucket"] = session.bucket
+    runtime, session = _own_session(ctx, payload.session_id)
     flow = session.flow
     if isinstance(flow, CodePasteFlow):
         raise _wrong_op("oauth_poll", session.flow_type, "oauth_exchange")
@@ -154,18 +154,13 @@ async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]
 
 async def oauth_cancel(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
     """Idempotent: an unknown, expired or already used session is already over."""
-    runtime = ctx.state.extensions.get(EXTENSION_KEY)
-    if not isinstance(runtime, OAuthRuntime):
-        return {}
     try:
-        session = runtime.sessions.get_session(payload.session_id, _identity(ctx))
+        runtime, session = _own_session(ctx, payload.session_id)
     except ProxyError as exc:
         if exc.code == ErrorCode.UNAUTHORIZED:
             raise
         return {}
-    ctx.audit["provider"] = session.provider
-    ctx.audit["bucket"] = session.bucket
-    runtime.sessions.remove_session(payload.session_id)
+    runtime.sessions.remove_session(session.session_id)
     return {}
 
 
