@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -49,6 +49,37 @@ def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
+FlowClass = TypeVar("FlowClass", CodePasteFlow, DeviceCodeFlow, LoopbackFlow)
+
+
+async def new_flow(
+    cls: type[FlowClass], server: OidcServer, http: OAuthHttp, **extra: Any
+) -> FlowClass:
+    """A flow of ``cls`` for the test server, endpoints found by discovery."""
+    config = provider(server, cls.flow_type, **extra)
+    return cls(config, await endpoints_of(config, http), http)
+
+
+async def pasted_login(
+    server: OidcServer, http: OAuthHttp
+) -> tuple[ProviderRegistry, CodePasteFlow, str]:
+    """A code-paste login the user has approved, and the text they copied from the page."""
+    config = provider(server, "pkce_redirect")
+    registry = ProviderRegistry({"test": config})
+    flow = CodePasteFlow(config, await registry.endpoints(config, http), http)
+    with HeadlessUser() as user:
+        pasted = user.copy_code(flow.start()["auth_url"], server.oob_uri)
+    return registry, flow, pasted
+
+
+async def enter_device_code(shown: dict[str, Any], **user: Any) -> None:
+    """The user types the shown code at the verification page (and approves or denies)."""
+    with HeadlessUser(**user) as agent:
+        await asyncio.to_thread(
+            agent.enter_device_code, shown["verification_url"], shown["user_code"]
+        )
+
+
 async def test_discovery_resolves_endpoints_from_the_issuer(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
@@ -81,8 +112,7 @@ async def test_discovery_refuses_a_document_naming_another_issuer(
 async def test_code_paste_login_returns_a_token_with_refresh_token_and_expiry(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "pkce_redirect")
-    flow = CodePasteFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(CodePasteFlow, oidc_server, http)
     shown = flow.start()
     assert set(shown) == {"auth_url"}
     query = query_of(shown["auth_url"])
@@ -120,10 +150,7 @@ async def test_code_paste_refuses_a_code_whose_state_belongs_to_another_login(
 async def test_code_paste_accepts_the_bare_code_without_state(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "pkce_redirect")
-    flow = CodePasteFlow(config, await endpoints_of(config, http), http)
-    with HeadlessUser() as user:
-        pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
+    _, flow, pasted = await pasted_login(oidc_server, http)
     token = await flow.finish(pasted.split("#")[0])
     assert token["refresh_token"]
 
@@ -131,8 +158,7 @@ async def test_code_paste_accepts_the_bare_code_without_state(
 async def test_a_wrong_code_is_refused_with_invalid_grant_and_no_echo(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "pkce_redirect")
-    flow = CodePasteFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(CodePasteFlow, oidc_server, http)
     flow.start()
     with pytest.raises(OAuthFlowError) as caught:
         await flow.finish("not-a-real-code-123")
@@ -144,17 +170,13 @@ async def test_a_wrong_code_is_refused_with_invalid_grant_and_no_echo(
 async def test_device_flow_polls_until_the_user_approves(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "device_code")
-    flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(DeviceCodeFlow, oidc_server, http)
     shown = await flow.start()
     assert set(shown) >= {"verification_url", "user_code", "pollIntervalMs"}
     assert "device_code" not in shown
     assert shown["pollIntervalMs"] == 50
     waiting = asyncio.create_task(flow.wait())
-    with HeadlessUser("bob") as user:
-        await asyncio.to_thread(
-            user.enter_device_code, shown["verification_url"], shown["user_code"]
-        )
+    await enter_device_code(shown, login="bob")
     token = await asyncio.wait_for(waiting, 10)
     assert token["refresh_token"]
     assert token["access_token"]
@@ -163,14 +185,10 @@ async def test_device_flow_polls_until_the_user_approves(
 async def test_device_flow_ends_with_access_denied_when_the_user_aborts(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "device_code")
-    flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(DeviceCodeFlow, oidc_server, http)
     shown = await flow.start()
     waiting = asyncio.create_task(flow.wait())
-    with HeadlessUser(deny=True) as user:
-        await asyncio.to_thread(
-            user.enter_device_code, shown["verification_url"], shown["user_code"]
-        )
+    await enter_device_code(shown, deny=True)
     with pytest.raises(OAuthFlowError) as caught:
         await asyncio.wait_for(waiting, 10)
     assert caught.value.oauth_error == "access_denied"
@@ -180,8 +198,7 @@ async def test_device_flow_reports_an_expired_device_code(
     oidc_server_short_device: OidcServer, http: OAuthHttp
 ) -> None:
     """The server's device codes live 2 s; nobody approves."""
-    config = provider(oidc_server_short_device, "device_code", poll_interval_s=0.25)
-    flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(DeviceCodeFlow, oidc_server_short_device, http, poll_interval_s=0.25)
     await flow.start()
     with pytest.raises(OAuthFlowError) as caught:
         await asyncio.wait_for(flow.wait(), 15)
@@ -192,8 +209,7 @@ async def test_device_flow_reports_an_expired_device_code(
 async def test_loopback_login_exchanges_the_code_and_shows_a_closing_page(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "browser_redirect")
-    flow = LoopbackFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(LoopbackFlow, oidc_server, http)
     shown = await flow.start()
     redirect = query_of(shown["auth_url"])["redirect_uri"]
     assert redirect.startswith("http://127.0.0.1:")
@@ -212,8 +228,7 @@ async def test_loopback_login_exchanges_the_code_and_shows_a_closing_page(
 async def test_loopback_answers_400_to_a_wrong_state_and_keeps_waiting(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "browser_redirect")
-    flow = LoopbackFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(LoopbackFlow, oidc_server, http)
     shown = await flow.start()
     redirect = query_of(shown["auth_url"])["redirect_uri"]
     waiting = asyncio.create_task(flow.wait())
@@ -229,8 +244,7 @@ async def test_loopback_answers_400_to_a_wrong_state_and_keeps_waiting(
 
 
 async def test_loopback_reports_a_denied_login(oidc_server: OidcServer, http: OAuthHttp) -> None:
-    config = provider(oidc_server, "browser_redirect")
-    flow = LoopbackFlow(config, await endpoints_of(config, http), http)
+    flow = await new_flow(LoopbackFlow, oidc_server, http)
     shown = await flow.start()
     waiting = asyncio.create_task(flow.wait())
     with HeadlessUser(deny=True) as user:
@@ -257,11 +271,7 @@ async def test_loopback_falls_back_to_the_device_flow_when_its_port_is_taken(
 async def test_refresh_rotates_the_refresh_token_and_shares_one_provider_call(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = provider(oidc_server, "pkce_redirect")
-    registry = ProviderRegistry({"test": config})
-    flow = CodePasteFlow(config, await registry.endpoints(config, http), http)
-    with HeadlessUser() as user:
-        pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
+    registry, flow, pasted = await pasted_login(oidc_server, http)
     store = MemoryStore()
     writer = TokenWriter(store)
     first = await writer.save("test", "default", await flow.finish(pasted))
@@ -304,11 +314,7 @@ async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
     """NOT_FOUND first; once a token is stored, the next refresh calls the provider."""
-    config = provider(oidc_server, "pkce_redirect")
-    registry = ProviderRegistry({"test": config})
-    flow = CodePasteFlow(config, await registry.endpoints(config, http), http)
-    with HeadlessUser() as user:
-        pasted = user.copy_code(flow.start()["auth_url"], oidc_server.oob_uri)
+    registry, flow, pasted = await pasted_login(oidc_server, http)
     store = MemoryStore()
     writer = TokenWriter(store)
     coordinator = RefreshCoordinator(registry, http, writer)
