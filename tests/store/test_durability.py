@@ -15,6 +15,7 @@ import pytest
 
 from credproxy.store.file import FileStore
 from credproxy.store.keysource import KeySettings
+from tests.store.worker import token_value
 
 WORKER = Path(__file__).with_name("worker.py")
 CRASH_TOKENS = 6
@@ -23,16 +24,6 @@ CRASH_ITERATIONS = 300
 
 def open_store(directory: Path) -> FileStore:
     return FileStore(directory, KeySettings(source="keyfile"))
-
-
-def token_value(prefix: str, index: int, generation: int) -> dict[str, object]:
-    return {
-        "access_token": f"{prefix}-access-{index}-gen-{generation}",
-        "refresh_token": f"{prefix}-refresh-{index}-gen-{generation}",
-        "expiry": 1_900_000_000 + generation,
-        "token_type": "Bearer",
-        "generation": generation,
-    }
 
 
 async def read_generations(directory: Path) -> tuple[list[int], int]:

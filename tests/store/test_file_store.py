@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -384,8 +386,9 @@ async def test_stale_temp_files_of_dead_writers_are_cleaned_on_the_next_write(
     assert not stale.exists()
 
 
-async def test_lock_held_too_long_fails_with_what_to_do(store_dir: Path) -> None:
-    store = FileStore(store_dir, KeySettings(source="keyfile"), lock_timeout_s=0.2)
+@contextlib.contextmanager
+def lock_held_elsewhere(store_dir: Path) -> Iterator[None]:
+    """The store's lock held by another thread's lock object, as another process would."""
     holder = FileLock(store_dir / LOCK_FILE, thread_local=False)
     acquired = threading.Event()
     release = threading.Event()
@@ -398,12 +401,20 @@ async def test_lock_held_too_long_fails_with_what_to_do(store_dir: Path) -> None
     thread = threading.Thread(target=hold)
     thread.start()
     try:
-        acquired.wait(10)
-        with pytest.raises(StoreError, match="stayed locked by another process"):
-            await store.set_key("k", "v")
+        assert acquired.wait(10)
+        yield
     finally:
         release.set()
         thread.join()
+
+
+async def test_lock_held_too_long_fails_with_what_to_do(store_dir: Path) -> None:
+    store = FileStore(store_dir, KeySettings(source="keyfile"), lock_timeout_s=0.2)
+    with (
+        lock_held_elsewhere(store_dir),
+        pytest.raises(StoreError, match="stayed locked by another process"),
+    ):
+        await store.set_key("k", "v")
     await store.set_key("k", "v")
     assert await store.get_key("k") == "v"
     await store.close()
@@ -435,23 +446,8 @@ async def test_existing_store_opens_and_reads_while_another_process_holds_the_lo
     seed = FileStore(store_dir, KeySettings(source="keyfile"))
     await seed.save_token("openai", "default", TOKEN)
     await seed.close()
-    holder = FileLock(store_dir / LOCK_FILE, thread_local=False)
-    acquired = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with holder:
-            acquired.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        acquired.wait(10)
+    with lock_held_elsewhere(store_dir):
         store = FileStore(store_dir, KeySettings(source="keyfile"), lock_timeout_s=0.2)
         assert await store.get_token("openai", "default") == TOKEN
         assert await store.list_providers() == ["openai"]
-    finally:
-        release.set()
-        thread.join()
     await store.close()
