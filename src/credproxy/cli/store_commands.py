@@ -137,11 +137,7 @@ def key_set(name: str, backend: str | None, config_path: Path | None) -> None:
     _check_name("key", name, "NAME")
     with _reported_errors():
         value = _read_key_value(name)
-
-        async def action(store: CredentialStore) -> None:
-            await store.set_key(name, value)
-
-        _run(backend, config_path, action)
+        _run(backend, config_path, lambda store: store.set_key(name, value))
     click.echo(f"saved API key {name}", err=True)
 
 
@@ -152,11 +148,7 @@ def key_rm(name: str, backend: str | None, config_path: Path | None) -> None:
     """Remove the API key NAME from the store."""
     _check_name("key", name, "NAME")
     with _reported_errors():
-
-        async def action(store: CredentialStore) -> bool:
-            return await store.remove_key(name)
-
-        removed = _run(backend, config_path, action)
+        removed = _run(backend, config_path, lambda store: store.remove_key(name))
     if not removed:
         _fail(f"no API key {name} in the store", EXIT_NOT_FOUND)
     click.echo(f"removed API key {name}", err=True)
@@ -211,11 +203,7 @@ def token_import(
                 value = load_token_file(source)
         except MigrationError as exc:
             _fail(f"cannot import {source}: {exc}")
-
-        async def action(store: CredentialStore) -> None:
-            await store.save_token(provider, bucket, value)
-
-        _run(backend, config_path, action)
+        _run(backend, config_path, lambda store: store.save_token(provider, bucket, value))
     report = {
         "provider": provider,
         "bucket": bucket,
@@ -238,11 +226,7 @@ def token_rm(provider: str, bucket: str, backend: str | None, config_path: Path 
     _check_name("provider", provider, "PROVIDER")
     _check_name("bucket", bucket, "--bucket")
     with _reported_errors():
-
-        async def action(store: CredentialStore) -> bool:
-            return await store.remove_token(provider, bucket)
-
-        removed = _run(backend, config_path, action)
+        removed = _run(backend, config_path, lambda store: store.remove_token(provider, bucket))
     if not removed:
         _fail(f"no token {provider} (bucket {bucket}) in the store", EXIT_NOT_FOUND)
     click.echo(f"removed token {provider} (bucket {bucket})", err=True)
