@@ -29,7 +29,12 @@ from credproxy.client.login import (
 )
 from credproxy.oauth.config import ProviderConfigError, parse_provider, parse_providers
 from credproxy.oauth.errors import KNOWN_ERRORS, UNKNOWN_ERROR, OAuthFlowError, reduce_error_code
-from credproxy.oauth.flows import next_poll_interval, split_pasted_code, token_from_response
+from credproxy.oauth.flows import (
+    next_poll_interval,
+    seconds_from_provider,
+    split_pasted_code,
+    token_from_response,
+)
 from credproxy.oauth.pkce import PkcePair, challenge_s256, new_state, new_verifier
 from credproxy.oauth.runtime import session_limits
 from credproxy.protocol.errors import ErrorCode
@@ -219,6 +224,9 @@ def test_token_responses_become_the_token_model_with_absolute_expiry() -> None:
         {"access_token": "a", "expires_in": -1},
         {"access_token": "a", "expires_in": "soon"},
         {"access_token": "a", "refresh_token": 5},
+        {"access_token": "a", "expires_in": 10**400},
+        {"access_token": "a", "expires_in": "9" * 400},
+        {"access_token": "a", "expires_in": 1e300},
     ],
 )
 def test_unusable_token_responses_fail_naming_fields_only(body: dict[str, Any]) -> None:
@@ -226,6 +234,14 @@ def test_unusable_token_responses_fail_naming_fields_only(body: dict[str, Any]) 
         token_from_response("p", body, now=0)
     assert caught.value.code == ErrorCode.EXCHANGE_FAILED
     assert caught.value.message.startswith("p: ")
+
+
+@pytest.mark.parametrize(
+    "value", [10**400, -(10**400), float("nan"), float("inf"), -1, 10**10 + 1, True, "5", None]
+)
+def test_provider_seconds_outside_the_usable_range_are_refused_not_raised(value: object) -> None:
+    """A device response's interval or expires_in this large once raised OverflowError."""
+    assert seconds_from_provider(value) is None
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
@@ -40,6 +39,10 @@ SLOW_DOWN_STEP_S: Final = 5.0
 DEFAULT_TOKEN_LIFETIME_S: Final = 3600
 """Used when a token response has no ``expires_in`` (RFC 6749 5.1 makes it optional)."""
 DEFAULT_DEVICE_EXPIRES_S: Final = 600
+MAX_LIFETIME_S: Final = 10**10
+"""Longest lifetime or interval taken from a provider (about 317 years): now plus this is
+still an exact integer in a float and in JavaScript, which reads ``expiry`` on the other
+side of the socket."""
 MAX_TRANSIENT_POLL_FAILURES: Final = 3
 LOOPBACK_HOST: Final = "127.0.0.1"
 LOOPBACK_REPLY_WAIT_S: Final = 20.0
@@ -50,15 +53,11 @@ MAX_PASTED_CODE: Final = 4096
 def token_from_response(provider: str, body: Mapping[str, Any], now: float) -> Token:
     """A successful token response (RFC 6749 section 5.1) in the credproxy token model."""
     token: Token = {key: value for key, value in body.items() if key != "expires_in"}
-    expires_in = body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S)
-    if isinstance(expires_in, str) and expires_in.isdigit():
-        expires_in = int(expires_in)
-    if (
-        isinstance(expires_in, bool)
-        or not isinstance(expires_in, int | float)
-        or not math.isfinite(expires_in)
-        or expires_in < 0
-    ):
+    raw = body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S)
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 12:
+        raw = int(raw)
+    expires_in = seconds_from_provider(raw)
+    if expires_in is None:
         raise OAuthFlowError(
             ErrorCode.EXCHANGE_FAILED, f"{provider}: the token response has an invalid expires_in"
         )
@@ -352,13 +351,22 @@ class DeviceCodeFlow(_FlowBase):
                 self.interval_s = following
 
 
+def seconds_from_provider(value: object) -> float | None:
+    """A JSON number of seconds from 0 to ``MAX_LIFETIME_S``, else None.
+
+    Compared before any float conversion: a provider's integer can be too large
+    for a float, where ``math.isfinite`` would raise instead of answering.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_LIFETIME_S:  # False for NaN and the infinities too
+        return None
+    return float(value)
+
+
 def _positive_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
+    seconds = seconds_from_provider(value)
+    return seconds is not None and seconds > 0
 
 
 def _bad_device_field(provider: str, name: str) -> OAuthFlowError:
