@@ -51,7 +51,11 @@ def fail_code(reply: dict[str, Any]) -> str:
 def test_initiate_for_an_unconfigured_provider_is_provider_not_found(daemon: OAuthDaemon) -> None:
     with client_of(daemon) as raw:
         reply = raw.request("oauth_initiate", {"provider": "nowhere"})
+        refresh = raw.request("refresh_token", {"provider": "nowhere"})
     assert fail_code(reply) == "PROVIDER_NOT_FOUND"
+    assert "add a [providers.nowhere] table" in reply["error"]  # says what to do
+    assert fail_code(refresh) == "PROVIDER_NOT_FOUND"
+    assert refresh["error"] == reply["error"]
 
 
 def test_initiate_outside_the_grant_is_unauthorized_whether_or_not_configured(

@@ -76,3 +76,12 @@ class OAuthFlowError(Exception):
 
     def __repr__(self) -> str:
         return f"OAuthFlowError({self.code!s}, {self.message!r})"
+
+
+def provider_not_found(name: str) -> ProxyError:
+    """What the user meets when a granted provider has no ``[providers.NAME]`` table."""
+    return ProxyError(
+        ErrorCode.PROVIDER_NOT_FOUND,
+        f"no OAuth provider configured as {name!r}; add a [providers.{name}] table to the "
+        "host's credproxy config and restart the daemon",
+    )

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from credproxy.oauth.errors import OAuthFlowError
+from credproxy.oauth.errors import OAuthFlowError, provider_not_found
 from credproxy.oauth.flows import Clock, request_token
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.tokens import Token
@@ -110,9 +110,7 @@ class RefreshCoordinator:
     async def _refresh_once(self, provider: str, bucket: str, called: list[bool]) -> Token:
         config = self._providers.get(provider)
         if config is None:
-            raise ProxyError(
-                ErrorCode.PROVIDER_NOT_FOUND, f"no OAuth provider configured as {provider!r}"
-            )
+            raise provider_not_found(provider)
         stored = await self._writer.load(provider, bucket)
         if stored is None:
             raise ProxyError(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from credproxy.config import ConfigError
 from credproxy.oauth.config import ProviderRegistry
+from credproxy.oauth.errors import provider_not_found
 from credproxy.oauth.flows import Clock
 from credproxy.oauth.http import OAuthHttp
 from credproxy.oauth.refresh import RefreshCoordinator
@@ -131,8 +132,9 @@ def install(state: ServerState, config: Mapping[str, Any]) -> OAuthRuntime:
     return runtime
 
 
-def runtime_of(state: ServerState) -> OAuthRuntime:
+def runtime_of(state: ServerState, provider: str) -> OAuthRuntime:
+    """The daemon's OAuth runtime; a daemon without one has no provider of that name."""
     runtime = state.extensions.get(EXTENSION_KEY)
     if not isinstance(runtime, OAuthRuntime):
-        raise ProxyError(ErrorCode.PROVIDER_NOT_FOUND, "this daemon has no OAuth providers")
+        raise provider_not_found(provider)
     return runtime

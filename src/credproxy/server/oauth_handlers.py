@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from credproxy.oauth.errors import OAuthFlowError
+from credproxy.oauth.errors import OAuthFlowError, provider_not_found
 from credproxy.oauth.flows import BackgroundFlow, CodePasteFlow, start_flow
 from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime, runtime_of
 from credproxy.protocol.errors import ErrorCode, ProxyError
@@ -63,13 +63,10 @@ def _wrong_op(op: str, flow_type: str, use: str) -> ProxyError:
 
 async def oauth_initiate(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     _require_login_access(ctx, payload.provider, payload.bucket)
-    runtime = runtime_of(ctx.state)
+    runtime = runtime_of(ctx.state, payload.provider)
     provider = runtime.providers.get(payload.provider)
     if provider is None:
-        raise ProxyError(
-            ErrorCode.PROVIDER_NOT_FOUND,
-            f"no OAuth provider configured as {payload.provider!r}",
-        )
+        raise provider_not_found(payload.provider)
     identity = _identity(ctx)
     with runtime.sessions.admit(identity) as admission:
         try:
@@ -166,7 +163,7 @@ async def oauth_cancel(ctx: RequestContext, payload: SessionRef) -> dict[str, An
 
 async def refresh_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     _require_login_access(ctx, payload.provider, payload.bucket)
-    runtime = runtime_of(ctx.state)
+    runtime = runtime_of(ctx.state, payload.provider)
     token = await runtime.refresher.refresh(payload.provider, payload.bucket)
     return sanitize(token)
 
