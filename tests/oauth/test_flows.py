@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from aiohttp import web
 
 from credproxy.oauth.config import ProviderConfig, ProviderRegistry, parse_provider
 from credproxy.oauth.errors import OAuthFlowError
@@ -325,3 +326,53 @@ async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
     refreshed = await coordinator.refresh("test", "default")
     assert coordinator.provider_calls == 1
     assert refreshed["refresh_token"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user_code", "WDJB\x1b]0;owned\x07-MJHT"),
+        ("verification_uri", "https://idp.example/device\x1b[2J"),
+        ("verification_uri_complete", "https://idp.example/device?c=1\n\x1b[1A"),
+    ],
+)
+async def test_a_device_answer_with_terminal_escapes_is_refused_naming_the_field(
+    http: OAuthHttp, field: str, value: str
+) -> None:
+    """The user's terminal shows these fields. oidc-provider never sends control characters,
+    so a small local HTTP server stands in for a hostile provider here."""
+    answer = {
+        "device_code": "dc",
+        "user_code": "WDJB-MJHT",
+        "verification_uri": "https://idp.example/device",
+        "expires_in": 600,
+        field: value,
+    }
+
+    async def device_authorization(_: web.Request) -> web.Response:
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_post("/device", device_authorization)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        config = parse_provider(
+            "hostile",
+            {
+                "client_id": "c",
+                "flow": "device_code",
+                "token_endpoint": f"http://127.0.0.1:{port}/token",
+                "device_authorization_endpoint": f"http://127.0.0.1:{port}/device",
+            },
+        )
+        flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
+        with pytest.raises(OAuthFlowError) as caught:
+            await flow.start()
+    finally:
+        await runner.cleanup()
+    assert caught.value.message.endswith(f"invalid {field}")
+    assert "\x1b" not in caught.value.message

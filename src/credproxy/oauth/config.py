@@ -148,6 +148,9 @@ def check_endpoint_url(value: object) -> str | None:
     """``None`` if ``value`` is an acceptable endpoint URL, else the reason."""
     if not isinstance(value, str) or not value:
         return "must be a non-empty string"
+    if not value.isprintable() or " " in value:
+        # The URL is printed on the user's terminal: no control or escape sequences.
+        return "must not contain spaces or control characters"
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return "must be an absolute http(s) URL"

@@ -300,7 +300,12 @@ class DeviceCodeFlow(_FlowBase):
         interval = body.get("interval")
         if not isinstance(device_code, str) or not device_code:
             raise _bad_device_field(name, "device_code")
-        if not isinstance(user_code, str) or not user_code or len(user_code) > 64:
+        if (
+            not isinstance(user_code, str)
+            or not user_code
+            or len(user_code) > 64
+            or not user_code.isprintable()
+        ):
             raise _bad_device_field(name, "user_code")
         if check_endpoint_url(verification) is not None:
             raise _bad_device_field(name, "verification_uri")
