@@ -159,6 +159,10 @@ class _RedirectFlow(_FlowBase):
         self._redirect_uri = provider.redirect_uri or ""
 
     def _auth_url(self) -> str:
+        if not self._redirect_uri:
+            raise OAuthFlowError(
+                ErrorCode.EXCHANGE_FAILED, f"{self.provider.name}: no redirect_uri is configured"
+            )
         authorization = self._endpoints.authorization
         if authorization is None:
             raise OAuthFlowError(
@@ -197,20 +201,6 @@ class CodePasteFlow(_RedirectFlow):
     """``pkce_redirect``: the user copies the code from the provider's page."""
 
     flow_type: Final[FlowKind] = "pkce_redirect"
-
-    def __init__(
-        self,
-        provider: ProviderConfig,
-        endpoints: Endpoints,
-        http: OAuthHttp,
-        *,
-        clock: Clock = time.time,
-    ) -> None:
-        if provider.redirect_uri is None:
-            raise OAuthFlowError(
-                ErrorCode.EXCHANGE_FAILED, f"{provider.name}: no redirect_uri is configured"
-            )
-        super().__init__(provider, endpoints, http, clock=clock)
 
     def start(self) -> dict[str, Any]:
         return {"auth_url": self._auth_url()}
@@ -406,21 +396,12 @@ class LoopbackFlow(_RedirectFlow):
     """
 
     flow_type: Final[FlowKind] = "browser_redirect"
-
-    def __init__(
-        self,
-        provider: ProviderConfig,
-        endpoints: Endpoints,
-        http: OAuthHttp,
-        *,
-        clock: Clock = time.time,
-    ) -> None:
-        super().__init__(provider, endpoints, http, clock=clock)
-        self._runner: web.AppRunner | None = None
-        self._code: asyncio.Future[str] | None = None
-        self._outcome: asyncio.Future[Literal["ok", "failed"]] | None = None
-        self.failure: OAuthFlowError | None = None
-        """How the login ended when it failed; ``oauth_poll`` reports its safe fields."""
+    # Set by start(); None until then (class defaults, so no constructor of its own).
+    _runner: web.AppRunner | None = None
+    _code: asyncio.Future[str] | None = None
+    _outcome: asyncio.Future[Literal["ok", "failed"]] | None = None
+    failure: OAuthFlowError | None = None
+    """How the login ended when it failed; ``oauth_poll`` reports its safe fields."""
 
     @property
     def poll_interval_ms(self) -> int:
