@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,22 +54,9 @@ class CountingHttp(OAuthHttp):
         super().__init__()
         self.requests = 0
 
-    async def get_json(self, provider: str, step: str, url: str) -> HttpResponse:
+    async def _call(self, *args: Any, **kwargs: Any) -> HttpResponse:
         self.requests += 1
-        return await super().get_json(provider, step, url)
-
-    async def post_form(
-        self,
-        provider: str,
-        step: str,
-        url: str,
-        form: Mapping[str, str],
-        *,
-        auth: tuple[str, str] | None = None,
-        timeout_s: float | None = None,
-    ) -> HttpResponse:
-        self.requests += 1
-        return await super().post_form(provider, step, url, form, auth=auth, timeout_s=timeout_s)
+        return await super()._call(*args, **kwargs)
 
 
 @dataclass
