@@ -497,7 +497,8 @@ class OAuthSessionManager:
             raise ProxyError(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 f"too many open login sessions for this sandbox (at most "
-                f"{self.max_sessions_per_identity}); finish or cancel one first",
+                f"{self.max_sessions_per_identity}); finish or cancel one, or wait until an "
+                f"abandoned one expires ({self.timeout_s:g} s after it started)",
             )
         if len(self._sessions) + self._admitted >= self.max_sessions:
             raise ProxyError(

@@ -286,7 +286,9 @@ def test_ensure_capacity_refuses_at_the_cap_after_sweeping_what_is_over(clock: F
     with pytest.raises(ProxyError) as info:
         manager.ensure_capacity(ALICE_A)
     assert _code(info) == "RESOURCE_EXHAUSTED"
-    assert "finish or cancel one first" in info.value.message
+    # Says what to do, including for logins whose client is gone and cannot cancel them.
+    assert "finish or cancel one" in info.value.message
+    assert f"expires ({TIMEOUT_S:g} s after it started)" in info.value.message
     manager.ensure_capacity(PeerIdentity(uid=1000, grant=GRANT_B))
     manager.mark_used(used)
     manager.ensure_capacity(ALICE_A)
