@@ -15,29 +15,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from credproxy.client import _core
-from credproxy.client._core import ClientCore, HandshakeComplete, HandshakeFailed, ResponseReceived
+from credproxy.client._base import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    READ_BYTES,
+    BaseClient,
+    Clock,
+)
+from credproxy.client._core import ClientCore, ResponseReceived
 from credproxy.client._exceptions import (
     ProxyClientError,
     client_closed,
-    connect_failed,
     connection_lost,
     request_timeout,
 )
-from credproxy.client.env import discover
 from credproxy.protocol.messages import DEFAULT_BUCKET
 
-DEFAULT_TIMEOUT_S: Final = 30.0
-DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
 DEFAULT_MAX_IN_FLIGHT: Final = 16
-_READ_BYTES: Final = 65_536
 
-Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -50,7 +52,7 @@ class _Connection:
     closing: bool = False
 
 
-class AsyncProxyClient:
+class AsyncProxyClient(BaseClient):
     """asyncio client for the credential proxy.
 
     ``max_in_flight`` matches the daemon's per-connection limit, so a burst of
@@ -68,27 +70,13 @@ class AsyncProxyClient:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._path = socket_path
-        self._token = capability_token
-        self._timeout = timeout
-        self._idle_timeout = idle_timeout
-        self._clock = clock
+        super().__init__(
+            socket_path, capability_token, timeout=timeout, idle_timeout=idle_timeout, clock=clock
+        )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connect_lock = asyncio.Lock()
         self._conn: _Connection | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._last_used = 0.0
-        self._broken = False
-        self._closed = False
-        self._handshakes = 0
-
-    @classmethod
-    def from_env(
-        cls, environ: MutableMapping[str, str] | None = None, **options: Any
-    ) -> AsyncProxyClient:
-        """A client for the proxy the environment names; see ``credproxy.client.env``."""
-        found = discover(environ)
-        return cls(found.socket_path, found.capability_token, **options)
 
     def __repr__(self) -> str:
         return f"AsyncProxyClient({self._path!r}, version={self.protocol_version})"
@@ -105,17 +93,8 @@ class AsyncProxyClient:
         await self.aclose()
 
     @property
-    def socket_path(self) -> str:
-        return self._path
-
-    @property
     def protocol_version(self) -> int | None:
         return self._conn.core.version if self._conn is not None else None
-
-    @property
-    def handshakes(self) -> int:
-        """Successful handshakes so far: one per connection this client opened."""
-        return self._handshakes
 
     @property
     def is_connected(self) -> bool:
@@ -143,51 +122,49 @@ class AsyncProxyClient:
             raise request_timeout(op, self._timeout) from None
         return event.unwrap()
 
+    async def _call(self, call: _core.Call[T]) -> T:
+        return call.result(await self.request(call.op, call.payload))
+
     async def get_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
-        data = await self.request("get_token", {"provider": provider, "bucket": bucket})
-        return _core.token_result(data)
+        return await self._call(_core.get_token(provider, bucket))
 
     async def save_token(
         self, provider: str, token: Mapping[str, Any], bucket: str = DEFAULT_BUCKET
     ) -> None:
-        payload = {"provider": provider, "bucket": bucket, "token": _core.outgoing_token(token)}
-        await self.request("save_token", payload)
+        await self._call(_core.save_token(provider, token, bucket))
 
     async def remove_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> None:
-        await self.request("remove_token", {"provider": provider, "bucket": bucket})
+        await self._call(_core.remove_token(provider, bucket))
 
     async def list_providers(self) -> list[str]:
-        return _core.string_list(await self.request("list_providers"), "providers")
+        return await self._call(_core.list_providers())
 
     async def list_buckets(self, provider: str) -> list[str]:
-        data = await self.request("list_buckets", {"provider": provider})
-        return _core.string_list(data, "buckets")
+        return await self._call(_core.list_buckets(provider))
 
     async def get_api_key(self, name: str) -> str:
-        return _core.string_field(await self.request("get_api_key", {"name": name}), "key")
+        return await self._call(_core.get_api_key(name))
 
     async def list_api_keys(self) -> list[str]:
-        return _core.string_list(await self.request("list_api_keys"), "keys")
+        return await self._call(_core.list_api_keys())
 
     async def has_api_key(self, name: str) -> bool:
-        return _core.bool_field(await self.request("has_api_key", {"name": name}), "exists")
+        return await self._call(_core.has_api_key(name))
 
     async def refresh_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
-        data = await self.request("refresh_token", {"provider": provider, "bucket": bucket})
-        return _core.token_result(data)
+        return await self._call(_core.refresh_token(provider, bucket))
 
     async def oauth_initiate(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
-        return await self.request("oauth_initiate", {"provider": provider, "bucket": bucket})
+        return await self._call(_core.oauth_initiate(provider, bucket))
 
     async def oauth_exchange(self, session_id: str, code: str) -> dict[str, Any]:
-        data = await self.request("oauth_exchange", {"session_id": session_id, "code": code})
-        return _core.token_result(data)
+        return await self._call(_core.oauth_exchange(session_id, code))
 
     async def oauth_poll(self, session_id: str) -> dict[str, Any]:
-        return await self.request("oauth_poll", {"session_id": session_id})
+        return await self._call(_core.oauth_poll(session_id))
 
     async def oauth_cancel(self, session_id: str) -> None:
-        await self.request("oauth_cancel", {"session_id": session_id})
+        await self._call(_core.oauth_cancel(session_id))
 
     async def _exchange(self, op: str, payload: Mapping[str, Any] | None) -> ResponseReceived:
         conn = await self._ensure_connected()
@@ -248,23 +225,22 @@ class AsyncProxyClient:
 
     async def _open(self) -> _Connection:
         try:
-            reader, writer = await asyncio.open_unix_connection(self._path, limit=_READ_BYTES)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise connect_failed(
-                f"no credential proxy is listening at {self._path}; "
-                "is the host daemon still running?"
-            ) from None
-        except PermissionError:
-            raise connect_failed(f"permission denied opening {self._path}") from None
+            reader, writer = await asyncio.open_unix_connection(self._path, limit=READ_BYTES)
         except OSError as exc:
-            raise connect_failed(
-                f"cannot connect to {self._path}: {exc.strerror or type(exc).__name__}"
-            ) from None
+            raise _core.connect_error(self._path, exc) from None
         core = ClientCore(self._token)
         try:
             writer.write(core.initiate_handshake())
             await writer.drain()
-            await self._await_handshake(reader, core)
+            while True:
+                try:
+                    data = await reader.read(READ_BYTES)
+                except (ConnectionError, OSError):
+                    data = b""
+                if not data:
+                    raise _core.closed_during_handshake()
+                if _core.handshake_complete(core.receive_data(data)):
+                    break
         except BaseException:
             writer.close()
             raise
@@ -275,28 +251,11 @@ class AsyncProxyClient:
         self._touch(conn)
         return conn
 
-    @staticmethod
-    async def _await_handshake(reader: asyncio.StreamReader, core: ClientCore) -> None:
-        while True:
-            try:
-                data = await reader.read(_READ_BYTES)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data:
-                raise connect_failed(
-                    "the credential proxy closed the connection during the handshake"
-                )
-            for event in core.receive_data(data):
-                if isinstance(event, HandshakeFailed):
-                    raise event.error
-                if isinstance(event, HandshakeComplete):
-                    return
-
     async def _read_loop(self, conn: _Connection) -> None:
         error: ProxyClientError = connection_lost()
         try:
             while True:
-                data = await conn.reader.read(_READ_BYTES)
+                data = await conn.reader.read(READ_BYTES)
                 if not data:
                     break
                 for event in conn.core.receive_data(data):

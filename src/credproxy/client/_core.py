@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from credproxy.client._exceptions import (
+    ConnectFailedError,
     InvalidRequestError,
     ProxyClientError,
+    connect_failed,
     from_wire,
     protocol_violation,
 )
 from credproxy.protocol.errors import ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
-from credproxy.protocol.messages import OPERATIONS, convert_payload
+from credproxy.protocol.messages import DEFAULT_BUCKET, OPERATIONS, convert_payload
 from credproxy.tokens import sanitize
+
+T = TypeVar("T")
 
 MIN_VERSION: Final = 1
 MAX_VERSION: Final = 2
@@ -266,7 +270,49 @@ def _error_of(frame: dict[str, Any]) -> ProxyClientError | None:
     return from_wire(frame.get("code"), frame.get("error"), frame.get("retryAfter"))
 
 
-# Result shapes, shared by both clients so they check answers the same way.
+def handshake_complete(events: list[Event]) -> bool:
+    """True once ``events`` finish the handshake; the daemon's refusal is raised."""
+    for event in events:
+        if isinstance(event, HandshakeFailed):
+            raise event.error
+        if isinstance(event, HandshakeComplete):
+            return True
+    return False
+
+
+def connect_error(path: str, exc: OSError) -> ConnectFailedError:
+    """What to tell the user when the socket at ``path`` cannot be opened."""
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return connect_failed(
+            f"no credential proxy is listening at {path}; is the host daemon still running?"
+        )
+    if isinstance(exc, PermissionError):
+        return connect_failed(f"permission denied opening {path}")
+    return connect_failed(f"cannot connect to {path}: {exc.strerror or type(exc).__name__}")
+
+
+def closed_during_handshake() -> ConnectFailedError:
+    return connect_failed("the credential proxy closed the connection during the handshake")
+
+
+# One operation as both clients send it: the payload to write and the check
+# its answer must pass. The blocking and asyncio methods differ only in how
+# they wait for ``request``.
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    op: str
+    payload: dict[str, Any]
+    result: Callable[[dict[str, Any]], T]
+
+
+def _nothing(data: dict[str, Any]) -> None:
+    return None
+
+
+def _as_is(data: dict[str, Any]) -> dict[str, Any]:
+    return data
 
 
 def token_result(data: dict[str, Any]) -> dict[str, Any]:
@@ -300,3 +346,60 @@ def bool_field(data: dict[str, Any], field: str) -> bool:
 def outgoing_token(token: Mapping[str, Any]) -> dict[str, Any]:
     """A sandbox never holds a refresh token; one passed in is not sent."""
     return sanitize(token)
+
+
+def _list_of(field: str) -> Callable[[dict[str, Any]], list[str]]:
+    return lambda data: string_list(data, field)
+
+
+def get_token(provider: str, bucket: str = DEFAULT_BUCKET) -> Call[dict[str, Any]]:
+    return Call("get_token", {"provider": provider, "bucket": bucket}, token_result)
+
+
+def save_token(provider: str, token: Mapping[str, Any], bucket: str = DEFAULT_BUCKET) -> Call[None]:
+    payload = {"provider": provider, "bucket": bucket, "token": outgoing_token(token)}
+    return Call("save_token", payload, _nothing)
+
+
+def remove_token(provider: str, bucket: str = DEFAULT_BUCKET) -> Call[None]:
+    return Call("remove_token", {"provider": provider, "bucket": bucket}, _nothing)
+
+
+def list_providers() -> Call[list[str]]:
+    return Call("list_providers", {}, _list_of("providers"))
+
+
+def list_buckets(provider: str) -> Call[list[str]]:
+    return Call("list_buckets", {"provider": provider}, _list_of("buckets"))
+
+
+def get_api_key(name: str) -> Call[str]:
+    return Call("get_api_key", {"name": name}, lambda data: string_field(data, "key"))
+
+
+def list_api_keys() -> Call[list[str]]:
+    return Call("list_api_keys", {}, _list_of("keys"))
+
+
+def has_api_key(name: str) -> Call[bool]:
+    return Call("has_api_key", {"name": name}, lambda data: bool_field(data, "exists"))
+
+
+def refresh_token(provider: str, bucket: str = DEFAULT_BUCKET) -> Call[dict[str, Any]]:
+    return Call("refresh_token", {"provider": provider, "bucket": bucket}, token_result)
+
+
+def oauth_initiate(provider: str, bucket: str = DEFAULT_BUCKET) -> Call[dict[str, Any]]:
+    return Call("oauth_initiate", {"provider": provider, "bucket": bucket}, _as_is)
+
+
+def oauth_exchange(session_id: str, code: str) -> Call[dict[str, Any]]:
+    return Call("oauth_exchange", {"session_id": session_id, "code": code}, token_result)
+
+
+def oauth_poll(session_id: str) -> Call[dict[str, Any]]:
+    return Call("oauth_poll", {"session_id": session_id}, _as_is)
+
+
+def oauth_cancel(session_id: str) -> Call[None]:
+    return Call("oauth_cancel", {"session_id": session_id}, _nothing)

@@ -13,31 +13,32 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, TypeVar
 
 from credproxy.client import _core
-from credproxy.client._core import ClientCore, HandshakeComplete, HandshakeFailed, ResponseReceived
+from credproxy.client._base import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    READ_BYTES,
+    BaseClient,
+    Clock,
+)
+from credproxy.client._core import ClientCore, ResponseReceived
 from credproxy.client._exceptions import (
     ProxyClientError,
     RequestTimeoutError,
     client_closed,
-    connect_failed,
     connection_lost,
     request_timeout,
 )
-from credproxy.client.env import discover
 from credproxy.protocol.messages import DEFAULT_BUCKET
 
-DEFAULT_TIMEOUT_S: Final = 30.0
-DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
-_RECV_BYTES: Final = 65_536
-
-Clock = Callable[[], float]
+T = TypeVar("T")
 
 
-class ProxyClient:
+class ProxyClient(BaseClient):
     """Blocking client for the credential proxy.
 
     ``clock`` (monotonic seconds) decides when the connection counts as idle;
@@ -53,26 +54,12 @@ class ProxyClient:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._path = socket_path
-        self._token = capability_token
-        self._timeout = timeout
-        self._idle_timeout = idle_timeout
-        self._clock = clock
+        super().__init__(
+            socket_path, capability_token, timeout=timeout, idle_timeout=idle_timeout, clock=clock
+        )
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._core: ClientCore | None = None
-        self._last_used = 0.0
-        self._broken = False
-        self._closed = False
-        self._handshakes = 0
-
-    @classmethod
-    def from_env(
-        cls, environ: MutableMapping[str, str] | None = None, **options: Any
-    ) -> ProxyClient:
-        """A client for the proxy the environment names; see ``credproxy.client.env``."""
-        found = discover(environ)
-        return cls(found.socket_path, found.capability_token, **options)
 
     def __repr__(self) -> str:
         return f"ProxyClient({self._path!r}, version={self.protocol_version})"
@@ -89,18 +76,9 @@ class ProxyClient:
         self.close()
 
     @property
-    def socket_path(self) -> str:
-        return self._path
-
-    @property
     def protocol_version(self) -> int | None:
         """The version negotiated on the open connection, if one is open."""
         return self._core.version if self._core is not None and self._sock is not None else None
-
-    @property
-    def handshakes(self) -> int:
-        """Successful handshakes so far: one per connection this client opened."""
-        return self._handshakes
 
     @property
     def is_connected(self) -> bool:
@@ -128,50 +106,49 @@ class ProxyClient:
                 self._abandon(sock, core, request_id)
                 raise
 
+    def _call(self, call: _core.Call[T]) -> T:
+        return call.result(self.request(call.op, call.payload))
+
     def get_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
-        data = self.request("get_token", {"provider": provider, "bucket": bucket})
-        return _core.token_result(data)
+        return self._call(_core.get_token(provider, bucket))
 
     def save_token(
         self, provider: str, token: Mapping[str, Any], bucket: str = DEFAULT_BUCKET
     ) -> None:
-        payload = {"provider": provider, "bucket": bucket, "token": _core.outgoing_token(token)}
-        self.request("save_token", payload)
+        self._call(_core.save_token(provider, token, bucket))
 
     def remove_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> None:
-        self.request("remove_token", {"provider": provider, "bucket": bucket})
+        self._call(_core.remove_token(provider, bucket))
 
     def list_providers(self) -> list[str]:
-        return _core.string_list(self.request("list_providers"), "providers")
+        return self._call(_core.list_providers())
 
     def list_buckets(self, provider: str) -> list[str]:
-        return _core.string_list(self.request("list_buckets", {"provider": provider}), "buckets")
+        return self._call(_core.list_buckets(provider))
 
     def get_api_key(self, name: str) -> str:
-        return _core.string_field(self.request("get_api_key", {"name": name}), "key")
+        return self._call(_core.get_api_key(name))
 
     def list_api_keys(self) -> list[str]:
-        return _core.string_list(self.request("list_api_keys"), "keys")
+        return self._call(_core.list_api_keys())
 
     def has_api_key(self, name: str) -> bool:
-        return _core.bool_field(self.request("has_api_key", {"name": name}), "exists")
+        return self._call(_core.has_api_key(name))
 
     def refresh_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
-        data = self.request("refresh_token", {"provider": provider, "bucket": bucket})
-        return _core.token_result(data)
+        return self._call(_core.refresh_token(provider, bucket))
 
     def oauth_initiate(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
-        return self.request("oauth_initiate", {"provider": provider, "bucket": bucket})
+        return self._call(_core.oauth_initiate(provider, bucket))
 
     def oauth_exchange(self, session_id: str, code: str) -> dict[str, Any]:
-        data = self.request("oauth_exchange", {"session_id": session_id, "code": code})
-        return _core.token_result(data)
+        return self._call(_core.oauth_exchange(session_id, code))
 
     def oauth_poll(self, session_id: str) -> dict[str, Any]:
-        return self.request("oauth_poll", {"session_id": session_id})
+        return self._call(_core.oauth_poll(session_id))
 
     def oauth_cancel(self, session_id: str) -> None:
-        self.request("oauth_cancel", {"session_id": session_id})
+        self._call(_core.oauth_cancel(session_id))
 
     def _ensure_connected(self) -> tuple[ClientCore, socket.socket]:
         if self._closed:
@@ -191,35 +168,23 @@ class ProxyClient:
             sock.settimeout(self._timeout)
             try:
                 sock.connect(self._path)
-            except (FileNotFoundError, ConnectionRefusedError):
-                raise connect_failed(
-                    f"no credential proxy is listening at {self._path}; "
-                    "is the host daemon still running?"
-                ) from None
-            except PermissionError:
-                raise connect_failed(f"permission denied opening {self._path}") from None
             except OSError as exc:
-                raise connect_failed(
-                    f"cannot connect to {self._path}: {exc.strerror or type(exc).__name__}"
-                ) from None
+                raise _core.connect_error(self._path, exc) from None
             core = ClientCore(self._token)
             self._send(
                 sock, core.initiate_handshake(), deadline, "handshake", during_handshake=True
             )
             while True:
-                for event in self._receive(
-                    sock, core, deadline, "handshake", during_handshake=True
-                ):
-                    if isinstance(event, HandshakeFailed):
-                        raise event.error
-                    if isinstance(event, HandshakeComplete):
-                        self._sock, self._core = sock, core
-                        self._last_used = self._clock()
-                        self._handshakes += 1
-                        return core, sock
+                events = self._receive(sock, core, deadline, "handshake", during_handshake=True)
+                if _core.handshake_complete(events):
+                    break
         except BaseException:
             sock.close()
             raise
+        self._sock, self._core = sock, core
+        self._last_used = self._clock()
+        self._handshakes += 1
+        return core, sock
 
     def _send(
         self,
@@ -256,7 +221,7 @@ class ProxyClient:
             raise request_timeout(op, self._timeout)
         try:
             sock.settimeout(remaining)
-            data = sock.recv(_RECV_BYTES)
+            data = sock.recv(READ_BYTES)
         except TimeoutError:
             raise request_timeout(op, self._timeout) from None
         except OSError:
@@ -273,7 +238,7 @@ class ProxyClient:
 
     def _lost(self, during_handshake: bool) -> ProxyClientError:
         if during_handshake:
-            return connect_failed("the credential proxy closed the connection during the handshake")
+            return _core.closed_during_handshake()
         self._broken = True
         self._drop_connection()
         return connection_lost()
