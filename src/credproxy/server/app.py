@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from credproxy.audit import AuditEvent, AuditLog
 from credproxy.grants import CapabilityTable, Grant
@@ -35,6 +36,8 @@ from credproxy.server.listener import (
 
 log = logging.getLogger("credproxy.server")
 
+EXTENSION_CLOSE_TIMEOUT_S: Final = 5.0
+
 
 class Daemon:
     """One listening socket and the connections it accepted.
@@ -43,6 +46,10 @@ class Daemon:
     get full access after the handshake and any token they send is ignored.
     Other uids (``allowed_uids``) are then refused at construction, because
     without tokens nothing would tell their grants apart.
+
+    Each extension's ``aclose()`` gets ``extension_close_timeout_s``: a
+    background task that ignores cancellation must not keep the daemon from
+    stopping.
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class Daemon:
         frame_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S,
         throttle: HandshakeThrottle | None = None,
         rate_per_second: float = RATE_PER_SECOND,
+        extension_close_timeout_s: float = EXTENSION_CLOSE_TIMEOUT_S,
     ) -> None:
         if capabilities is None and allowed_uids:
             raise ValueError("other uids can only be admitted with capability tokens")
@@ -64,6 +72,7 @@ class Daemon:
         self._capabilities = capabilities
         self._requested_path = socket_path
         self._allowed_uids = allowed_uids
+        self._extension_close_timeout_s = extension_close_timeout_s
         self._audit = audit or AuditLog.to_stderr()
         self._settings = ConnectionSettings(
             state=state,
@@ -129,7 +138,14 @@ class Daemon:
             closer = getattr(extension, "aclose", None)
             if callable(closer):
                 try:
-                    await closer()
+                    async with asyncio.timeout(self._extension_close_timeout_s):
+                        await closer()
+                except TimeoutError:
+                    log.error(
+                        "closing extension %s did not finish within %.1f s; stopping anyway",
+                        name,
+                        self._extension_close_timeout_s,
+                    )
                 except Exception as exc:
                     log.error("closing extension %s failed: %s", name, type(exc).__name__)
 
