@@ -117,3 +117,21 @@ def test_a_file_that_cannot_be_executed_exits_126(run_host: RunHost) -> None:
         done = run_host.run("--sandbox", sandbox, "--", str(plain))
         assert done.returncode == 126, (sandbox, done.stderr)
         assert run_host.sockets_left() == []
+
+
+def test_a_bad_providers_table_is_one_line_before_the_store_is_opened(run_host: RunHost) -> None:
+    """The store here cannot open either; the config error still comes first, as in serve."""
+    blocker = run_host.root / "not-a-directory"
+    blocker.write_text("")
+    run_host.config.write_text(
+        f'[store]\nbackend = "file"\npath = "{blocker}"\nkey_source = "keyfile"\n'
+        "[providers.demo]\nclient_id = 5\n"
+    )
+    marker = run_host.root / "ran"
+    done = run_host.run("--sandbox", "none", "--", "touch", str(marker))
+    assert done.returncode == 125
+    assert done.stderr.splitlines() == [
+        "Error: [providers.demo] client_id: must be a non-empty string of at most 1024 characters"
+    ]
+    assert not marker.exists()
+    assert run_host.sockets_left() == []

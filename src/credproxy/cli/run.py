@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import secrets
 import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
@@ -21,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import click
 
 from credproxy.cli import main
+from credproxy.cli._daemon_options import build_grant, config_option, grant_options, load_settings
 from credproxy.sandbox.spec import SANDBOX_KINDS
 
 if TYPE_CHECKING:
@@ -31,37 +30,8 @@ if TYPE_CHECKING:
 SETUP_FAILED: Final = 125
 """Exit code when ``run`` itself fails before the command starts (as podman/docker do)."""
 STOP_GRACE_S: Final = 2.0
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 
-
-def build_grant(
-    allow: tuple[str, ...],
-    allow_key: tuple[str, ...],
-    allow_save: bool,
-    allow_remove: bool,
-    label: str,
-) -> Grant:
-    """A grant holding exactly the flags; no flag means no access at all."""
-    from credproxy.grants import Grant
-
-    for entry in allow:
-        parts = entry.split(":")
-        if len(parts) > 2 or not all(_NAME_RE.match(part) for part in parts):
-            raise click.BadParameter(
-                f"{entry!r} is not PROVIDER or PROVIDER:BUCKET (names use A-Z a-z 0-9 . _ @ -)",
-                param_hint="--allow",
-            )
-    for name in allow_key:
-        if not _NAME_RE.match(name):
-            raise click.BadParameter(f"{name!r} is not a valid key name", param_hint="--allow-key")
-    return Grant(
-        grant_id=f"run-{secrets.token_hex(8)}",
-        providers=frozenset(allow),
-        keys=frozenset(allow_key),
-        can_save=allow_save,
-        can_remove=allow_remove,
-        label=label,
-    )
+__all__ = ["build_grant", "run"]
 
 
 @dataclass(frozen=True)
@@ -83,22 +53,9 @@ class _RunPlan:
     show_default=True,
     help="How to isolate the command (see docs/sandboxes.md).",
 )
-@click.option(
-    "--allow",
-    multiple=True,
-    metavar="PROVIDER[:BUCKET]",
-    help="Let the command read (and refresh, log in to) this provider or one bucket.",
-)
-@click.option("--allow-key", multiple=True, metavar="NAME", help="Let the command read this key.")
-@click.option("--allow-save", is_flag=True, help="Let the command save tokens it may read.")
-@click.option("--allow-remove", is_flag=True, help="Let the command remove tokens it may read.")
+@grant_options("the command")
 @click.option("--store", "store", metavar="BACKEND", help="Store backend (default: from config).")
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Configuration file (default: $XDG_CONFIG_HOME/credproxy/config.toml).",
-)
+@config_option
 @click.option(
     "--bind",
     "binds",
@@ -150,7 +107,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     exit code is returned; SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH are
     passed on to it.
     """
-    from credproxy.config import ConfigError, load_config
+    from credproxy.config import ConfigError
     from credproxy.sandbox.spec import Mount, SandboxError, SandboxSpec, parse_bind
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
@@ -173,7 +130,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     except SandboxError as exc:
         raise click.BadParameter(str(exc), param_hint="--bind") from None
     try:
-        settings = load_config(config)
+        settings = load_settings(config)
         protected = _protected_paths(store, settings, config)
         credential_store = open_store(store, settings)
     except (ConfigError, StoreError) as exc:

@@ -6,24 +6,27 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import secrets
 import shlex
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from credproxy.cli import main
+from credproxy.cli._daemon_options import (
+    build_grant,
+    check_names,
+    config_option,
+    grant_options,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from credproxy.grants import Grant
     from credproxy.store.base import CredentialStore
-
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -47,22 +50,9 @@ class _Options:
     hold_store: bool
 
 
-def _check_allow(value: str) -> None:
-    parts = value.split(":")
-    if len(parts) > 2 or not all(_NAME_RE.match(part) for part in parts):
-        raise click.BadParameter(
-            f"{value!r} is not PROVIDER or PROVIDER:BUCKET (names use A-Z a-z 0-9 . _ @ -)",
-            param_hint="--allow",
-        )
-
-
 def _check_options(opts: _Options) -> None:
     restricted = bool(opts.allow or opts.allow_key)
-    for entry in opts.allow:
-        _check_allow(entry)
-    for name in opts.allow_key:
-        if not _NAME_RE.match(name):
-            raise click.BadParameter(f"{name!r} is not a valid key name", param_hint="--allow-key")
+    check_names(opts.allow, opts.allow_key)
     if (opts.allow_save or opts.allow_remove) and not restricted:
         raise click.UsageError(
             "--allow-save/--allow-remove narrow a grant made with --allow or --allow-key; "
@@ -97,12 +87,8 @@ def _build_grant(opts: _Options) -> Grant:
 
     if not (opts.allow or opts.allow_key):
         return Grant.full()
-    return Grant(
-        grant_id=f"serve-{secrets.token_hex(8)}",
-        providers=frozenset(opts.allow),
-        keys=frozenset(opts.allow_key),
-        can_save=opts.allow_save,
-        can_remove=opts.allow_remove,
+    return build_grant(
+        opts.allow, opts.allow_key, opts.allow_save, opts.allow_remove, "", id_prefix="serve"
     )
 
 
@@ -143,27 +129,14 @@ def write_capability_fd(fd: int, token: str) -> None:
     help="Store backend: file, keyring or memory (default: [store] backend in the config, "
     "else file).",
 )
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Configuration file (default: $XDG_CONFIG_HOME/credproxy/config.toml).",
-)
+@config_option
 @click.option(
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Socket path (default: $XDG_RUNTIME_DIR/credproxy-UID/PID-NONCE.sock).",
 )
-@click.option(
-    "--allow",
-    multiple=True,
-    metavar="PROVIDER[:BUCKET]",
-    help="Grant reading this provider (every bucket) or one bucket. Repeatable.",
-)
-@click.option("--allow-key", multiple=True, metavar="NAME", help="Grant reading this API key.")
-@click.option("--allow-save", is_flag=True, help="Let the grant save tokens it may read.")
-@click.option("--allow-remove", is_flag=True, help="Let the grant remove tokens it may read.")
+@grant_options("the grant")
 @click.option(
     "--no-capability",
     is_flag=True,
@@ -255,17 +228,13 @@ def serve(  # noqa: PLR0917  (click passes every option)
     )
     _check_options(opts)
     from credproxy.audit import AuditLogError
-    from credproxy.config import ConfigError, load_config
-    from credproxy.oauth.config import parse_providers
-    from credproxy.oauth.runtime import session_limits
+    from credproxy.config import ConfigError
     from credproxy.server.listener import ListenerError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     try:
-        settings = load_config(opts.config)
-        parse_providers(settings)
-        session_limits(settings)
+        settings = load_settings(opts.config)
         credential_store = open_store(opts.store, settings)
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,0 +1,118 @@
+"""What the two commands that run a daemon, ``serve`` and ``run``, share.
+
+The grant flags mean the same in both, so they are declared, checked and
+turned into a ``Grant`` here once; and both read the configuration the same
+way, checking the ``[providers]`` and ``[oauth]`` tables at start-up so a
+typo there is a one-line error before any store is opened, not a failure at
+the first login.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from credproxy.grants import Grant
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grant_options(holder: str) -> Callable[[F], F]:
+    """``--allow``, ``--allow-key``, ``--allow-save``, ``--allow-remove``; ``holder``
+    says in ``--help`` who receives the grant."""
+    options = (
+        click.option(
+            "--allow",
+            multiple=True,
+            metavar="PROVIDER[:BUCKET]",
+            help=f"Let {holder} read (and refresh, log in to) this provider (every bucket) "
+            "or one bucket. Repeatable.",
+        ),
+        click.option(
+            "--allow-key",
+            multiple=True,
+            metavar="NAME",
+            help=f"Let {holder} read this API key. Repeatable.",
+        ),
+        click.option("--allow-save", is_flag=True, help=f"Let {holder} save tokens it may read."),
+        click.option(
+            "--allow-remove", is_flag=True, help=f"Let {holder} remove tokens it may read."
+        ),
+    )
+
+    def decorate(function: F) -> F:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def config_option(function: F) -> F:
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Configuration file (default: $XDG_CONFIG_HOME/credproxy/config.toml).",
+    )(function)
+
+
+def check_names(allow: tuple[str, ...], allow_key: tuple[str, ...]) -> None:
+    """Refuse a malformed ``--allow`` or ``--allow-key`` before anything starts."""
+    from credproxy.protocol.messages import NAME_PATTERN
+
+    name = re.compile(NAME_PATTERN)
+    for entry in allow:
+        parts = entry.split(":")
+        if len(parts) > 2 or not all(name.match(part) for part in parts):
+            raise click.BadParameter(
+                f"{entry!r} is not PROVIDER or PROVIDER:BUCKET (names use A-Z a-z 0-9 . _ @ -)",
+                param_hint="--allow",
+            )
+    for key in allow_key:
+        if not name.match(key):
+            raise click.BadParameter(f"{key!r} is not a valid key name", param_hint="--allow-key")
+
+
+def build_grant(
+    allow: tuple[str, ...],
+    allow_key: tuple[str, ...],
+    allow_save: bool,
+    allow_remove: bool,
+    label: str,
+    *,
+    id_prefix: str = "run",
+) -> Grant:
+    """A grant holding exactly the flags; no flag means no access at all."""
+    from credproxy.grants import Grant
+
+    check_names(allow, allow_key)
+    return Grant(
+        grant_id=f"{id_prefix}-{secrets.token_hex(8)}",
+        providers=frozenset(allow),
+        keys=frozenset(allow_key),
+        can_save=allow_save,
+        can_remove=allow_remove,
+        label=label,
+    )
+
+
+def load_settings(config: Path | None) -> dict[str, Any]:
+    """The configuration, with the tables the OAuth runtime reads already checked.
+
+    Raises ``ConfigError``.
+    """
+    from credproxy.config import load_config
+    from credproxy.oauth.config import parse_providers
+    from credproxy.oauth.runtime import session_limits
+
+    settings = load_config(config)
+    parse_providers(settings)
+    session_limits(settings)
+    return settings
