@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,13 +21,15 @@ from credproxy.oauth.flows import (
     CodePasteFlow,
     DeviceCodeFlow,
     LoopbackFlow,
+    request_token,
     start_flow,
 )
-from credproxy.oauth.http import OAuthHttp
+from credproxy.oauth.http import OAuthHttp, basic_credentials
 from credproxy.oauth.refresh import RefreshCoordinator
 from credproxy.oauth.runtime import TokenWriter
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.store.memory import MemoryStore
+from credproxy.tokens import sanitize
 from tests.fixtures.oidc import OidcServer
 from tests.oauth.browser import HeadlessUser
 
@@ -328,6 +333,30 @@ async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
     assert refreshed["refresh_token"]
 
 
+@contextlib.asynccontextmanager
+async def hostile_provider(path: str, answer: dict[str, Any]) -> AsyncIterator[str]:
+    """A local HTTP server that answers POSTs to ``path`` with ``answer`` (plus, under
+    "echo", the form it received), and yields its base URL. oidc-provider never misbehaves
+    like this, so the tests that need a hostile provider use this stand-in."""
+
+    async def respond(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        return web.json_response(
+            {**answer, "echo": {"form": form, "auth": request.headers.get("Authorization")}}
+        )
+
+    app = web.Application()
+    app.router.add_post(path, respond)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -339,8 +368,7 @@ async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
 async def test_a_device_answer_with_terminal_escapes_is_refused_naming_the_field(
     http: OAuthHttp, field: str, value: str
 ) -> None:
-    """The user's terminal shows these fields. oidc-provider never sends control characters,
-    so a small local HTTP server stands in for a hostile provider here."""
+    """The user's terminal shows these fields."""
     answer = {
         "device_code": "dc",
         "user_code": "WDJB-MJHT",
@@ -348,31 +376,59 @@ async def test_a_device_answer_with_terminal_escapes_is_refused_naming_the_field
         "expires_in": 600,
         field: value,
     }
-
-    async def device_authorization(_: web.Request) -> web.Response:
-        return web.json_response(answer)
-
-    app = web.Application()
-    app.router.add_post("/device", device_authorization)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
+    async with hostile_provider("/device", answer) as base:
         config = parse_provider(
             "hostile",
             {
                 "client_id": "c",
                 "flow": "device_code",
-                "token_endpoint": f"http://127.0.0.1:{port}/token",
-                "device_authorization_endpoint": f"http://127.0.0.1:{port}/device",
+                "token_endpoint": f"{base}/token",
+                "device_authorization_endpoint": f"{base}/device",
             },
         )
         flow = DeviceCodeFlow(config, await endpoints_of(config, http), http)
         with pytest.raises(OAuthFlowError) as caught:
             await flow.start()
-    finally:
-        await runner.cleanup()
     assert caught.value.message.endswith(f"invalid {field}")
     assert "\x1b" not in caught.value.message
+
+
+@pytest.mark.parametrize("method", ["client_secret_post", "client_secret_basic"])
+async def test_a_token_response_echoing_the_request_keeps_no_secret_outside_refresh_token(
+    http: OAuthHttp, method: str
+) -> None:
+    """Every field but refresh_token reaches the sandbox: an echo of the refresh token
+    sent (live when the provider does not rotate it) or of the client secret is dropped."""
+    answer = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 60, "scope": "s"}
+    async with hostile_provider("/token", answer) as base:
+        config = parse_provider(
+            "hostile",
+            {
+                "client_id": "c",
+                "client_secret": "client-secret-9f8e",
+                "token_auth_method": method,
+                "flow": "device_code",
+                "token_endpoint": f"{base}/token",
+                "device_authorization_endpoint": f"{base}/device",
+            },
+        )
+        token = await request_token(
+            config,
+            await endpoints_of(config, http),
+            http,
+            {"grant_type": "refresh_token", "refresh_token": "live-refresh-7c6d"},
+            step="refresh request",
+        )
+    assert token["access_token"] == "at-1"
+    assert token["scope"] == "s"
+    assert "echo" not in token
+    text = json.dumps(sanitize(token))
+    assert "live-refresh-7c6d" not in text
+    assert "client-secret-9f8e" not in text
+    assert basic_credentials("c", "client-secret-9f8e").split()[1] not in text
+
+
+def test_basic_client_credentials_are_form_encoded_before_base64() -> None:
+    """RFC 6749 section 2.3.1, so a secret with ':' or '%' reaches the provider intact."""
+    expected = base64.b64encode(b"my+client:p%3Aw%2B%25").decode()
+    assert basic_credentials("my client", "p:w+%") == f"Basic {expected}"

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -27,7 +28,7 @@ from aiohttp import web
 
 from credproxy.oauth.config import Endpoints, FlowKind, ProviderConfig, check_endpoint_url
 from credproxy.oauth.errors import OAuthFlowError
-from credproxy.oauth.http import OAuthHttp
+from credproxy.oauth.http import OAuthHttp, basic_credentials
 from credproxy.oauth.pkce import CHALLENGE_METHOD, PkcePair, new_state
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.tokens import Token, validate_token
@@ -50,9 +51,22 @@ LOOPBACK_CLIENT_POLL_S: Final = 1.0
 MAX_PASTED_CODE: Final = 4096
 
 
-def token_from_response(provider: str, body: Mapping[str, Any], now: float) -> Token:
-    """A successful token response (RFC 6749 section 5.1) in the credproxy token model."""
-    token: Token = {key: value for key, value in body.items() if key != "expires_in"}
+def token_from_response(
+    provider: str, body: Mapping[str, Any], now: float, *, sent: Collection[str] = ()
+) -> Token:
+    """A successful token response (RFC 6749 section 5.1) in the credproxy token model.
+
+    ``sent`` are the secrets of the request (code, verifier, device code, refresh
+    token, client secret). A field other than ``refresh_token`` that repeats one
+    is dropped: every such field reaches the sandbox, and a provider that echoes
+    its request must not carry the host's secrets across the socket.
+    """
+    echoes = [secret for secret in sent if secret]
+    token: Token = {
+        key: value
+        for key, value in body.items()
+        if key != "expires_in" and (key == "refresh_token" or not _repeats(key, value, echoes))
+    }
     raw = body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S)
     if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 12:
         raw = int(raw)
@@ -72,6 +86,14 @@ def token_from_response(provider: str, body: Mapping[str, Any], now: float) -> T
         ) from None
 
 
+def _repeats(key: str, value: object, secrets: Collection[str]) -> bool:
+    text = key + (value if isinstance(value, str) else json.dumps(value, default=str))
+    return any(secret in text for secret in secrets)
+
+
+_SECRET_FORM_FIELDS: Final = ("code", "code_verifier", "device_code", "refresh_token")
+
+
 async def request_token(
     provider: ProviderConfig,
     endpoints: Endpoints,
@@ -80,7 +102,6 @@ async def request_token(
     *,
     step: str,
     clock: Clock = time.time,
-    failure_code: ErrorCode = ErrorCode.EXCHANGE_FAILED,
 ) -> Token:
     """POST a grant to the token endpoint; any refusal is reduced to safe fields."""
     client_form, basic = provider.client_auth()
@@ -93,8 +114,13 @@ async def request_token(
         timeout_s=provider.timeout_s,
     )
     if response.status != 200 or "access_token" not in response.body:
-        raise OAuthFlowError.from_provider(provider.name, response.body, code=failure_code)
-    return token_from_response(provider.name, response.body, clock())
+        raise OAuthFlowError.from_provider(provider.name, response.body)
+    sent = [form[name] for name in _SECRET_FORM_FIELDS if name in form]
+    if provider.client_secret is not None:
+        sent.append(provider.client_secret)
+    if basic is not None:
+        sent.append(basic_credentials(*basic).removeprefix("Basic "))
+    return token_from_response(provider.name, response.body, clock(), sent=sent)
 
 
 def split_pasted_code(pasted: str) -> tuple[str, str | None]:

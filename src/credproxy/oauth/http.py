@@ -9,9 +9,11 @@ provider and the step, never the URL's query, the form or a header.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import quote_plus
 
 import aiohttp
 
@@ -86,14 +88,14 @@ class OAuthHttp:
         timeout_s: float | None = None,
     ) -> HttpResponse:
         limit = min(timeout_s or self._timeout_s, MAX_CALL_TIMEOUT_S)
-        basic = aiohttp.BasicAuth(auth[0], auth[1]) if auth is not None else None
+        headers = {"Authorization": basic_credentials(*auth)} if auth is not None else None
         try:
             async with asyncio.timeout(limit):
                 async with self._client().request(
                     method,
                     url,
                     data=form,
-                    auth=basic,
+                    headers=headers,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=limit),
                 ) as response:
@@ -112,6 +114,12 @@ class OAuthHttp:
                 ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider's {step} answer is too large"
             )
         return HttpResponse(status, _json_object(raw))
+
+
+def basic_credentials(client_id: str, secret: str) -> str:
+    """RFC 6749 section 2.3.1: both parts form-urlencoded, then HTTP Basic (RFC 7617)."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
