@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
 SETUP_FAILED: Final = 125
 """Exit code when ``run`` itself fails before the command starts (as podman/docker do)."""
 STOP_GRACE_S: Final = 2.0
+"""The command has exited; in-flight requests and login sessions get this long to end."""
 
 __all__ = ["build_grant", "run"]
 
@@ -179,13 +179,14 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
             else:
                 audit = AuditLog(closing.enter_context(_null_stream()))
             state = ServerState(store=credential_store)
-            oauth = install_oauth(state, plan.settings)
+            install_oauth(state, plan.settings)
             table = CapabilityTable()
             token = table.issue(plan.grant)
-            daemon = Daemon(state, capabilities=table, audit=audit)
-            path = await daemon.start()
-            oauth.start()
+            daemon = Daemon(
+                state, capabilities=table, audit=audit, extension_close_timeout_s=STOP_GRACE_S
+            )
             try:
+                path = await daemon.start()
                 spec = replace(plan.spec, socket_path=str(path))
                 prepared = await asyncio.to_thread(
                     prepare, plan.kind, spec, dict(os.environ), plan.protected
@@ -194,7 +195,6 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
             finally:
                 del token
                 await daemon.stop(STOP_GRACE_S)
-                await _bounded(oauth.aclose())
         except SandboxError as exc:
             click.echo(f"Error: {exc}", err=True)
             return exc.exit_code
@@ -212,17 +212,6 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
 def _null_stream() -> IO[str]:
     """Where audit lines go when --audit-log is not given: the command owns the terminal."""
     return open(os.devnull, "w", encoding="utf-8")
-
-
-async def _bounded(closing: Awaitable[None]) -> None:
-    """Shutdown steps get a deadline: the command has exited, ``run`` must not hang."""
-    import asyncio
-
-    try:
-        async with asyncio.timeout(STOP_GRACE_S):
-            await closing
-    except TimeoutError:
-        click.echo("credproxy run: shutdown of login sessions timed out", err=True)
 
 
 def _protected_paths(
