@@ -236,6 +236,23 @@ def test_unusable_token_responses_fail_naming_fields_only(body: dict[str, Any]) 
     assert caught.value.message.startswith("p: ")
 
 
+def test_a_token_response_drops_fields_that_repeat_a_sent_secret_but_keeps_refresh_token() -> None:
+    body = {
+        "access_token": "a-token",
+        "refresh_token": "same-refresh-token",
+        "echo": {"refresh_token": "same-refresh-token"},
+        "verifier_was_sent-verifier-123": 1,
+        "note": "x",
+    }
+    token = token_from_response(
+        "p", body, now=0, sent=["same-refresh-token", "sent-verifier-123", "x"]
+    )
+    assert token["refresh_token"] == "same-refresh-token"
+    assert token["note"] == "x"  # "x" is too short to count as an echo
+    assert "echo" not in token
+    assert "verifier_was_sent-verifier-123" not in token
+
+
 @pytest.mark.parametrize(
     "value", [10**400, -(10**400), float("nan"), float("inf"), -1, 10**10 + 1, True, "5", None]
 )

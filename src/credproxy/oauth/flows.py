@@ -49,6 +49,7 @@ LOOPBACK_HOST: Final = "127.0.0.1"
 LOOPBACK_REPLY_WAIT_S: Final = 20.0
 LOOPBACK_CLIENT_POLL_S: Final = 1.0
 MAX_PASTED_CODE: Final = 4096
+MIN_ECHO_LENGTH: Final = 8
 
 
 def token_from_response(
@@ -61,7 +62,9 @@ def token_from_response(
     is dropped: every such field reaches the sandbox, and a provider that echoes
     its request must not carry the host's secrets across the socket.
     """
-    echoes = [secret for secret in sent if secret]
+    # A secret shorter than this is too short to tell an echo from a coincidence
+    # (and could otherwise drop the access token itself).
+    echoes = [secret for secret in sent if len(secret) >= MIN_ECHO_LENGTH]
     token: Token = {
         key: value
         for key, value in body.items()
