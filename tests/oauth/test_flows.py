@@ -115,6 +115,19 @@ async def test_discovery_refuses_a_document_naming_another_issuer(
     assert "another issuer" in caught.value.message
 
 
+async def test_an_issuer_without_a_discovery_document_says_what_to_check(
+    oidc_server: OidcServer, http: OAuthHttp
+) -> None:
+    config = parse_provider(
+        "test",
+        {"client_id": "c", "issuer": oidc_server.url("/nowhere"), "flow": "device_code"},
+    )
+    with pytest.raises(OAuthFlowError) as caught:
+        await endpoints_of(config, http)
+    assert caught.value.code == ErrorCode.EXCHANGE_FAILED
+    assert "check issuer in [providers.test]" in caught.value.message
+
+
 async def test_code_paste_login_returns_a_token_with_refresh_token_and_expiry(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:

@@ -370,7 +370,8 @@ async def discover(provider: ProviderConfig, http: OAuthHttp) -> Endpoints:
         raise OAuthFlowError(
             ErrorCode.EXCHANGE_FAILED,
             f"{provider.name}: the issuer's discovery document is unavailable "
-            f"(HTTP {response.status})",
+            f"(HTTP {response.status}); check issuer in [providers.{provider.name}], or "
+            "configure its endpoints there instead",
         )
     if document.get("issuer") != issuer:
         raise OAuthFlowError(
