@@ -10,7 +10,6 @@ the first login.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -90,6 +89,8 @@ def build_grant(
     id_prefix: str = "run",
 ) -> Grant:
     """A grant holding exactly the flags; no flag means no access at all."""
+    import secrets
+
     from credproxy.grants import Grant
 
     check_names(allow, allow_key)

@@ -10,34 +10,58 @@ terminal, the pasted code is read from it, one line.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
 from credproxy.cli import main
 
 if TYPE_CHECKING:
+    import asyncio
+
     from credproxy.client.login import LoginResult, Prompter
-    from credproxy.oauth.config import ProviderRegistry
+    from credproxy.oauth.config import ProviderConfig, ProviderRegistry
+    from credproxy.oauth.flows import DeviceCodeFlow, LoopbackFlow
     from credproxy.store.base import CredentialStore
 
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 _SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _check_name(kind: str, value: str) -> None:
-    if not _NAME_RE.match(value):
-        raise click.BadParameter(
-            f"{kind} names use 1 to 64 of A-Z a-z 0-9 . _ @ -", param_hint=kind.upper()
-        )
+
+def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Provider and bucket names are checked while parsing, before any branch runs."""
+    from credproxy.protocol.messages import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, value):
+        raise click.BadParameter(f"{param.name} names use 1 to 64 of A-Z a-z 0-9 . _ @ -")
+    return value
+
+
+def _name_options(function: F) -> F:
+    """PROVIDER and ``--bucket``, which both commands take."""
+    function = click.option(
+        "--bucket", default="default", show_default=True, callback=_name, help="Token bucket."
+    )(function)
+    return click.argument("provider", callback=_name)(function)
+
+
+def _host_options(function: F) -> F:
+    """``--config`` and ``--store``, which only the host branch reads."""
+    function = click.option(
+        "--store", "store", metavar="BACKEND", help="Host only: store backend."
+    )(function)
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Host only: configuration file (with the [providers.NAME] tables).",
+    )(function)
 
 
 def _fail(message: str, code: str, as_json: bool) -> click.ClickException:
@@ -66,16 +90,9 @@ def _report(provider: str, bucket: str, result: LoginResult, as_json: bool) -> N
 
 
 @main.command()
-@click.argument("provider")
-@click.option("--bucket", default="default", show_default=True, help="Token bucket to fill.")
+@_name_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Host only: configuration file with the [providers.NAME] table.",
-)
-@click.option("--store", "store", metavar="BACKEND", help="Host only: store backend.")
+@_host_options
 def login(
     provider: str, bucket: str, as_json: bool, config: Path | None, store: str | None
 ) -> None:
@@ -85,8 +102,6 @@ def login(
     paste the code (or wait; the device and browser flows finish by
     themselves). Ctrl-C cancels the login on the host.
     """
-    _check_name("provider", provider)
-    _check_name("bucket", bucket)
     from credproxy.client.env import in_sandbox
     from credproxy.client.login import LoginError, Prompter
 
@@ -121,17 +136,19 @@ def _login_via_proxy(provider: str, bucket: str, prompter: Prompter) -> LoginRes
 def _login_on_host(
     provider: str, bucket: str, config: Path | None, backend: str | None, prompter: Prompter
 ) -> LoginResult:
+    import asyncio
+
     from credproxy.client.login import LoginError
     from credproxy.config import ConfigError, load_config
+    from credproxy.oauth.config import ProviderRegistry
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     try:
         settings = load_config(config)
-        from credproxy.oauth.config import ProviderRegistry
-
         registry = ProviderRegistry.from_config(settings)
-        if registry.get(provider) is None:
+        provider_config = registry.get(provider)
+        if provider_config is None:
             raise LoginError(
                 f"No OAuth provider {provider!r} is configured; add a [providers.{provider}] "
                 "table to the config file (see docs/providers.md).",
@@ -140,11 +157,14 @@ def _login_on_host(
         credential_store = open_store(backend, settings)
     except (ConfigError, StoreError) as exc:
         raise LoginError(str(exc), code="CONFIG") from None
-    return asyncio.run(_host_flow(registry, provider, bucket, credential_store, prompter))
+    return asyncio.run(_host_flow(registry, provider_config, bucket, credential_store, prompter))
 
 
 def _in_daemon_thread(read: Callable[[], str]) -> asyncio.Future[str]:
     """Read stdin without blocking the loop or holding up its shutdown on Ctrl-C."""
+    import asyncio
+    import threading
+
     loop = asyncio.get_running_loop()
     future: asyncio.Future[str] = loop.create_future()
 
@@ -170,7 +190,7 @@ def _in_daemon_thread(read: Callable[[], str]) -> asyncio.Future[str]:
 
 async def _host_flow(
     registry: ProviderRegistry,
-    provider: str,
+    config: ProviderConfig,
     bucket: str,
     store: CredentialStore,
     prompter: Prompter,
@@ -181,12 +201,8 @@ async def _host_flow(
     from credproxy.oauth.http import OAuthHttp
     from credproxy.oauth.runtime import TokenWriter
     from credproxy.protocol.errors import ProxyError
-    from credproxy.sessions import DEFAULT_TIMEOUT_S
     from credproxy.tokens import sanitize
 
-    config = registry.get(provider)
-    if config is None:
-        raise LoginError(f"No OAuth provider {provider!r} is configured.")
     http = OAuthHttp()
     try:
         endpoints = await registry.endpoints(config, http)
@@ -196,22 +212,10 @@ async def _host_flow(
             if isinstance(flow, CodePasteFlow):
                 token = await flow.finish(await _in_daemon_thread(prompter.read_code))
             else:
-                waiting = asyncio.ensure_future(flow.wait())
-                deadline = time.monotonic() + DEFAULT_TIMEOUT_S
-                try:
-                    while not waiting.done():
-                        if time.monotonic() > deadline:
-                            raise LoginError("Login session expired. Run `credproxy login` again.")
-                        await asyncio.wait({waiting}, timeout=flow.poll_interval_ms / 1000)
-                        if not waiting.done():
-                            prompter.progress()
-                    token = waiting.result()
-                finally:
-                    waiting.cancel()
-                    prompter.finish()
+                token = await _wait_for(flow, prompter)
         finally:
             await flow.aclose()
-        stored = await TokenWriter(store).save(provider, bucket, token)
+        stored = await TokenWriter(store).save(config.name, bucket, token)
     except OAuthFlowError as exc:
         if exc.oauth_error == "access_denied":
             raise LoginError(DENIED_MESSAGE, code=exc.code) from None
@@ -224,16 +228,32 @@ async def _host_flow(
     return LoginResult(flow.flow_type, sanitize(stored))
 
 
+async def _wait_for(flow: DeviceCodeFlow | LoopbackFlow, prompter: Prompter) -> dict[str, Any]:
+    """The device and browser flows finish by themselves; show progress meanwhile."""
+    import asyncio
+    import time
+
+    from credproxy.client.login import LoginError
+    from credproxy.sessions import DEFAULT_TIMEOUT_S
+
+    waiting = asyncio.ensure_future(flow.wait())
+    deadline = time.monotonic() + DEFAULT_TIMEOUT_S
+    try:
+        while not waiting.done():
+            if time.monotonic() > deadline:
+                raise LoginError("Login session expired. Run `credproxy login` again.")
+            await asyncio.wait({waiting}, timeout=flow.poll_interval_ms / 1000)
+            if not waiting.done():
+                prompter.progress()
+        return waiting.result()
+    finally:
+        waiting.cancel()
+        prompter.finish()
+
+
 @main.command()
-@click.argument("provider")
-@click.option("--bucket", default="default", show_default=True)
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Host only: configuration file.",
-)
-@click.option("--store", "store", metavar="BACKEND", help="Host only: store backend.")
+@_name_options
+@_host_options
 @click.option(
     "--no-revoke",
     is_flag=True,
@@ -243,8 +263,6 @@ def logout(
     provider: str, bucket: str, config: Path | None, store: str | None, no_revoke: bool
 ) -> None:
     """Forget PROVIDER's token (in a sandbox: ask the host; on the host: also revoke it)."""
-    _check_name("provider", provider)
-    _check_name("bucket", bucket)
     from credproxy.client.env import in_sandbox
 
     if in_sandbox():
@@ -257,6 +275,8 @@ def logout(
             raise click.ClickException(f"Logout failed: {exc.message}") from None
         click.echo(f"Logged out of {provider} (bucket {bucket}).")
         return
+    import asyncio
+
     from credproxy.config import ConfigError, load_config
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
@@ -274,45 +294,52 @@ def logout(
 async def _host_logout(
     settings: dict[str, Any], provider: str, bucket: str, store: CredentialStore, revoke: bool
 ) -> bool:
-    """Remove the token; revoke its refresh token first when the provider has an endpoint
-    (RFC 7009). A failed revocation is reported and the local token removed anyway."""
-    from credproxy.config import ConfigError
-    from credproxy.oauth.config import ProviderRegistry
-    from credproxy.oauth.errors import OAuthFlowError
-    from credproxy.oauth.http import OAuthHttp
-
+    """Remove the token, revoking its refresh token first where the provider allows."""
     revoked = False
     try:
         token = await store.get_token(provider, bucket)
         refresh = token.get("refresh_token") if token else None
         if revoke and isinstance(refresh, str) and refresh:
-            try:
-                config = ProviderRegistry.from_config(settings).get(provider)
-            except ConfigError:
-                config = None
-            if config is not None:
-                http = OAuthHttp()
-                try:
-                    registry = ProviderRegistry({provider: config})
-                    endpoints = await registry.endpoints(config, http)
-                    if endpoints.revocation is not None:
-                        form, basic = config.client_auth()
-                        form.update(token=refresh, token_type_hint="refresh_token")
-                        answer = await http.post_form(
-                            provider, "revocation request", endpoints.revocation, form, auth=basic
-                        )
-                        revoked = answer.status == 200
-                        if not revoked:
-                            click.echo(
-                                f"warning: the provider refused the revocation "
-                                f"(HTTP {answer.status}); removing the local token anyway",
-                                err=True,
-                            )
-                except OAuthFlowError as exc:
-                    click.echo(f"warning: {exc.message}; removing the local token anyway", err=True)
-                finally:
-                    await http.close()
+            revoked = await _revoke(settings, provider, refresh)
         await store.remove_token(provider, bucket)
     finally:
         await store.close()
     return revoked
+
+
+async def _revoke(settings: dict[str, Any], provider: str, refresh: str) -> bool:
+    """RFC 7009 revocation, when the provider is configured and has an endpoint. A
+    refusal is reported and the caller removes the local token anyway."""
+    from credproxy.config import ConfigError
+    from credproxy.oauth.config import ProviderRegistry
+    from credproxy.oauth.errors import OAuthFlowError
+    from credproxy.oauth.http import OAuthHttp
+
+    try:
+        config = ProviderRegistry.from_config(settings).get(provider)
+    except ConfigError:
+        config = None
+    if config is None:
+        return False
+    http = OAuthHttp()
+    try:
+        endpoints = await ProviderRegistry({provider: config}).endpoints(config, http)
+        if endpoints.revocation is None:
+            return False
+        form, basic = config.client_auth()
+        form.update(token=refresh, token_type_hint="refresh_token")
+        answer = await http.post_form(
+            provider, "revocation request", endpoints.revocation, form, auth=basic
+        )
+        if answer.status == 200:
+            return True
+        click.echo(
+            f"warning: the provider refused the revocation (HTTP {answer.status}); "
+            "removing the local token anyway",
+            err=True,
+        )
+    except OAuthFlowError as exc:
+        click.echo(f"warning: {exc.message}; removing the local token anyway", err=True)
+    finally:
+        await http.close()
+    return False

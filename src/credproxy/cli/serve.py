@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -238,6 +237,8 @@ def serve(  # noqa: PLR0917  (click passes every option)
         credential_store = open_store(opts.store, settings)
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
+    import asyncio
+
     try:
         asyncio.run(_run(opts, credential_store, settings))
     except (ListenerError, StoreError, AuditLogError) as exc:
