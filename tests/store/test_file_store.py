@@ -69,30 +69,6 @@ async def test_returned_token_is_a_copy_callers_cannot_corrupt_the_cache(
     assert await file_store.get_token("openai", "default") == TOKEN
 
 
-async def test_listing_is_sorted_and_scoped_per_provider(file_store: FileStore) -> None:
-    await file_store.save_token("qwen", "work", TOKEN)
-    await file_store.save_token("anthropic", "default", TOKEN)
-    await file_store.save_token("qwen", "a-personal", TOKEN)
-    await file_store.set_key("zeta", "z-value")
-    await file_store.set_key("alpha", "a-value")
-    assert await file_store.list_providers() == ["anthropic", "qwen"]
-    assert await file_store.list_buckets("qwen") == ["a-personal", "work"]
-    assert await file_store.list_buckets("absent") == []
-    assert await file_store.list_keys() == ["alpha", "zeta"]
-
-
-async def test_remove_reports_whether_something_was_removed(file_store: FileStore) -> None:
-    await file_store.save_token("openai", "default", TOKEN)
-    await file_store.set_key("k", "v-secret")
-    assert await file_store.remove_token("openai", "default") is True
-    assert await file_store.remove_token("openai", "default") is False
-    assert await file_store.remove_key("k") is True
-    assert await file_store.remove_key("k") is False
-    assert await file_store.get_token("openai", "default") is None
-    assert await file_store.list_providers() == []
-    assert await file_store.list_keys() == []
-
-
 async def test_invalid_names_are_rejected_before_anything_is_written(
     file_store: FileStore, store_dir: Path
 ) -> None:

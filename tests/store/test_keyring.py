@@ -68,30 +68,6 @@ async def test_token_and_key_round_trip_through_the_secret_service(
     assert await keyring_store.get_key("absent") is None
 
 
-async def test_listing_works_through_the_index_item(keyring_store: KeyringStore) -> None:
-    await keyring_store.save_token("qwen", "work", TOKEN)
-    await keyring_store.save_token("anthropic", "default", TOKEN)
-    await keyring_store.save_token("qwen", "home", TOKEN)
-    await keyring_store.save_token("qwen", "home", TOKEN)
-    await keyring_store.set_key("b", "vb")
-    await keyring_store.set_key("a", "va")
-    assert await keyring_store.list_providers() == ["anthropic", "qwen"]
-    assert await keyring_store.list_buckets("qwen") == ["home", "work"]
-    assert await keyring_store.list_keys() == ["a", "b"]
-
-
-async def test_remove_deletes_the_item_and_its_index_entry(keyring_store: KeyringStore) -> None:
-    await keyring_store.save_token("openai", "default", TOKEN)
-    await keyring_store.set_key("k", "v")
-    assert await keyring_store.remove_token("openai", "default") is True
-    assert await keyring_store.remove_token("openai", "default") is False
-    assert await keyring_store.remove_key("k") is True
-    assert await keyring_store.remove_key("k") is False
-    assert await keyring_store.get_token("openai", "default") is None
-    assert await keyring_store.list_providers() == []
-    assert await keyring_store.list_keys() == []
-
-
 async def test_second_store_instance_sees_writes_at_once(
     service: SecretService, tmp_path: Path
 ) -> None:
