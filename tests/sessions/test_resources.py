@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -24,6 +24,16 @@ def _session(manager: OAuthSessionManager) -> OAuthSession:
 
 async def _forever() -> None:
     await asyncio.Event().wait()
+
+
+def _async_closer(closed: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    """A closer that, like a listener's cleanup, finishes only after an await."""
+
+    async def close_listener() -> None:
+        await asyncio.sleep(0)
+        closed.set()
+
+    return close_listener
 
 
 def _port_is_free(port: int) -> bool:
@@ -96,12 +106,7 @@ async def test_closers_run_last_attached_first(manager: OAuthSessionManager) -> 
 async def test_async_closer_is_scheduled_on_the_running_loop(manager: OAuthSessionManager) -> None:
     session = _session(manager)
     closed = asyncio.Event()
-
-    async def close_listener() -> None:
-        await asyncio.sleep(0)
-        closed.set()
-
-    session.attach(close_listener)
+    session.attach(_async_closer(closed))
     manager.remove_session(session.session_id)
     await settle(manager)
     assert closed.is_set()
@@ -215,12 +220,7 @@ async def test_a_real_aiohttp_loopback_listener_is_cleaned_up_and_its_port_freed
 async def test_aclose_clears_and_waits_for_async_cleanup(manager: OAuthSessionManager) -> None:
     session = _session(manager)
     closed = asyncio.Event()
-
-    async def close_listener() -> None:
-        await asyncio.sleep(0)
-        closed.set()
-
-    session.attach(close_listener)
+    session.attach(_async_closer(closed))
     async with asyncio.timeout(BOUND_S):
         await manager.aclose()
     assert closed.is_set()
