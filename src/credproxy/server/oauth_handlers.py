@@ -2,8 +2,10 @@
 
 The host runs every flow; the sandbox sees only what the user must see and
 the sanitized result. Grant first, then provider: a request outside the grant
-gets ``UNAUTHORIZED`` whether or not the provider is configured. A session is
-bound to the peer uid and the grant that opened it.
+gets ``UNAUTHORIZED`` whether or not the provider is configured. Then the
+session caps, before any provider work: a login that could not get a session
+never makes the host call the provider. A session is bound to the peer uid and
+the grant that opened it.
 
 Session lifecycle: ``oauth_exchange`` marks the session used before calling
 the provider, and it stays used (later attempts get ``SESSION_ALREADY_USED``)
