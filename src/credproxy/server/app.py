@@ -24,7 +24,7 @@ from credproxy.server.connection import (
     ConnectionSettings,
     HandshakeThrottle,
 )
-from credproxy.server.context import Handler, ServerState
+from credproxy.server.context import Handler, PeerCredentials, ServerState
 from credproxy.server.handlers import HANDLERS
 from credproxy.server.listener import (
     bind_socket,
@@ -37,6 +37,9 @@ from credproxy.server.listener import (
 log = logging.getLogger("credproxy.server")
 
 EXTENSION_CLOSE_TIMEOUT_S: Final = 5.0
+MAX_CONNECTIONS: Final = 256
+"""Each connection holds a file descriptor; past this many, new ones are closed at once so
+a peer that opens connections in a loop cannot take the descriptors the store needs."""
 
 
 class Daemon:
@@ -46,6 +49,10 @@ class Daemon:
     get full access after the handshake and any token they send is ignored.
     Other uids (``allowed_uids``) are then refused at construction, because
     without tokens nothing would tell their grants apart.
+
+    At most ``max_connections`` are served at once; the first refusal of a
+    saturated spell is audited and logged, later ones are not, so a peer
+    reconnecting in a loop cannot flood the audit log either.
 
     Each extension's ``aclose()`` gets ``extension_close_timeout_s``: a
     background task that ignores cancellation must not keep the daemon from
@@ -65,6 +72,7 @@ class Daemon:
         throttle: HandshakeThrottle | None = None,
         rate_per_second: float = RATE_PER_SECOND,
         extension_close_timeout_s: float = EXTENSION_CLOSE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if capabilities is None and allowed_uids:
             raise ValueError("other uids can only be admitted with capability tokens")
@@ -73,6 +81,8 @@ class Daemon:
         self._requested_path = socket_path
         self._allowed_uids = allowed_uids
         self._extension_close_timeout_s = extension_close_timeout_s
+        self._max_connections = max_connections
+        self._saturated = False
         self._audit = audit or AuditLog.to_stderr()
         self._settings = ConnectionSettings(
             state=state,
@@ -216,17 +226,25 @@ class Daemon:
     ) -> None:
         sock = writer.get_extra_info("socket")
         peer = peer_credentials(sock)
-        if self._stopping or not peer_allowed(peer, self._allowed_uids):
-            if not self._stopping:
-                self._audit.record(
-                    AuditEvent.build(
-                        op="connect", outcome="UNAUTHORIZED", peer_uid=peer.uid, peer_pid=peer.pid
-                    )
+        if self._stopping:
+            await _refuse(writer)
+            return
+        if not peer_allowed(peer, self._allowed_uids):
+            self._audit_connect("UNAUTHORIZED", peer)
+            log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
+            await _refuse(writer)
+            return
+        if len(self._connections) >= self._max_connections:
+            if not self._saturated:
+                self._saturated = True
+                self._audit_connect("RESOURCE_EXHAUSTED", peer)
+                log.warning(
+                    "%d connections open; refusing new ones (first from uid %s, pid %s)",
+                    len(self._connections),
+                    peer.uid,
+                    peer.pid,
                 )
-                log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _refuse(writer)
             return
         connection = Connection(self._settings, reader, writer, peer)
         self._connections.add(connection)
@@ -234,3 +252,15 @@ class Daemon:
             await connection.run()
         finally:
             self._connections.discard(connection)
+            self._saturated = False
+
+    def _audit_connect(self, outcome: str, peer: PeerCredentials) -> None:
+        self._audit.record(
+            AuditEvent.build(op="connect", outcome=outcome, peer_uid=peer.uid, peer_pid=peer.pid)
+        )
+
+
+async def _refuse(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
