@@ -230,3 +230,27 @@ def test_no_byte_of_any_refresh_token_reaches_the_client(credproxy_daemon: Daemo
         assert all(r["ok"] for r in replies)
         assert client.received
         _assert_no_refresh_bytes(client)
+
+
+def test_save_token_refuses_a_new_bucket_past_the_per_provider_cap(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    from credproxy.server.handlers import MAX_BUCKETS_PER_PROVIDER
+
+    daemon = credproxy_daemon("--no-capability", "--rate-limit", "100000", store="memory")
+    token = {"access_token": "at-cap", "expiry": 1_900_000_000, "token_type": "Bearer"}
+    with daemon.client() as client:
+        for index in range(MAX_BUCKETS_PER_PROVIDER):
+            payload = {"provider": "qwen", "bucket": f"b{index}", "token": token}
+            assert client.request("save_token", payload)["ok"] is True
+        refused = client.request(
+            "save_token", {"provider": "qwen", "bucket": "one-more", "token": token}
+        )
+        assert refused["ok"] is False and refused["code"] == "RESOURCE_EXHAUSTED"
+        updated = dict(token, access_token="at-cap-2")
+        existing = {"provider": "qwen", "bucket": "b0", "token": updated}
+        assert client.request("save_token", existing)["ok"] is True
+        other = {"provider": "gemini", "token": token}
+        assert client.request("save_token", other)["ok"] is True
+        buckets = client.request("list_buckets", {"provider": "qwen"})["data"]["buckets"]
+        assert len(buckets) == MAX_BUCKETS_PER_PROVIDER and "one-more" not in buckets

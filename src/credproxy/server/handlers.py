@@ -23,6 +23,9 @@ from credproxy.server.context import Handler, RequestContext
 from credproxy.tokens import HOST_ONLY_FIELDS, merge, sanitize, validate_token
 
 _OUTSIDE_GRANT: Final = "not permitted by this connection's grant"
+MAX_BUCKETS_PER_PROVIDER: Final = 256
+"""A sandbox that may save tokens can create buckets; this bounds how many, so a
+grant over a whole provider cannot be used to grow the host's store without end."""
 
 
 def _deny() -> ProxyError:
@@ -71,6 +74,14 @@ async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
         incoming.pop(field_name, None)
     store = ctx.state.store
     stored = await store.get_token(payload.provider, payload.bucket)
+    if stored is None:
+        buckets = await store.list_buckets(payload.provider)
+        if len(buckets) >= MAX_BUCKETS_PER_PROVIDER:
+            raise ProxyError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"provider {payload.provider!r} already has {MAX_BUCKETS_PER_PROVIDER} buckets;"
+                " remove one on the host before saving a new bucket",
+            )
     await store.save_token(payload.provider, payload.bucket, merge(stored, incoming))
     return {}
 
