@@ -265,7 +265,8 @@ def test_help_documents_the_exit_codes(args: tuple[str, ...]) -> None:
 
 
 def test_token_get_loads_nothing_from_the_host_side(daemon: DaemonHandle) -> None:
-    """Start-up stays light: the sandbox path never imports the daemon, store or OAuth."""
+    """Start-up stays light: the sandbox path never imports the daemon, store, OAuth
+    or even asyncio (the blocking client needs no event loop)."""
     script = (
         "import sys\n"
         "from credproxy.cli import main\n"
@@ -274,7 +275,7 @@ def test_token_get_loads_nothing_from_the_host_side(daemon: DaemonHandle) -> Non
         "except SystemExit:\n"
         "    pass\n"
         "heavy = ('credproxy.server', 'credproxy.store', 'credproxy.oauth', "
-        "'credproxy.sessions', 'aiohttp', 'rich', 'cryptography', 'keyring')\n"
+        "'credproxy.sessions', 'aiohttp', 'rich', 'cryptography', 'keyring', 'asyncio')\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy "
         "or m.startswith(heavy))), file=sys.stderr)\n"
     )

@@ -10,7 +10,6 @@ one line on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import sys
@@ -93,6 +92,8 @@ def _run(
             return await action(store)
         finally:
             await store.close()
+
+    import asyncio
 
     return asyncio.run(body())
 
