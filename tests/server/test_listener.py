@@ -189,8 +189,14 @@ def test_peer_of_another_uid_is_closed_immediately_and_audited(
     assert result.returncode != 0
     assert "server closed the connection" in result.stderr
     assert result.stdout == ""
+    for _ in range(2):
+        again = run_wire_client(
+            daemon.socket_path, daemon.capability_token, workdir=daemon.workdir, as_nobody=True
+        )
+        assert again.returncode != 0 and again.stdout == ""
     refused = [e for e in daemon.audit_events() if e["op"] == "connect"]
-    assert refused and refused[0]["outcome"] == "UNAUTHORIZED"
+    assert len(refused) == 1, "repeated refusals of one uid are noted once a minute"
+    assert refused[0]["outcome"] == "UNAUTHORIZED"
     assert refused[0]["peer_uid"] == NOBODY
     with daemon.client() as client:
         assert client.request("list_api_keys")["ok"] is True

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -38,6 +39,8 @@ log = logging.getLogger("credproxy.server")
 
 EXTENSION_CLOSE_TIMEOUT_S: Final = 5.0
 MAX_CONNECTIONS: Final = 256
+REFUSAL_NOTE_INTERVAL_S: Final = 60.0
+MAX_REFUSALS_NOTED: Final = 1024
 """Each connection holds a file descriptor; past this many, new ones are closed at once so
 a peer that opens connections in a loop cannot take the descriptors the store needs."""
 
@@ -83,6 +86,7 @@ class Daemon:
         self._extension_close_timeout_s = extension_close_timeout_s
         self._max_connections = max_connections
         self._saturated = False
+        self._refusals_noted: dict[int | None, float] = {}
         self._audit = audit or AuditLog.to_stderr()
         self._settings = ConnectionSettings(
             state=state,
@@ -230,8 +234,9 @@ class Daemon:
             await _refuse(writer)
             return
         if not peer_allowed(peer, self._allowed_uids):
-            self._audit_connect("UNAUTHORIZED", peer)
-            log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
+            if self._first_refusal_in_window(peer.uid):
+                self._audit_connect("UNAUTHORIZED", peer)
+                log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
             await _refuse(writer)
             return
         if len(self._connections) >= self._max_connections:
@@ -253,6 +258,18 @@ class Daemon:
         finally:
             self._connections.discard(connection)
             self._saturated = False
+
+    def _first_refusal_in_window(self, uid: int | None) -> bool:
+        """Whether to note a refused peer: once per uid per minute, so another
+        local user connecting in a loop cannot flood the audit log."""
+        now = time.monotonic()
+        last = self._refusals_noted.get(uid)
+        if last is not None and now - last < REFUSAL_NOTE_INTERVAL_S:
+            return False
+        if len(self._refusals_noted) >= MAX_REFUSALS_NOTED:
+            self._refusals_noted.clear()
+        self._refusals_noted[uid] = now
+        return True
 
     def _audit_connect(self, outcome: str, peer: PeerCredentials) -> None:
         self._audit.record(
