@@ -249,6 +249,10 @@ def test_logout_in_a_sandbox_removes_the_token_on_the_host_only_when_the_grant_a
     assert narrow.stored_token("paste") is not None
 
     full = start_oauth_daemon(credproxy_daemon, providers, tokens=seeded)
+    host_only = run_in_sandbox(full, "logout", "paste", "--no-revoke")
+    assert host_only.returncode == 2
+    assert "apply on the host only" in host_only.stderr
+    assert full.stored_token("paste") is not None
     done = run_in_sandbox(full, "logout", "paste")
     assert done.returncode == 0, done.stderr
     assert "Logged out of paste" in done.stdout

@@ -268,6 +268,8 @@ def logout(
     if in_sandbox():
         from credproxy.client import ProxyClient, ProxyClientError
 
+        if config is not None or store is not None or no_revoke:
+            raise click.UsageError("--config, --store and --no-revoke apply on the host only")
         try:
             with ProxyClient.from_env() as client:
                 client.remove_token(provider, bucket)
