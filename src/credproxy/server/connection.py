@@ -161,6 +161,8 @@ class Connection:
         self._cancellable: set[str] = set()
         self._cancel_requested: set[str] = set()
         self._writers: set[asyncio.Task[None]] = set()
+        self._live: set[asyncio.Task[None]] = set()
+        """Every request task until its response is written, reused ids included."""
         self._reader_task: asyncio.Task[bool] | None = None
         self._stopping = False
         self._grace_s = 0.0
@@ -264,12 +266,30 @@ class Connection:
             self._rate_limited = False
             if event.request.op == "cancel":
                 await self._cancel(event.request)
+            elif len(self._live) + len(self._writers) >= self._settings.max_in_flight:
+                await self._refuse_busy(event.request)
             else:
                 self._start(event.request)
+
+    async def _refuse_busy(self, request: Request) -> None:
+        """The sans-IO core counts a request until its answer is built; this counts it
+        until the answer is written. A peer that never reads would otherwise have
+        every answer built and parked behind the write lock, 16 at a time without
+        end, and grow the daemon's memory by a response per request. Refusing here
+        awaits the write, so such a peer also stops being read."""
+        error = ProxyError(
+            ErrorCode.RESOURCE_EXHAUSTED,
+            f"more than {self._settings.max_in_flight} requests in flight on this connection"
+            " (answers not yet read count too)",
+        )
+        self._audit_violation(request.op, error.code)
+        await self._write(self._proto.send_failure(request.id, error))
 
     def _start(self, request: Request) -> None:
         task = asyncio.create_task(self._serve(request))
         self._tasks[request.id] = task
+        self._live.add(task)
+        task.add_done_callback(self._live.discard)
         self._cancellable.add(request.id)
         task.add_done_callback(functools.partial(self._forget, request.id, request.op))
 
@@ -379,14 +399,14 @@ class Connection:
     def abort(self) -> None:
         """Drop everything now: the daemon is past its grace period."""
         self._broken = True
-        for task in (*self._tasks.values(), *self._writers):
+        for task in (*self._live, *self._writers):
             task.cancel()
         if self._reader_task is not None:
             self._reader_task.cancel()
         self._writer.transport.abort()
 
     async def _settle(self, grace_s: float) -> None:
-        pending = [task for task in (*self._tasks.values(), *self._writers) if not task.done()]
+        pending = [task for task in (*self._live, *self._writers) if not task.done()]
         if pending and grace_s > 0:
             await asyncio.wait(pending, timeout=grace_s)
         for task in pending:
