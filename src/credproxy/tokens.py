@@ -11,13 +11,18 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
+
 from credproxy.protocol.errors import ErrorCode, ProxyError
 
 Token = dict[str, Any]
 
 HOST_ONLY_FIELDS: Final = frozenset({"refresh_token"})
 _REQUIRED_FIELDS: Final = ("access_token", "expiry", "token_type")
+_encoder: Final = msgspec.json.Encoder()
 MAX_TOKEN_FIELDS: Final = 64
+MAX_TOKEN_BYTES: Final = 32_768
+"""Encoded size of a token that crosses the socket; leaves room in a 64 KiB frame."""
 
 
 def validate_token(raw: Mapping[str, Any]) -> Token:
@@ -46,6 +51,26 @@ def validate_token(raw: Mapping[str, Any]) -> Token:
     if refresh is not None and not isinstance(refresh, str):
         raise ProxyError(ErrorCode.INVALID_REQUEST, "token.refresh_token must be a string")
     return dict(raw)
+
+
+def check_merged_size(token: Mapping[str, Any]) -> None:
+    """Refuse a merge result that is too big to keep.
+
+    ``save_token`` merges into the stored token, so a sandbox that saves new
+    field names again and again would grow the stored token without end: the
+    store with it, until ``get_token`` cannot fit the token in a frame and
+    fails for every sandbox sharing that bucket.
+    """
+    if len(token) > MAX_TOKEN_FIELDS:
+        raise ProxyError(
+            ErrorCode.INVALID_REQUEST,
+            f"token would have more than {MAX_TOKEN_FIELDS} fields merged with the stored one",
+        )
+    if len(_encoder.encode(sanitize(token))) > MAX_TOKEN_BYTES:
+        raise ProxyError(
+            ErrorCode.INVALID_REQUEST,
+            f"token would exceed {MAX_TOKEN_BYTES} bytes merged with the stored one",
+        )
 
 
 def _finite(number: float) -> bool:

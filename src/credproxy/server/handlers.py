@@ -20,7 +20,13 @@ from credproxy.protocol.messages import (
     SaveToken,
 )
 from credproxy.server.context import Handler, RequestContext
-from credproxy.tokens import HOST_ONLY_FIELDS, merge, sanitize, validate_token
+from credproxy.tokens import (
+    HOST_ONLY_FIELDS,
+    check_merged_size,
+    merge,
+    sanitize,
+    validate_token,
+)
 
 _OUTSIDE_GRANT: Final = "not permitted by this connection's grant"
 MAX_BUCKETS_PER_PROVIDER: Final = 256
@@ -82,7 +88,9 @@ async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
                 f"provider {payload.provider!r} already has {MAX_BUCKETS_PER_PROVIDER} buckets;"
                 " remove one on the host before saving a new bucket",
             )
-    await store.save_token(payload.provider, payload.bucket, merge(stored, incoming))
+    merged = merge(stored, incoming)
+    check_merged_size(merged)
+    await store.save_token(payload.provider, payload.bucket, merged)
     return {}
 
 
