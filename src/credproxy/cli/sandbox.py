@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 
 from credproxy.cli import key, main, token
+from credproxy.cli._names import check_name
 from credproxy.cli.store_commands import store_options
 
 if TYPE_CHECKING:
@@ -42,6 +44,11 @@ EXIT_CODES_HELP: Final = (
     "  4  not allowed: outside this sandbox's grant, or a bad capability token\n"
     "  5  cannot reach the proxy: no daemon, connection lost, or no answer in time\n"
     "  6  not set up: no LLXPRT_CREDENTIAL_SOCKET, or a bad capability token variable"
+)
+
+NO_TOKEN_HINT: Final = (
+    "no capability token was passed: set LLXPRT_CAPABILITY_FD=3 and start the command "
+    "with 3<TOKEN_FILE (the .token file `credproxy serve` printed)"
 )
 
 
@@ -78,12 +85,17 @@ def _reported_errors() -> Iterator[None]:
     never holding a secret; anything unexpected is named by its type only,
     because its text could hold anything.
     """
-    from credproxy.client import ProxyClientError
+    from credproxy.client import ProxyClientError, UnauthorizedError
+    from credproxy.client.env import CAPABILITY_FD_ENV, CAPABILITY_TOKEN_ENV
 
+    token_passed = CAPABILITY_FD_ENV in os.environ or CAPABILITY_TOKEN_ENV in os.environ
     try:
         yield
     except ProxyClientError as exc:
-        _fail(exc.message, _exit_code(exc))
+        message = exc.message
+        if isinstance(exc, UnauthorizedError) and not token_passed:
+            message += f"; {NO_TOKEN_HINT}"
+        _fail(message, _exit_code(exc))
     except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -113,8 +125,10 @@ def _print_json(value: object) -> None:
 
 
 @token.command("get", epilog=EXIT_CODES_HELP)
-@click.argument("provider")
-@click.option("--bucket", default="default", show_default=True, help="Token bucket.")
+@click.argument("provider", callback=check_name)
+@click.option(
+    "--bucket", default="default", show_default=True, callback=check_name, help="Token bucket."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the token object (no refresh token).")
 def token_get(provider: str, bucket: str, as_json: bool) -> None:
     """Print the access token for PROVIDER (inside a sandbox).
@@ -133,7 +147,7 @@ def token_get(provider: str, bucket: str, as_json: bool) -> None:
 
 
 @key.command("get", epilog=EXIT_CODES_HELP)
-@click.argument("name")
+@click.argument("name", callback=check_name)
 @click.option("--json", "as_json", is_flag=True, help='Print {"name": ..., "key": ...}.')
 def key_get(name: str, as_json: bool) -> None:
     """Print the API key NAME (inside a sandbox)."""

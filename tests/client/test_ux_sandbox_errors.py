@@ -1,0 +1,55 @@
+"""Sandbox-side mistakes a new user makes, and the one line that tells them what to do.
+
+Real ``credproxy`` processes against a real daemon (``daemon`` from the client
+conftest), as in ``test_cli``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.client.test_cli import run_cli, sandbox
+from tests.fixtures.daemon import DaemonHandle
+
+EXIT_USAGE = 2
+EXIT_UNAUTHORIZED = 4
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (["token", "get", "bad name!"], "provider"),
+        (["token", "get", "alpha", "--bucket", "a/b"], "bucket"),
+        (["key", "get", "no spaces please"], "key"),
+    ],
+)
+def test_a_malformed_name_is_a_usage_error_naming_the_allowed_characters(
+    daemon: DaemonHandle, args: list[str], kind: str
+) -> None:
+    """The daemon's schema wording ("invalid payload ... allowed form") and exit 1 said
+    neither what was wrong nor that the mistake was the user's."""
+    result = sandbox(daemon, *args)
+    assert result.returncode == EXIT_USAGE, result
+    assert f"invalid {kind} name: use 1 to 64 of A-Z a-z 0-9 . _ @ -" in result.stderr
+    assert "payload" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_capability_token_says_how_to_pass_the_token_file(daemon: DaemonHandle) -> None:
+    """Pasting only the socket export (or forgetting ``3<TOKEN_FILE``) used to end in a
+    bare "missing or invalid capability token"."""
+    result = run_cli(["token", "get", "alpha"], socket_path=daemon.socket_path)
+    assert result.returncode == EXIT_UNAUTHORIZED, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "LLXPRT_CAPABILITY_FD=3" in lines[0]
+    assert "3<TOKEN_FILE" in lines[0]
+
+
+def test_a_grant_refusal_with_a_token_carries_no_token_hint(daemon: DaemonHandle) -> None:
+    """With a token passed, a refusal is about the grant; the hint would mislead."""
+    result = sandbox(daemon, "token", "get", "hidden")
+    assert result.returncode == EXIT_UNAUTHORIZED, result
+    assert "not permitted" in result.stderr
+    assert "no capability token was passed" not in result.stderr
