@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from credproxy.client.login import LoginResult, Prompter
     from credproxy.oauth.config import ProviderConfig, ProviderRegistry
     from credproxy.oauth.flows import DeviceCodeFlow, LoopbackFlow
+    from credproxy.oauth.runtime import TokenWriter
     from credproxy.store.base import CredentialStore
 
 _SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
@@ -201,6 +202,7 @@ async def _host_flow(
     from credproxy.oauth.http import OAuthHttp
     from credproxy.oauth.runtime import TokenWriter
     from credproxy.protocol.errors import ProxyError
+    from credproxy.store.base import StoreError
     from credproxy.tokens import sanitize
 
     http = OAuthHttp()
@@ -215,17 +217,38 @@ async def _host_flow(
                 token = await _wait_for(flow, prompter)
         finally:
             await flow.aclose()
-        stored = await TokenWriter(store).save(config.name, bucket, token)
+        stored = await _save(store, TokenWriter(store), config.name, bucket, token)
     except OAuthFlowError as exc:
         if exc.oauth_error == "access_denied":
             raise LoginError(DENIED_MESSAGE, code=exc.code) from None
         raise LoginError(f"Login failed: {exc.message}", code=exc.code) from None
     except ProxyError as exc:
         raise LoginError(f"Login failed: {exc.message}", code=exc.code) from None
+    except StoreError as exc:
+        raise LoginError(str(exc), code="STORE") from None
     finally:
         await http.close()
         await store.close()
     return LoginResult(flow.flow_type, sanitize(stored))
+
+
+async def _save(
+    store: CredentialStore, writer: TokenWriter, provider: str, bucket: str, token: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge the new token into the stored one; a damaged stored token is replaced.
+
+    The damaged-record message tells the user to log in again, so a login
+    must not fail on it: an unreadable record has nothing to add to the merge.
+    """
+    from credproxy.store.base import CorruptRecordError
+    from credproxy.tokens import merge
+
+    try:
+        return await writer.save(provider, bucket, token)
+    except CorruptRecordError:
+        fresh = merge(None, token)
+        await store.save_token(provider, bucket, fresh)
+        return fresh
 
 
 async def _wait_for(flow: DeviceCodeFlow | LoopbackFlow, prompter: Prompter) -> dict[str, Any]:
@@ -288,25 +311,50 @@ def logout(
         credential_store = open_store(store, settings)
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
-    revoked = asyncio.run(_host_logout(settings, provider, bucket, credential_store, not no_revoke))
+    try:
+        removed, revoked = asyncio.run(
+            _host_logout(settings, provider, bucket, credential_store, not no_revoke)
+        )
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not removed:
+        click.echo(
+            f"Not logged in to {provider} (bucket {bucket}): the store holds no such token "
+            "(`credproxy status` lists what it holds).",
+            err=True,
+        )
+        return
     note = " and revoked at the provider" if revoked else ""
     click.echo(f"Logged out of {provider} (bucket {bucket}){note}.")
 
 
 async def _host_logout(
     settings: dict[str, Any], provider: str, bucket: str, store: CredentialStore, revoke: bool
-) -> bool:
-    """Remove the token, revoking its refresh token first where the provider allows."""
+) -> tuple[bool, bool]:
+    """Remove the token, revoking its refresh token first where the provider allows.
+
+    Returns whether a token was removed and whether it was revoked: a mistyped
+    name must not read as a successful logout.
+    """
+    from credproxy.store.base import CorruptRecordError
+
     revoked = False
     try:
-        token = await store.get_token(provider, bucket)
+        try:
+            token = await store.get_token(provider, bucket)
+        except CorruptRecordError:
+            click.echo(
+                "warning: the stored token is damaged, so it cannot be revoked; removing it anyway",
+                err=True,
+            )
+            token = None
         refresh = token.get("refresh_token") if token else None
         if revoke and isinstance(refresh, str) and refresh:
             revoked = await _revoke(settings, provider, refresh)
-        await store.remove_token(provider, bucket)
+        removed = await store.remove_token(provider, bucket)
     finally:
         await store.close()
-    return revoked
+    return removed, revoked
 
 
 async def _revoke(settings: dict[str, Any], provider: str, refresh: str) -> bool:
