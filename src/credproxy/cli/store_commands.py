@@ -86,8 +86,15 @@ def _run(
     config_path: Path | None,
     action: Callable[[CredentialStore], Coroutine[Any, Any, T]],
 ) -> T:
+    return _run_on(open_host_store(backend, config_path), action)
+
+
+def _run_on(
+    store: CredentialStore, action: Callable[[CredentialStore], Coroutine[Any, Any, T]]
+) -> T:
+    """Run ``action`` on an opened store and close it, whatever happens."""
+
     async def body() -> T:
-        store = open_host_store(backend, config_path)
         try:
             return await action(store)
         finally:
@@ -96,6 +103,10 @@ def _run(
     import asyncio
 
     return asyncio.run(body())
+
+
+async def _nothing(store: CredentialStore) -> None:
+    """For ``_run_on`` when the store only needs closing."""
 
 
 def _print_json(value: object) -> None:
@@ -134,11 +145,20 @@ def _read_key_value(name: str) -> str:
 @click.argument("name")
 @store_options
 def key_set(name: str, backend: str | None, config_path: Path | None) -> None:
-    """Store the API key NAME; the value is read from stdin or a hidden prompt, never argv."""
+    """Store the API key NAME; the value is read from stdin or a hidden prompt, never argv.
+
+    The store is opened first, so a broken config or store is reported before
+    you type the key.
+    """
     _check_name("key", name, "NAME")
     with _reported_errors():
-        value = _read_key_value(name)
-        _run(backend, config_path, lambda store: store.set_key(name, value))
+        opened = open_host_store(backend, config_path)
+        try:
+            value = _read_key_value(name)
+        except BaseException:
+            _run_on(opened, _nothing)
+            raise
+        _run_on(opened, lambda store: store.set_key(name, value))
     click.echo(f"saved API key {name}", err=True)
 
 
