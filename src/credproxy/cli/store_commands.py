@@ -333,7 +333,13 @@ def import_llxprt_command(
         _print_json({"dryRun": dry_run, "items": [item.as_dict() for item in items]})
     else:
         if not items:
-            click.echo("nothing to import: no token or key files found")
+            from credproxy.migrate import default_llxprt_dir
+
+            where = source if source is not None else default_llxprt_dir()
+            click.echo(
+                f"nothing to import: no token files in {where / 'oauth'} and no key files "
+                f"in {where / 'keys'} (--from names another directory)"
+            )
         for item in items:
             label = f"{item.kind} {item.name or '?'}"
             line = f"{item.status:<15} {label:<40} {item.source}"
