@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 
 import pytest
@@ -124,6 +125,31 @@ def test_near_miss_tokens_find_nothing() -> None:
     assert table.lookup(token.upper()) is None
     assert table.lookup(token + "\n") is None
     assert table.lookup(token[:-1]) is None
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_lookup_compares_against_every_entry_wherever_the_match_is(
+    position: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timing is the property, but a timed assertion would be flaky; what makes
+    the time independent of the token is that every entry is compared in constant
+    time, so the test counts the hmac comparisons (a spy, not a stand-in)."""
+    table = CapabilityTable()
+    tokens = [table.issue(Grant(grant_id=f"g{index}")) for index in range(8)]
+    calls: list[tuple[bytes, bytes]] = []
+    compare = hmac.compare_digest
+
+    def counting_compare(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting_compare)
+    found = table.lookup(tokens[position])
+    assert found is not None and found.grant_id == f"g{position}"
+    assert len(calls) == 8
+    calls.clear()
+    assert table.lookup(new_capability_token()) is None
+    assert len(calls) == 8
 
 
 def test_table_keeps_no_token_in_clear() -> None:
