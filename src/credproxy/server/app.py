@@ -39,6 +39,13 @@ log = logging.getLogger("credproxy.server")
 
 EXTENSION_CLOSE_TIMEOUT_S: Final = 5.0
 MAX_CONNECTIONS: Final = 256
+MAX_UNAUTHENTICATED: Final = 64
+"""Connections still before their handshake; past this the oldest of them is closed
+for the new one, so a peer that connects and never handshakes cannot keep every
+place taken (each of its connections would otherwise hold one for 30 s)."""
+MAX_CONNECTIONS_PER_GRANT: Final = 128
+"""With capability tokens, one grant (one sandbox) may hold at most this many
+connections, so it cannot take the places every other sandbox needs."""
 REFUSAL_NOTE_INTERVAL_S: Final = 60.0
 MAX_REFUSALS_NOTED: Final = 1024
 """Each connection holds a file descriptor; past this many, new ones are closed at once so
@@ -76,6 +83,8 @@ class Daemon:
         rate_per_second: float = RATE_PER_SECOND,
         extension_close_timeout_s: float = EXTENSION_CLOSE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        max_unauthenticated: int = MAX_UNAUTHENTICATED,
+        max_connections_per_grant: int = MAX_CONNECTIONS_PER_GRANT,
     ) -> None:
         if capabilities is None and allowed_uids:
             raise ValueError("other uids can only be admitted with capability tokens")
@@ -85,6 +94,8 @@ class Daemon:
         self._allowed_uids = allowed_uids
         self._extension_close_timeout_s = extension_close_timeout_s
         self._max_connections = max_connections
+        self._max_unauthenticated = max_unauthenticated
+        self._max_per_grant = max_connections_per_grant
         self._saturated = False
         self._refusals_noted: dict[int | None, float] = {}
         self._audit = audit or AuditLog.to_stderr()
@@ -96,6 +107,7 @@ class Daemon:
             throttle=throttle or HandshakeThrottle(),
             frame_timeout_s=frame_timeout_s,
             rate_per_second=rate_per_second,
+            admit=self._admit_grant,
         )
         self._path: Path | None = None
         self._server: asyncio.Server | None = None
@@ -114,6 +126,25 @@ class Daemon:
         if self._capabilities is None:
             return Grant.full()
         return self._capabilities.lookup(presented)
+
+    def _admit_grant(self, grant: Grant) -> str | None:
+        """Refuse one more connection of a grant at its cap. Without capability
+        tokens every peer is the same user with the same full grant, so no cap."""
+        if self._capabilities is None:
+            return None
+        held = sum(1 for c in self._connections if c.grant == grant)
+        if held < self._max_per_grant:
+            return None
+        return (
+            f"this sandbox already has {self._max_per_grant} connections open; "
+            "close one before opening another"
+        )
+
+    def _make_room_before_handshake(self) -> None:
+        """Close the oldest connection still waiting to handshake when too many wait."""
+        waiting = [c for c in self._connections if c.grant is None and not c.shutting_down]
+        if len(waiting) >= self._max_unauthenticated:
+            min(waiting, key=lambda c: c.opened).begin_shutdown(0.0)
 
     async def start(self) -> Path:
         """Bind and listen; returns the socket path clients must use."""
@@ -251,6 +282,7 @@ class Daemon:
                 )
             await _refuse(writer)
             return
+        self._make_room_before_handshake()
         connection = Connection(self._settings, reader, writer, peer)
         self._connections.add(connection)
         try:

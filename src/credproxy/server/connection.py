@@ -22,8 +22,8 @@ from typing import Final
 from credproxy.audit import AuditEvent, AuditLog
 from credproxy.grants import Grant
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.framing import MAX_FRAME_BYTES, FrameError
-from credproxy.protocol.messages import Cancel, Request
+from credproxy.protocol.framing import MAX_FRAME_BYTES, FrameError, encode_frame
+from credproxy.protocol.messages import Cancel, Request, failure
 from credproxy.protocol.server import (
     MAX_IN_FLIGHT,
     RATE_PER_SECOND,
@@ -122,6 +122,9 @@ class ConnectionSettings:
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     max_in_flight: int = MAX_IN_FLIGHT
     rate_per_second: float = RATE_PER_SECOND
+    admit: Callable[[Grant], str | None] | None = None
+    """Asked once the token checks out; a message refuses the connection with
+    ``RESOURCE_EXHAUSTED`` (the daemon's per-grant connection cap)."""
 
 
 _SHUTTING_DOWN: Final = ProxyError(
@@ -168,7 +171,17 @@ class Connection:
         self._grace_s = 0.0
         self._broken = False
         self._rate_limited = False
+        self.opened = asyncio.get_running_loop().time()
         self.closed = asyncio.Event()
+
+    @property
+    def grant(self) -> Grant | None:
+        """The grant once the handshake succeeded; ``None`` before."""
+        return self._grant
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._stopping
 
     async def run(self) -> None:
         """Serve until EOF, a fatal protocol error, or ``begin_shutdown``."""
@@ -243,6 +256,12 @@ class Connection:
         self, event: HandshakeAccepted | HandshakeRejected | RequestReceived | ProtocolViolation
     ) -> None:
         if isinstance(event, HandshakeAccepted):
+            refusal = self._settings.admit(event.grant) if self._settings.admit else None
+            if refusal is not None:
+                self._audit_handshake(ErrorCode.RESOURCE_EXHAUSTED)
+                error = ProxyError(ErrorCode.RESOURCE_EXHAUSTED, refusal)
+                await self._write(encode_frame(failure(None, event.version, "handshake", error)))
+                raise _Close
             self._grant = event.grant
             self._audit_handshake("ok")
             await self._write(event.response)
