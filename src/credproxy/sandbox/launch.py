@@ -38,6 +38,7 @@ from credproxy.sandbox.spec import (
     SandboxKind,
     SandboxSpec,
 )
+from credproxy.server.listener import DIR_PREFIX
 
 INFO_FD: Final = 4
 """bwrap writes the sandbox's init pid here (``--info-fd``), for signal forwarding."""
@@ -100,13 +101,45 @@ def check_exposure(bound: list[str], protected: tuple[str, ...]) -> None:
                 )
 
 
+def host_secret_paths(host_env: Mapping[str, str], uid: int | None = None) -> tuple[str, ...]:
+    """Paths that hand credentials to whoever can open them, hidden from every sandbox.
+
+    The per-user socket directories hold other daemons' sockets and their
+    capability token files (``credproxy serve`` writes a full-access token
+    there by default), and the session bus and keyring control socket answer
+    Secret Service requests for the keyring store and the file store's key. A
+    bind of ``/tmp`` or of the runtime directory would otherwise hand all of
+    them to the sandbox.
+    """
+    uid = os.getuid() if uid is None else uid
+    bases = [tempfile.gettempdir()]
+    runtime = host_env.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        bases.append(runtime)
+        paths = [os.path.join(runtime, "bus"), os.path.join(runtime, "keyring")]
+    else:
+        paths = []
+    paths += [os.path.join(base, f"{DIR_PREFIX}{uid}") for base in bases]
+    for entry in host_env.get("DBUS_SESSION_BUS_ADDRESS", "").split(";"):
+        transport, _, options = entry.partition(":")
+        if transport != "unix":
+            continue
+        for option in options.split(","):
+            key, _, value = option.partition("=")
+            if key == "path" and os.path.isabs(value):
+                paths.append(value)
+    return tuple(dict.fromkeys(paths))
+
+
 def prepare(
     kind: SandboxKind,
     spec: SandboxSpec,
     host_env: Mapping[str, str],
     protected: tuple[str, ...] = (),
 ) -> Prepared:
-    """Everything needed to spawn; ``protected`` paths must stay invisible inside."""
+    """Everything needed to spawn; ``protected`` paths, and ``host_secret_paths``,
+    must stay invisible inside."""
+    protected = (*protected, *host_secret_paths(host_env))
     if not spec.command:
         raise SandboxError("no command given; put it after --")
     if kind == "none":
