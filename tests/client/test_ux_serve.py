@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.client.test_cli import run_cli
@@ -37,6 +40,69 @@ def test_a_relative_socket_and_token_path_are_announced_as_absolute_paths(
         token = Path(ready["capability_file"]).read_text().strip()
         result = run_cli(["key", "list"], socket_path=ready["socket"], fd_token=token)
         assert result.returncode == 0, result
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def _announced_lines(process: subprocess.Popen[bytes]) -> list[str]:
+    """The announcement: serve writes it in one piece, so it is whole once it ends a line."""
+    assert process.stdout is not None
+    text = b""
+    deadline = time.monotonic() + 20
+    while b"(pid " not in text or not text.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, text
+        if select.select([process.stdout], [], [], remaining)[0]:
+            chunk = os.read(process.stdout.fileno(), 4096)
+            assert chunk, f"serve exited: {text!r}"
+            text += chunk
+    return text.decode().splitlines()
+
+
+def test_the_announced_lines_work_when_pasted_into_a_shell(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    """The two export lines used to be split by a prose line, and the README's
+    ``$TOKEN_FILE`` was never defined; here the block is pasted as a user would:
+    both exports in one selection, then the example command."""
+    workdir = credproxy_daemon.workdir()
+    stderr_path = workdir / "stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "credproxy", "serve", "--store", "memory"),
+                *("--socket", str(workdir / "p.sock")),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=daemon_env(),
+        )
+    try:
+        lines = _announced_lines(process)
+        first = next(i for i, line in enumerate(lines) if line.startswith("export "))
+        pasted = lines[first : first + 2]
+        assert [line.split("=", 1)[0] for line in pasted] == [
+            "export LLXPRT_CREDENTIAL_SOCKET",
+            "export LLXPRT_CAPABILITY_FD",
+        ]
+        example = lines[-1].strip()
+        assert example.startswith("credproxy status 3<")
+        env = daemon_env()
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        shell = "\n".join([*pasted, example.replace("credproxy", "python -m credproxy", 1)])
+        done = subprocess.run(
+            ["bash", "-c", shell],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("credproxy sandbox view")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)

@@ -321,11 +321,16 @@ def _announce(opts: _Options, path: Path, token_file: Path | None, grant: Grant)
     else:
         default = "" if (opts.allow or opts.allow_key) else " (default; narrow it with --allow)"
         lines.append(f"grant: {grant.describe()}{default}")
-    lines.append(f"export LLXPRT_CREDENTIAL_SOCKET={quoted}")
     if token_file is not None:
-        lines.append(f"capability token in {token_file} (0600); give it to a sandbox as fd 3:")
+        # The two export lines stay adjacent so one selection pastes both.
+        quoted_file = shlex.quote(str(token_file))
+        lines.append(f"capability token in {token_file} (0600); hand it over as fd 3:")
+        lines.append(f"export LLXPRT_CREDENTIAL_SOCKET={quoted}")
         lines.append("export LLXPRT_CAPABILITY_FD=3")
-        lines.append(f"  and start the sandboxed command with 3<{shlex.quote(str(token_file))}")
-    elif opts.capability_fd is not None:
-        lines.append(f"capability token written to fd {opts.capability_fd}")
+        lines.append(f"  then start each command with 3<{quoted_file}, e.g.:")
+        lines.append(f"  credproxy status 3<{quoted_file}")
+    else:
+        lines.append(f"export LLXPRT_CREDENTIAL_SOCKET={quoted}")
+        if opts.capability_fd is not None:
+            lines.append(f"capability token written to fd {opts.capability_fd}")
     click.echo("\n".join(lines))
