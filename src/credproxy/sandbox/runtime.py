@@ -208,7 +208,7 @@ def probe_layout(
             paths.append(prefix)
             path_dirs.append(os.path.join(prefix, "bin"))
     paths.append(os.path.realpath(executable))
-    read_only = minimal_paths(paths)
+    read_only = minimal_paths([_through_root_links(p, symlinks) for p in paths])
     visible = [d for d in path_dirs if any(_inside(d, root) for root in read_only)]
     layout = RootLayout(
         symlinks=tuple(symlinks),
@@ -216,6 +216,21 @@ def probe_layout(
         path_dirs=tuple(dict.fromkeys(visible)),
     )
     return layout, executable
+
+
+def _through_root_links(path: str, symlinks: list[tuple[str, str]]) -> str:
+    """``path`` with a leading root symlink resolved (``/bin/sh`` -> ``/usr/bin/sh``).
+
+    The sandbox recreates ``/bin -> usr/bin`` as a symlink; binding ``/bin/sh``
+    itself would first create a real ``/bin`` directory and bwrap then fails to
+    make the symlink, so a ``#!/bin/sh`` script could not run.
+    """
+    pure = PurePosixPath(path)
+    for target, link in symlinks:
+        if pure.is_relative_to(link):
+            base = PurePosixPath(link).parent / target
+            return os.path.normpath(base / pure.relative_to(link))
+    return path
 
 
 def _inside(path: str, root: str) -> bool:
