@@ -129,6 +129,11 @@ def run(  # noqa: PLR0917  (click passes every option)
         mounts: tuple[Mount, ...] = tuple(parse_bind(b) for b in binds)
     except SandboxError as exc:
         raise click.BadParameter(str(exc), param_hint="--bind") from None
+    for mount in mounts:
+        if not os.path.exists(mount.host):
+            raise click.BadParameter(
+                f"{mount.host} does not exist on the host", param_hint="--bind"
+            )
     try:
         settings = load_settings(config)
         protected = _protected_paths(store, settings, config)
