@@ -118,6 +118,9 @@ def login(
         raise _fail(exc.message, exc.code, as_json) from None
     except KeyboardInterrupt:
         prompter.finish()
+        if prompter.interactive:
+            # The terminal echoed ^C where the cursor stood, after "Code: " say.
+            click.echo("", err=True)
         raise _fail("Login cancelled.", "CANCELLED", as_json) from None
     _report(provider, bucket, result, as_json)
 
