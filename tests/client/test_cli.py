@@ -108,7 +108,7 @@ def test_token_get_json_prints_the_token_object_without_refresh_token(
     assert "refresh" not in result.stdout
 
 
-def test_key_get_plain_and_json(daemon: DaemonHandle) -> None:
+def test_key_get_prints_the_bare_value_or_json_with_name_and_key(daemon: DaemonHandle) -> None:
     plain = sandbox(daemon, "key", "get", "openai")
     assert (plain.returncode, plain.stdout) == (0, KEYS["openai"] + "\n")
     as_json = sandbox(daemon, "key", "get", "anthropic", "--json")

@@ -85,7 +85,7 @@ def test_frame_of_exactly_the_limit_decodes() -> None:
     assert FrameDecoder().feed(raw_frame(body)) == [{"a": filler}]
 
 
-def test_custom_limit_is_enforced() -> None:
+def test_custom_frame_limit_admits_smaller_frames_and_rejects_a_longer_header() -> None:
     decoder = FrameDecoder(max_frame_bytes=8)
     assert decoder.feed(raw_frame(b'{"a":1}')) == [{"a": 1}]
     with pytest.raises(FrameError):

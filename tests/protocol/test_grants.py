@@ -102,7 +102,7 @@ def test_issued_tokens_map_to_their_own_grants() -> None:
     assert table.lookup(second) is other
 
 
-def test_added_token_is_found() -> None:
+def test_a_token_added_by_value_maps_to_its_grant() -> None:
     table = CapabilityTable()
     token = new_capability_token()
     table.add(token, SCOPED)

@@ -42,7 +42,7 @@ def test_env_var_is_read_from_the_process_environment_by_default(
         OAuthSessionManager()
 
 
-def test_env_timeout_governs_expiry() -> None:
+def test_timeout_from_the_environment_overrides_the_configured_one() -> None:
     clock = FakeClock()
     manager = OAuthSessionManager(600, clock=clock, environ={TIMEOUT_ENV_VAR: "5"})
     session_id = open_session(manager)

@@ -130,7 +130,7 @@ def test_token_import_accepts_llxprt_json_with_millisecond_expiry(
     assert_no_secret(result)
 
 
-def test_token_import_from_stdin(store_env: Path) -> None:
+def test_token_import_with_file_dash_reads_the_token_from_stdin(store_env: Path) -> None:
     result = run("token", "import", "qwen", "--file", "-", input=json.dumps(TOKEN))
     assert result.exit_code == 0, result.stderr
     token = stored_token(store_env, "qwen", "default")
