@@ -153,7 +153,7 @@ def test_an_expired_device_code_ends_the_login_with_a_message(
     oidc_server_short_device: OidcServer,
     login_process: StartLogin,
 ) -> None:
-    """The server's device codes live 2 s and nobody approves this one."""
+    """The server's device codes live 1 s and nobody approves this one."""
     daemon = start_oauth_daemon(
         credproxy_daemon,
         {"device": oidc_server_short_device.provider_table("device_code", poll_interval_s=0.25)},

@@ -216,7 +216,7 @@ async def test_device_flow_ends_with_access_denied_when_the_user_aborts(
 async def test_device_flow_reports_an_expired_device_code(
     oidc_server_short_device: OidcServer, http: OAuthHttp
 ) -> None:
-    """The server's device codes live 2 s; nobody approves."""
+    """The server's device codes live 1 s; nobody approves."""
     flow = await new_flow(DeviceCodeFlow, oidc_server_short_device, http, poll_interval_s=0.25)
     await flow.start()
     with pytest.raises(OAuthFlowError) as caught:
