@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+CONFIG_HELP = (
+    "Configuration file (default: $CREDPROXY_CONFIG, else $XDG_CONFIG_HOME/credproxy/config.toml)."
+)
+STORE_HELP = (
+    "Store backend: file, keyring or memory (default: [store] backend in the config, else file)."
+)
+
 
 def grant_options(holder: str) -> Callable[[F], F]:
     """``--allow``, ``--allow-key``, ``--allow-save``, ``--allow-remove``; ``holder``
@@ -58,7 +65,7 @@ def config_option(function: F) -> F:
         "--config",
         "config",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="Configuration file (default: $XDG_CONFIG_HOME/credproxy/config.toml).",
+        help=CONFIG_HELP,
     )(function)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import click
 
 from credproxy.cli import main
+from credproxy.cli._daemon_options import CONFIG_HELP, STORE_HELP
 
 if TYPE_CHECKING:
     import asyncio
@@ -54,14 +55,14 @@ def _name_options(function: F) -> F:
 
 def _host_options(function: F) -> F:
     """``--config`` and ``--store``, which only the host branch reads."""
-    function = click.option(
-        "--store", "store", metavar="BACKEND", help="Host only: store backend."
-    )(function)
+    function = click.option("--store", "store", metavar="BACKEND", help=f"Host only. {STORE_HELP}")(
+        function
+    )
     return click.option(
         "--config",
         "config",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="Host only: configuration file (with the [providers.NAME] tables).",
+        help=f"Host only, with the [providers.NAME] tables. {CONFIG_HELP}",
     )(function)
 
 

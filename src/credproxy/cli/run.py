@@ -18,7 +18,13 @@ from typing import IO, TYPE_CHECKING, Any, Final
 import click
 
 from credproxy.cli import main
-from credproxy.cli._daemon_options import build_grant, config_option, grant_options, load_settings
+from credproxy.cli._daemon_options import (
+    STORE_HELP,
+    build_grant,
+    config_option,
+    grant_options,
+    load_settings,
+)
 from credproxy.sandbox.spec import SANDBOX_KINDS
 
 if TYPE_CHECKING:
@@ -54,7 +60,7 @@ class _RunPlan:
     help="How to isolate the command (see docs/sandboxes.md).",
 )
 @grant_options("the command")
-@click.option("--store", "store", metavar="BACKEND", help="Store backend (default: from config).")
+@click.option("--store", "store", metavar="BACKEND", help=STORE_HELP)
 @config_option
 @click.option(
     "--bind",

@@ -16,6 +16,7 @@ import click
 
 from credproxy.cli import main
 from credproxy.cli._daemon_options import (
+    STORE_HELP,
     build_grant,
     check_names,
     config_option,
@@ -125,8 +126,7 @@ def write_capability_fd(fd: int, token: str) -> None:
     "--store",
     "store",
     metavar="BACKEND",
-    help="Store backend: file, keyring or memory (default: [store] backend in the config, "
-    "else file).",
+    help=STORE_HELP,
 )
 @config_option
 @click.option(

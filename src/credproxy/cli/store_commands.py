@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 import click
 
 from credproxy.cli import key, main, token
+from credproxy.cli._daemon_options import CONFIG_HELP
 
 if TYPE_CHECKING:
     from credproxy.store.base import CredentialStore
@@ -63,7 +64,7 @@ def store_options(function: F) -> F:
         "config_path",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Configuration file (default: $CREDPROXY_CONFIG or the user config dir).",
+        help=CONFIG_HELP,
     )(function)
     return click.option(
         "--store",

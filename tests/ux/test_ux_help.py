@@ -1,0 +1,43 @@
+"""Every command's ``--help`` as a new user reads it (click's runner, in process)."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from credproxy import __version__
+from credproxy.cli import main
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += _commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+COMMANDS = _commands(main)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "credproxy")
+def test_every_help_names_where_the_config_and_store_come_from(path: tuple[str, ...]) -> None:
+    """``--config`` said "$CREDPROXY_CONFIG or the user config dir" in some commands and
+    "$XDG_CONFIG_HOME/credproxy/config.toml" in others, and ``run``/``login`` did not
+    list the store backends."""
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    if "--config FILE" in text:
+        assert "$CREDPROXY_CONFIG, else $XDG_CONFIG_HOME/credproxy/config.toml" in text
+    if "--store" in text:
+        assert "file, keyring or memory" in text or "[file|keyring|memory]" in text
+
+
+def test_version_is_printed() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"credproxy, version {__version__}\n"
