@@ -20,6 +20,11 @@ Rules kept here:
   fill the host's memory or starve the others. A login being started holds a
   place (``admit``) before the provider is contacted, so the caps also bound
   the provider calls a sandbox can cause.
+- Logins started are also bounded per identity over time (twice its
+  open-session cap a minute, 32 by default): a
+  sandbox that cancels each login at once never meets the open-session cap,
+  and would otherwise make the host call the provider (a device
+  authorization request, a discovery fetch) as fast as it can send.
 - Sessions are kept in creation order, which is expiry order because the
   timeout is the same for all, and used ids in a separate set, so a sweep
   touches only what it removes.
@@ -38,7 +43,7 @@ import os
 import re
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias, get_args
@@ -69,6 +74,9 @@ DEFAULT_TIMEOUT_S: Final = 600.0
 DEFAULT_GC_INTERVAL_S: Final = 60.0
 DEFAULT_MAX_SESSIONS_PER_IDENTITY: Final = 16
 DEFAULT_MAX_SESSIONS: Final = 1024
+STARTS_PER_CAP: Final = 2
+"""Logins one identity may start per ``START_WINDOW_S``, as a multiple of its open-session cap."""
+START_WINDOW_S: Final = 60.0
 SESSION_ID_BYTES: Final = 16
 
 FlowType = Literal["pkce_redirect", "device_code", "browser_redirect"]
@@ -414,6 +422,7 @@ class OAuthSessionManager:
         self.timeout_s: Final = timeout
         self.max_sessions_per_identity: Final = max_sessions_per_identity
         self.max_sessions: Final = max_sessions
+        self.max_starts_per_window: Final = STARTS_PER_CAP * max_sessions_per_identity
         self._clock = clock
         self._sessions: OrderedDict[str, OAuthSession] = OrderedDict()
         self._used_ids: set[str] = set()
@@ -421,6 +430,8 @@ class OAuthSessionManager:
         """Open sessions plus held admissions, per identity."""
         self._admitted = 0
         self._flow_owners: dict[int, str] = {}
+        self._starts: dict[_IdentityKey, deque[float]] = {}
+        """When each identity's recent logins were admitted, oldest first."""
         self._closer = _Closer()
         self._gc_task: asyncio.Task[None] | None = None
 
@@ -515,6 +526,7 @@ class OAuthSessionManager:
         check and then each make a provider call for a session only one can get.
         """
         self.ensure_capacity(identity)
+        self._count_start(identity.key)
         admission = Admission(identity.key)
         self._per_identity[admission.key] = self._per_identity.get(admission.key, 0) + 1
         self._admitted += 1
@@ -525,6 +537,25 @@ class OAuthSessionManager:
                 admission.held = False
                 self._admitted -= 1
                 self._drop_place(admission.key)
+
+    def _count_start(self, key: _IdentityKey) -> None:
+        """``RATE_LIMITED`` past ``max_starts_per_window`` logins of one identity in
+        ``START_WINDOW_S``; otherwise count this one."""
+        now = self._clock()
+        for stale_key in [k for k, t in self._starts.items() if now - t[-1] >= START_WINDOW_S]:
+            del self._starts[stale_key]
+        starts = self._starts.setdefault(key, deque())
+        while starts and now - starts[0] >= START_WINDOW_S:
+            starts.popleft()
+        if len(starts) >= self.max_starts_per_window:
+            wait = max(0.001, math.ceil((START_WINDOW_S - (now - starts[0])) * 1000.0) / 1000.0)
+            raise ProxyError(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.max_starts_per_window} logins started by this sandbox in "
+                f"{START_WINDOW_S:g} s; wait before starting another",
+                retry_after=wait,
+            )
+        starts.append(now)
 
     def get_session(self, session_id: str, identity: PeerIdentity) -> OAuthSession:
         session = self._sessions.get(session_id)
