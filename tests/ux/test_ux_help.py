@@ -41,3 +41,13 @@ def test_version_is_printed() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert result.output == f"credproxy, version {__version__}\n"
+
+
+def test_the_top_level_help_says_where_to_begin() -> None:
+    """``credproxy --help`` listed the commands alphabetically and nothing else, so a new
+    user could not tell that serve comes after storing something, or where docs live."""
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "On the host, to begin:" in result.output
+    assert "credproxy serve" in result.output
+    assert "docs/cli.md" in result.output

@@ -12,8 +12,19 @@ import click
 
 from credproxy import __version__
 
+GETTING_STARTED = (
+    "\b\nOn the host, to begin:\n"
+    "  credproxy key set NAME              store an API key (hidden prompt or stdin)\n"
+    "  credproxy token import P --file F   store an OAuth token from a JSON file\n"
+    "  credproxy login P                   or log in (providers: docs/providers.md)\n"
+    "  credproxy status                    what the store holds, never values\n"
+    "  credproxy serve                     run the daemon; it prints what to export\n"
+    "  credproxy run --allow P -- CMD      run CMD sandboxed with a private daemon\n"
+    "Commands, exit codes and --json output: docs/cli.md."
+)
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=GETTING_STARTED)
 @click.version_option(__version__, prog_name="credproxy")
 def main() -> None:
     """Keep credentials on the host; hand sandboxes only what their grant allows.
