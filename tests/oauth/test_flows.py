@@ -25,7 +25,7 @@ from credproxy.oauth.flows import (
     start_flow,
 )
 from credproxy.oauth.http import OAuthHttp, basic_credentials
-from credproxy.oauth.refresh import RefreshCoordinator
+from credproxy.oauth.refresh import REFRESH_COOLDOWN_S, RefreshCoordinator
 from credproxy.oauth.runtime import TokenWriter
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.store.memory import MemoryStore
@@ -287,23 +287,30 @@ async def test_loopback_falls_back_to_the_device_flow_when_its_port_is_taken(
     assert "user_code" in shown
 
 
-async def test_refresh_rotates_the_refresh_token_and_shares_one_provider_call(
+async def test_refresh_shares_one_provider_call_until_the_cooldown_ends_and_rotates(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
     registry, flow, pasted = await pasted_login(oidc_server, http)
     store = MemoryStore()
     writer = TokenWriter(store)
     first = await writer.save("test", "default", await flow.finish(pasted))
-    coordinator = RefreshCoordinator(registry, http, writer)
+    now = [1000.0]
+    coordinator = RefreshCoordinator(registry, http, writer, monotonic=lambda: now[0])
     results = await asyncio.gather(*(coordinator.refresh("test", "default") for _ in range(10)))
     assert coordinator.provider_calls == 1
     assert {r["access_token"] for r in results} == {results[0]["access_token"]}
     assert results[0]["refresh_token"] != first["refresh_token"]
     stored = await store.get_token("test", "default")
     assert stored is not None and stored["refresh_token"] == results[0]["refresh_token"]
+    now[0] += REFRESH_COOLDOWN_S - 1
     again = await coordinator.refresh("test", "default")  # inside the cooldown
     assert coordinator.provider_calls == 1
     assert again["access_token"] == results[0]["access_token"]
+    now[0] += 1
+    after = await coordinator.refresh("test", "default")  # the cooldown is over
+    assert coordinator.provider_calls == 2
+    assert after["access_token"] != results[0]["access_token"]
+    assert after["refresh_token"] != results[0]["refresh_token"]
 
 
 async def test_refresh_with_a_dead_grant_requires_a_new_login(
