@@ -107,9 +107,9 @@ async def test_connections_past_the_limit_are_closed_and_audited_once(
     # The daemon (on this event loop) frees the slot a few loop turns after
     # the close; every attempt gives it several, so this counts turns, not time.
     for _ in range(100):
-        reply = await _handshake_or_refused(daemon.socket_path)
-        if reply is not None:
-            assert reply["ok"] is True
+        answer = await _handshake_or_refused(daemon.socket_path)
+        if answer is not None:
+            assert answer["ok"] is True
             break
         await asyncio.sleep(0)
     else:
