@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.client.conftest import ALPHA_WORK, SECRETS
 from tests.client.test_cli import run_cli, sandbox
 from tests.fixtures.daemon import DaemonHandle
 
@@ -53,3 +54,20 @@ def test_a_grant_refusal_with_a_token_carries_no_token_hint(daemon: DaemonHandle
     assert result.returncode == EXIT_UNAUTHORIZED, result
     assert "not permitted" in result.stderr
     assert "no capability token was passed" not in result.stderr
+
+
+def test_an_expired_token_that_cannot_be_refreshed_is_printed_with_a_warning(
+    daemon: DaemonHandle,
+) -> None:
+    """``token get`` used to print an expired access token with exit 0 and not a word,
+    so ``$(credproxy token get ...)`` fed a dead token to the next command. Here the
+    host has no [providers.alpha] table, so the refresh it now asks for fails."""
+    result = sandbox(daemon, "token", "get", "alpha", "--bucket", "work")
+    assert result.returncode == 0, result
+    assert result.stdout == ALPHA_WORK["access_token"] + "\n"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("credproxy: warning: the token alpha (bucket work) expired ")
+    assert "no OAuth provider configured as 'alpha'" in lines[0]
+    for secret in SECRETS:
+        assert secret not in result.stderr

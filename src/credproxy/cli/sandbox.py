@@ -46,6 +46,9 @@ EXIT_CODES_HELP: Final = (
     "  6  not set up: no LLXPRT_CREDENTIAL_SOCKET, or a bad capability token variable"
 )
 
+REFRESH_MARGIN_S: Final = 30.0
+"""``token get`` asks the host to refresh a token this close to its expiry."""
+
 NO_TOKEN_HINT: Final = (
     "no capability token was passed: set LLXPRT_CAPABILITY_FD=3 and start the command "
     "with 3<TOKEN_FILE (the .token file `credproxy serve` printed)"
@@ -134,16 +137,50 @@ def token_get(provider: str, bucket: str, as_json: bool) -> None:
     """Print the access token for PROVIDER (inside a sandbox).
 
     The token alone goes to stdout, so `$(credproxy token get PROVIDER)` works.
+    A token that has expired (or expires within 30 s) is refreshed by the host
+    first; if that fails, the stored token is printed with a warning on stderr.
     """
     with _reported_errors():
         from credproxy.tokens import sanitize
 
         with _sandbox_client() as client:
-            result = sanitize(client.get_token(provider, bucket))
+            result = sanitize(_usable_token(client, provider, bucket))
         if as_json:
             _print_json(result)
         else:
             click.echo(result["access_token"])
+
+
+def _usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, Any]:
+    """The stored token, refreshed by the host first when it is expired or about to be.
+
+    ``get_token`` hands out what is stored, expired or not; a command whose
+    output goes straight into an Authorization header must not print a dead
+    token without a word. When the refresh fails, a still-valid token is
+    printed as it is, and an expired one with a warning that says why.
+    """
+    from credproxy.client import ProxyClientError, ProxyConnectionError
+
+    token = client.get_token(provider, bucket)
+    expiry = token.get("expiry")
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
+        return token
+    now = time.time()
+    if not math.isfinite(expiry) or expiry - now > REFRESH_MARGIN_S:
+        return token
+    try:
+        return client.refresh_token(provider, bucket)
+    except ProxyConnectionError:
+        raise
+    except ProxyClientError as exc:
+        if expiry <= now:
+            click.echo(
+                f"credproxy: warning: the token {provider} (bucket {bucket}) "
+                f"{describe_expiry(float(expiry), now)} and the host did not refresh it: "
+                f"{exc.message}",
+                err=True,
+            )
+        return token
 
 
 @key.command("get", epilog=EXIT_CODES_HELP)
