@@ -6,14 +6,18 @@ conftest), as in ``test_cli``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.client.conftest import ALPHA_WORK, SECRETS
-from tests.client.test_cli import run_cli, sandbox
+from tests.client.test_cli import clean_env, run_cli, sandbox
 from tests.fixtures.daemon import DaemonHandle
 
 EXIT_USAGE = 2
 EXIT_UNAUTHORIZED = 4
+EXIT_NOT_CONFIGURED = 6
 
 
 @pytest.mark.parametrize(
@@ -71,3 +75,35 @@ def test_an_expired_token_that_cannot_be_refreshed_is_printed_with_a_warning(
     assert "no OAuth provider configured as 'alpha'" in lines[0]
     for secret in SECRETS:
         assert secret not in result.stderr
+
+
+@pytest.mark.parametrize("redirect", ["", "3</dev/null"])
+def test_a_capability_fd_without_the_token_file_says_how_to_pass_it(
+    daemon: DaemonHandle, redirect: str
+) -> None:
+    """Pasting ``export LLXPRT_CAPABILITY_FD=3`` and then running a command without
+    ``3<TOKEN_FILE`` (or with the wrong file) named the problem but not the fix."""
+    env = clean_env({"LLXPRT_CREDENTIAL_SOCKET": str(daemon.socket_path)})
+    env["LLXPRT_CAPABILITY_FD"] = "3"
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'exec "$@" {redirect}',
+            "bash",
+            sys.executable,
+            "-m",
+            "credproxy",
+            "status",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EXIT_NOT_CONFIGURED, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "LLXPRT_CAPABILITY_FD" in lines[0]
+    assert "start the command with 3<TOKEN_FILE" in lines[0]

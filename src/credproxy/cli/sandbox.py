@@ -54,6 +54,11 @@ NO_TOKEN_HINT: Final = (
     "with 3<TOKEN_FILE (the .token file `credproxy serve` printed)"
 )
 
+FD_HINT: Final = (
+    "start the command with 3<TOKEN_FILE (the .token file `credproxy serve` printed), "
+    "or unset LLXPRT_CAPABILITY_FD"
+)
+
 
 def _exit_code(exc: ProxyClientError) -> int:
     from credproxy.client import (
@@ -88,7 +93,7 @@ def _reported_errors() -> Iterator[None]:
     never holding a secret; anything unexpected is named by its type only,
     because its text could hold anything.
     """
-    from credproxy.client import ProxyClientError, UnauthorizedError
+    from credproxy.client import ProxyClientError, ProxyConfigError, UnauthorizedError
     from credproxy.client.env import CAPABILITY_FD_ENV, CAPABILITY_TOKEN_ENV
 
     token_passed = CAPABILITY_FD_ENV in os.environ or CAPABILITY_TOKEN_ENV in os.environ
@@ -98,6 +103,8 @@ def _reported_errors() -> Iterator[None]:
         message = exc.message
         if isinstance(exc, UnauthorizedError) and not token_passed:
             message += f"; {NO_TOKEN_HINT}"
+        elif isinstance(exc, ProxyConfigError) and CAPABILITY_FD_ENV in message:
+            message += f"; {FD_HINT}"
         _fail(message, _exit_code(exc))
     except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
         raise
