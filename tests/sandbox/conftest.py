@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,8 @@ OTHER_ACCESS = "other-access-b7e210"
 KEY_VALUE = "sk-demo-key-9c41"
 HOST_MARKER = "host-only-marker-5a8e"
 OUTER_TOKEN = "f" * 64
+TOKEN_LINE = re.compile(r"[0-9a-f]{64}\n")
+"""A capability token as it travels on fd 3."""
 """A capability token in the caller's environment: ``run`` must not pass it on."""
 
 

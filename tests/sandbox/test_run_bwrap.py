@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -20,10 +19,9 @@ from tests.sandbox.conftest import (
     KEY_VALUE,
     OTHER_ACCESS,
     OUTER_TOKEN,
+    TOKEN_LINE,
     RunHost,
 )
-
-TOKEN_LINE = re.compile(r"[0-9a-f]{64}\n")
 
 
 def test_token_get_inside_bwrap_prints_the_host_access_token(run_host: RunHost) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
@@ -16,10 +15,9 @@ from tests.sandbox.conftest import (
     HOST_MARKER,
     OUTER_TOKEN,
     PROBES,
+    TOKEN_LINE,
     RunHost,
 )
-
-TOKEN_LINE = re.compile(r"[0-9a-f]{64}\n")
 
 
 def test_token_get_with_no_sandbox_uses_the_fd_token(run_host: RunHost) -> None:
