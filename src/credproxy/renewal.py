@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.tokens import expiry_seconds
 
 __all__ = [
     "BACKOFF_INITIAL_S",
@@ -147,14 +147,7 @@ def _schedulable_expiry(token: Mapping[str, Any]) -> float | None:
     refresh_token = token.get("refresh_token")
     if not isinstance(refresh_token, str) or not refresh_token:
         return None
-    expiry = token.get("expiry")
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
-        return None
-    try:
-        value = float(expiry)
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
+    return expiry_seconds(token.get("expiry"))
 
 
 def _describe(exc: Exception) -> str:

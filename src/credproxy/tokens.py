@@ -36,13 +36,8 @@ def validate_token(raw: Mapping[str, Any]) -> Token:
     access = raw.get("access_token")
     if not isinstance(access, str) or not access:
         raise ProxyError(ErrorCode.INVALID_REQUEST, "token.access_token must be a non-empty string")
-    expiry = raw.get("expiry")
-    if (
-        isinstance(expiry, bool)
-        or not isinstance(expiry, int | float)
-        or not _finite(expiry)
-        or expiry < 0
-    ):
+    expiry = expiry_seconds(raw.get("expiry"))
+    if expiry is None or expiry < 0:
         raise ProxyError(ErrorCode.INVALID_REQUEST, "token.expiry must be Unix seconds (a number)")
     token_type = raw.get("token_type")
     if not isinstance(token_type, str) or not token_type:
@@ -71,6 +66,13 @@ def check_merged_size(token: Mapping[str, Any]) -> None:
             ErrorCode.INVALID_REQUEST,
             f"token would exceed {MAX_TOKEN_BYTES} bytes merged with the stored one",
         )
+
+
+def expiry_seconds(expiry: object) -> float | None:
+    """A token's ``expiry`` as finite Unix seconds, or None when it is not a usable number."""
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not _finite(expiry):
+        return None
+    return float(expiry)
 
 
 def _finite(number: float) -> bool:

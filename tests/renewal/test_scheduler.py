@@ -43,6 +43,17 @@ def status(sched: ProactiveScheduler, bucket: str = "work") -> RenewalStatus:
     return found
 
 
+async def fail_until_given_up(
+    clock: FakeClock, refresh: Refresh, error: Exception, dead: dict[str, Any] | None = None
+) -> ProactiveScheduler:
+    """A scheduler that met ``error`` on every attempt for a day, from an expired token."""
+    refresh.error = error
+    sched = scheduler(refresh, clock)
+    sched.observe("acme", "work", dead if dead is not None else token(clock.time() - 1))
+    await clock.advance(24 * HOUR)
+    return sched
+
+
 # --- the policy as numbers ------------------------------------------------------------
 
 
@@ -260,10 +271,7 @@ async def test_a_token_with_a_new_expiry_moves_the_schedule(
 async def test_failures_back_off_30_60_120_up_to_1800s_then_stop_after_ten(
     clock: FakeClock, refresh: Refresh
 ) -> None:
-    refresh.error = RuntimeError("provider down")
-    sched = scheduler(refresh, clock)
-    sched.observe("acme", "work", token(clock.time() - 1))
-    await clock.advance(24 * HOUR)
+    sched = await fail_until_given_up(clock, refresh, RuntimeError("provider down"))
     times = refresh.call_times
     assert len(times) == MAX_CONSECUTIVE_FAILURES
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -284,10 +292,9 @@ async def test_giving_up_logs_one_warning_naming_the_bucket_and_no_secret(
     clock: FakeClock, refresh: Refresh, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="credproxy.renewal")
-    refresh.error = RuntimeError("refused rt-secret-0 and at-secret-0")
-    sched = scheduler(refresh, clock)
-    sched.observe("acme", "work", token(clock.time() - 1))
-    await clock.advance(24 * HOUR)
+    sched = await fail_until_given_up(
+        clock, refresh, RuntimeError("refused rt-secret-0 and at-secret-0")
+    )
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "acme:work" in warnings[0].getMessage()
@@ -300,10 +307,9 @@ async def test_a_refused_grant_gives_up_at_once_with_the_protocol_reason(
     clock: FakeClock, refresh: Refresh, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="credproxy.renewal")
-    refresh.error = ProxyError(ErrorCode.REAUTH_REQUIRED, "acme: the grant was refused; log in")
-    sched = scheduler(refresh, clock)
-    sched.observe("acme", "work", token(clock.time() - 1))
-    await clock.advance(24 * HOUR)
+    sched = await fail_until_given_up(
+        clock, refresh, ProxyError(ErrorCode.REAUTH_REQUIRED, "acme: the grant was refused; log in")
+    )
     assert len(refresh.calls) == 1
     found = status(sched)
     assert found.gave_up
@@ -315,11 +321,8 @@ async def test_a_refused_grant_gives_up_at_once_with_the_protocol_reason(
 async def test_a_new_token_after_giving_up_starts_renewal_again(
     clock: FakeClock, refresh: Refresh
 ) -> None:
-    refresh.error = RuntimeError("provider down")
-    sched = scheduler(refresh, clock)
     dead = token(clock.time() - 1)
-    sched.observe("acme", "work", dead)
-    await clock.advance(24 * HOUR)
+    sched = await fail_until_given_up(clock, refresh, RuntimeError("provider down"), dead)
     assert status(sched).gave_up
     sched.observe("acme", "work", dead)
     await clock.advance(HOUR)
@@ -362,10 +365,7 @@ async def test_a_raising_refresh_leaves_no_unretrieved_exception(
     reported: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    refresh.error = ValueError("boom")
-    sched = scheduler(refresh, clock)
-    sched.observe("acme", "work", token(clock.time() - 1))
-    await clock.advance(24 * HOUR)
+    sched = await fail_until_given_up(clock, refresh, ValueError("boom"))
     await sched.aclose()
     gc.collect()
     await settle()

@@ -11,7 +11,6 @@ one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -388,16 +387,11 @@ async def collect_key_names(store: CredentialStore) -> list[str]:
 
 def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
     from credproxy.cli.sandbox import describe_expiry
+    from credproxy.tokens import expiry_seconds
 
-    unknown = {"expiry": None, "status": "expiry unknown"}
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
-        return unknown
-    try:
-        seconds = float(expiry)
-    except OverflowError:
-        return unknown
-    if not math.isfinite(seconds):
-        return unknown
+    seconds = expiry_seconds(expiry)
+    if seconds is None:
+        return {"expiry": None, "status": "expiry unknown"}
     return {
         "expiry": expiry,
         "expiresIn": int(seconds - now),
