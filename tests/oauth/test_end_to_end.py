@@ -207,7 +207,7 @@ def test_ctrl_c_during_a_device_login_cancels_the_session_and_polling_stops(
         time.sleep(0.02)
     client.interrupt()
     status, _stdout, stderr = client.finish()
-    assert status == 1
+    assert status == 130
     assert "Login cancelled." in stderr
     after_cancel = oidc_server.token_requests().get(grant, 0)
     time.sleep(0.5)  # ten poll intervals: a live poller would have asked again

@@ -1,9 +1,10 @@
 """The ``credproxy`` command.
 
 One click group; each room of the house registers its commands from its own
-module. Command modules import heavy dependencies (aiohttp, rich, the server)
-inside the command functions, so ``credproxy token get`` inside a sandbox
-starts fast.
+module, which is imported only when one of its commands runs (see
+``_group.LazyGroup``). Command modules also import heavy dependencies
+(aiohttp, rich, the server) inside the command functions, so
+``credproxy token get`` inside a sandbox loads the client and nothing else.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ from __future__ import annotations
 import click
 
 from credproxy import __version__
+from credproxy.cli._group import CredproxyGroup, LazyGroup
+
+_SANDBOX = "credproxy.cli.sandbox"
+_STORE = "credproxy.cli.store_commands"
+_LOGIN = "credproxy.cli.login"
 
 GETTING_STARTED = (
     "\b\nOn the host, to begin:\n"
@@ -24,7 +30,19 @@ GETTING_STARTED = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=GETTING_STARTED)
+@click.group(
+    cls=CredproxyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=GETTING_STARTED,
+    lazy={
+        "import": _STORE,
+        "login": _LOGIN,
+        "logout": _LOGIN,
+        "run": "credproxy.cli.run",
+        "serve": "credproxy.cli.serve",
+        "status": _SANDBOX,
+    },
+)
 @click.version_option(__version__, prog_name="credproxy")
 def main() -> None:
     """Keep credentials on the host; hand sandboxes only what their grant allows.
@@ -35,18 +53,11 @@ def main() -> None:
     """
 
 
-@main.group()
+@main.group(cls=LazyGroup, lazy={"get": _SANDBOX, "import": _STORE, "rm": _STORE})
 def token() -> None:
     """OAuth tokens: read (sandbox) or manage (host)."""
 
 
-@main.group()
+@main.group(cls=LazyGroup, lazy={"get": _SANDBOX, "list": _SANDBOX, "set": _STORE, "rm": _STORE})
 def key() -> None:
     """API keys: read (sandbox) or manage (host)."""
-
-
-from credproxy.cli import login as _login  # noqa: E402, F401  (registers `login`, `logout`)
-from credproxy.cli import run as _run  # noqa: E402, F401  (registers `credproxy run`)
-from credproxy.cli import sandbox as _sandbox  # noqa: E402, F401  (token get, key get/list, status)
-from credproxy.cli import serve as _serve  # noqa: E402, F401  (registers `credproxy serve`)
-from credproxy.cli import store_commands as _store  # noqa: E402, F401  (key set/rm, token import/rm, import)

@@ -24,9 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONFIG_HELP = (
     "Configuration file (default: $CREDPROXY_CONFIG, else $XDG_CONFIG_HOME/credproxy/config.toml)."
 )
-STORE_HELP = (
-    "Store backend: file, keyring or memory (default: [store] backend in the config, else file)."
-)
+STORE_HELP = "Store backend (default: [store] backend in the config, else file)."
+STORE_BACKENDS = ("file", "keyring", "memory")
+
+
+def store_choice() -> click.Choice[str]:
+    """The one way ``--store`` is typed, so every ``--help`` shows [file|keyring|memory]."""
+    return click.Choice(STORE_BACKENDS)
 
 
 def grant_options(holder: str) -> Callable[[F], F]:
@@ -67,6 +71,20 @@ def config_option(function: F) -> F:
         type=click.Path(dir_okay=False, path_type=Path),
         help=CONFIG_HELP,
     )(function)
+
+
+def store_options(function: F) -> F:
+    """``--store`` and ``--config`` for the commands that open the host store."""
+    function = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help=CONFIG_HELP,
+    )(function)
+    return click.option("--store", "backend", type=store_choice(), default=None, help=STORE_HELP)(
+        function
+    )
 
 
 def check_names(allow: tuple[str, ...], allow_key: tuple[str, ...]) -> None:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import click
 
 from credproxy.cli import main
-from credproxy.cli._daemon_options import CONFIG_HELP, STORE_HELP
+from credproxy.cli._daemon_options import CONFIG_HELP, STORE_HELP, store_choice
+from credproxy.cli._group import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
     import asyncio
@@ -55,15 +56,21 @@ def _name_options(function: F) -> F:
 
 def _host_options(function: F) -> F:
     """``--config`` and ``--store``, which only the host branch reads."""
-    function = click.option("--store", "store", metavar="BACKEND", help=f"Host only. {STORE_HELP}")(
-        function
-    )
+    function = click.option(
+        "--store", "store", type=store_choice(), help=f"Host only. {STORE_HELP}"
+    )(function)
     return click.option(
         "--config",
         "config",
         type=click.Path(dir_okay=False, path_type=Path),
         help=f"Host only, with the [providers.NAME] tables. {CONFIG_HELP}",
     )(function)
+
+
+class _LoginCancelled(click.ClickException):
+    """Ctrl-C ends a login as it ends every prompt: exit 130."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def _fail(message: str, code: str, as_json: bool) -> click.ClickException:
@@ -122,7 +129,8 @@ def login(
         if prompter.interactive:
             # The terminal echoed ^C where the cursor stood, after "Code: " say.
             click.echo("", err=True)
-        raise _fail("Login cancelled.", "CANCELLED", as_json) from None
+        _fail("Login cancelled.", "CANCELLED", as_json)
+        raise _LoginCancelled("Login cancelled.") from None
     _report(provider, bucket, result, as_json)
 
 

@@ -24,6 +24,7 @@ from credproxy.cli._daemon_options import (
     config_option,
     grant_options,
     load_settings,
+    store_choice,
 )
 from credproxy.sandbox.spec import SANDBOX_KINDS
 
@@ -60,7 +61,7 @@ class _RunPlan:
     help="How to isolate the command (see docs/sandboxes.md).",
 )
 @grant_options("the command")
-@click.option("--store", "store", metavar="BACKEND", help=STORE_HELP)
+@click.option("--store", "store", type=store_choice(), help=STORE_HELP)
 @config_option
 @click.option(
     "--bind",

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 
 from credproxy.cli import key, main, token
+from credproxy.cli._daemon_options import store_options
+from credproxy.cli._group import PASS_THROUGH
 from credproxy.cli._names import check_name
-from credproxy.cli.store_commands import store_options
 
 if TYPE_CHECKING:
     from credproxy.client import ProxyClient, ProxyClientError
@@ -106,7 +107,7 @@ def _reported_errors() -> Iterator[None]:
         elif isinstance(exc, ProxyConfigError) and CAPABILITY_FD_ENV in message:
             message += f"; {FD_HINT}"
         _fail(message, _exit_code(exc))
-    except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+    except PASS_THROUGH:
         raise
     except Exception as exc:
         _fail(f"unexpected {type(exc).__name__}; nothing was printed", EXIT_FAILURE)

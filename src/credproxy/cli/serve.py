@@ -22,6 +22,7 @@ from credproxy.cli._daemon_options import (
     config_option,
     grant_options,
     load_settings,
+    store_choice,
 )
 
 if TYPE_CHECKING:
@@ -122,12 +123,7 @@ def write_capability_fd(fd: int, token: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--store",
-    "store",
-    metavar="BACKEND",
-    help=STORE_HELP,
-)
+@click.option("--store", "store", type=store_choice(), help=STORE_HELP)
 @config_option
 @click.option(
     "--socket",

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 import click
 
 from credproxy.cli import key, main, token
-from credproxy.cli._daemon_options import CONFIG_HELP
+from credproxy.cli._daemon_options import store_options
+from credproxy.cli._group import PASS_THROUGH
 
 if TYPE_CHECKING:
     from credproxy.store.base import CredentialStore
@@ -50,28 +51,10 @@ def _reported_errors() -> Iterator[None]:
         yield
     except (StoreError, ConfigError, ValueError) as exc:
         _fail(str(exc))
-    except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+    except PASS_THROUGH:
         raise
     except Exception as exc:
         _fail(f"unexpected {type(exc).__name__}; nothing was printed")
-
-
-def store_options(function: F) -> F:
-    """``--store`` and ``--config``: which backend, which configuration file."""
-    function = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help=CONFIG_HELP,
-    )(function)
-    return click.option(
-        "--store",
-        "backend",
-        type=click.Choice(["file", "keyring", "memory"]),
-        default=None,
-        help="Store backend (default: [store] backend in the config, else file).",
-    )(function)
 
 
 def open_host_store(backend: str | None, config_path: Path | None) -> CredentialStore:

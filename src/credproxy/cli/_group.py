@@ -1,0 +1,100 @@
+"""The click group behind ``credproxy``: commands load on first use, endings are Unix's.
+
+A command's module is imported only when that command runs (or ``--help``
+lists it), so ``credproxy token get`` inside a sandbox loads the client and
+nothing of the host side. Three endings every command shares are decided
+here once:
+
+- input cancelled at a prompt (click's, getpass's, or a blocking read):
+  one line in the project's voice; exit 130 for Ctrl-C (128 + SIGINT), 1 for
+  end of input (Ctrl-D);
+- stdout closed by the reader (``credproxy status | head -1``): nothing on
+  stderr and exit 141 (128 + SIGPIPE), what a Unix tool killed by SIGPIPE
+  reports;
+- everything else as click does it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, Final, NoReturn
+
+import click
+
+EXIT_CANCELLED_EOF: Final = 1
+EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141
+
+PASS_THROUGH: Final = (
+    click.exceptions.Exit,
+    click.ClickException,
+    click.Abort,
+    SystemExit,
+    KeyboardInterrupt,
+    EOFError,
+    BrokenPipeError,
+)
+"""What a command's own error reporting must let reach the group untouched."""
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands register themselves when their module is imported.
+
+    ``lazy`` maps a command name to the module that defines it; the module is
+    imported the first time the command is looked up.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, str] = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            importlib.import_module(self.lazy[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+
+class CredproxyGroup(LazyGroup):
+    """The top-level group: lazy, and it ends cancelled input and closed pipes cleanly."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()
+        except KeyboardInterrupt:
+            _cancelled(EXIT_INTERRUPTED)
+        except EOFError:
+            _cancelled(EXIT_CANCELLED_EOF)
+        except click.Abort as exc:
+            # click.prompt turns Ctrl-C and Ctrl-D into a bare Abort; the cause stays
+            # in its context.
+            interrupted = not isinstance(exc.__context__, EOFError)
+            _cancelled(EXIT_INTERRUPTED if interrupted else EXIT_CANCELLED_EOF)
+        except BrokenPipeError:
+            _stdout_closed()
+        return result
+
+
+def _cancelled(exit_code: int) -> NoReturn:
+    how = "Ctrl-C" if exit_code == EXIT_INTERRUPTED else "end of input"
+    # At a terminal the cursor may still stand after the prompt (and its ^C).
+    start = "\n" if sys.stderr.isatty() else ""
+    click.echo(f"{start}credproxy: cancelled ({how}); nothing was saved", err=True)
+    raise click.exceptions.Exit(exit_code)
+
+
+def _stdout_closed() -> NoReturn:
+    """Point stdout at /dev/null so the interpreter's final flush stays quiet too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+    raise click.exceptions.Exit(EXIT_BROKEN_PIPE)
