@@ -11,8 +11,12 @@ from credproxy.cli import main
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path; commands load lazily, so they are looked up by name."""
     found: list[tuple[str, ...]] = [prefix]
-    for name, command in sorted(group.commands.items()):
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             found += _commands(command, (*prefix, name))
         else:
@@ -34,7 +38,43 @@ def test_every_help_names_where_the_config_and_store_come_from(path: tuple[str, 
     if "--config FILE" in text:
         assert "$CREDPROXY_CONFIG, else $XDG_CONFIG_HOME/credproxy/config.toml" in text
     if "--store" in text:
-        assert "file, keyring or memory" in text or "[file|keyring|memory]" in text
+        assert "--store [file|keyring|memory]" in text
+        assert "--store BACKEND" not in text
+
+
+def test_every_command_is_listed() -> None:
+    assert {" ".join(path) for path in COMMANDS} >= {
+        "doctor",
+        "import llxprt",
+        "key get",
+        "key list",
+        "key rm",
+        "key set",
+        "login",
+        "logout",
+        "run",
+        "serve",
+        "status",
+        "token get",
+        "token import",
+        "token rm",
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("serve", "--allow"), ("run", "--allow"), ("token", "get", "--bucket"), ("status", "--store")],
+    ids=" ".join,
+)
+def test_an_option_missing_its_value_prints_the_usage_lines(args: tuple[str, ...]) -> None:
+    """``serve --allow`` printed the error line alone, without click's usage lines."""
+    result = CliRunner().invoke(main, list(args), prog_name="credproxy")
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    command = " ".join(part for part in args if not part.startswith("-"))
+    assert lines[0].startswith(f"Usage: credproxy {command} [OPTIONS]")
+    assert lines[1] == f"Try 'credproxy {command} --help' for help."
+    assert lines[-1] == f"Error: Option '{args[-1]}' requires an argument."
 
 
 def test_version_is_printed() -> None:

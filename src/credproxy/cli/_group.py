@@ -39,12 +39,31 @@ PASS_THROUGH: Final = (
 """What a command's own error reporting must let reach the group untouched."""
 
 
-class LazyGroup(click.Group):
+class Command(click.Command):
+    """Every credproxy command: a parse error click raises without a context gets one.
+
+    click raises "Option '--allow' requires an argument." without a context,
+    so it printed no usage lines; with the context it prints them like every
+    other usage error.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
+
+
+class LazyGroup(Command, click.Group):
     """A group whose subcommands register themselves when their module is imported.
 
     ``lazy`` maps a command name to the module that defines it; the module is
     imported the first time the command is looked up.
     """
+
+    command_class = Command
 
     def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -47,6 +47,7 @@ FORMAT: Final = "credproxy-store"
 FORMAT_VERSION: Final = 1
 CHECK_RECORD: Final = "check"
 CHECK_PLAINTEXT: Final = b"credproxy data key check"
+_SEALED_CHECK_BYTES: Final = crypto.NONCE_BYTES + len(CHECK_PLAINTEXT) + 16  # nonce, text, tag
 TEMP_PREFIX: Final = f".{DATA_FILE}."
 TEMP_SUFFIX: Final = ".tmp"
 DEFAULT_LOCK_TIMEOUT_S: Final = 10.0
@@ -147,12 +148,59 @@ class FileStore(RecordStore):
                 base64.b64decode(self._check, validate=True),
             )
         except (crypto.SealError, binascii.Error, ValueError):
-            raise StoreError(
-                f"the data key from the {_SOURCE_NAMES.get(self.key_source, self.key_source)} "
-                f"does not open the store in "
-                f"{self.directory} (a wrong passphrase, or a key file or keyring entry of "
-                "another store); use the right key, or choose another store path"
-            ) from None
+            raise self._check_failure() from None
+
+    def _check_failure(self) -> StoreError:
+        """Tell a damaged key check from a wrong key, as far as the format can.
+
+        A check that is not base64, or not the length of a sealed check, was
+        damaged: no key makes it so. A well-formed check whose GCM tag fails
+        means a wrong key or damaged bytes, which GCM cannot tell apart; but if
+        the same key opens a stored record, the key is right and the check is
+        what broke. Only an empty store leaves the two undecided.
+        """
+        source = _SOURCE_NAMES.get(self.key_source, self.key_source)
+        try:
+            blob = base64.b64decode(self._check, validate=True)
+        except (binascii.Error, ValueError):
+            blob = b""
+        if len(blob) != _SEALED_CHECK_BYTES:
+            return StoreError(
+                f"store file {self.path} has a damaged header: its key check is not "
+                f"{_SEALED_CHECK_BYTES} base64-encoded bytes, which no key can cause; the "
+                "credentials may be intact: restore the file from a backup, or keep it and "
+                "ask for help rather than overwriting it"
+            )
+        if self._key_opens_a_record():
+            return StoreError(
+                f"store file {self.path} has a damaged header: its key check fails, yet the "
+                f"data key from the {source} opens the stored records, so the key is right; "
+                "the credentials are intact: restore the file from a backup, or keep it and "
+                "ask for help rather than overwriting it"
+            )
+        reason = (
+            "the store holds no record to tell the two apart"
+            if not self._snapshot.records
+            else "no stored record opens with it either"
+        )
+        return StoreError(
+            f"the data key from the {source} does not open the store in {self.directory}: a "
+            "wrong passphrase, or a key file or keyring entry of another store (or a damaged "
+            f"key check: {reason}); use the right key, or choose another store path"
+        )
+
+    def _key_opens_a_record(self) -> bool:
+        for record_id, encoded in self._snapshot.records.items():
+            try:
+                crypto.unseal(
+                    self._key,
+                    crypto.associated_data(self._store_id, record_id),
+                    base64.b64decode(encoded, validate=True),
+                )
+            except (crypto.SealError, binascii.Error, ValueError, TypeError):
+                continue
+            return True
+        return False
 
     def _create(self) -> None:
         self._store_id = secrets.token_hex(16)
