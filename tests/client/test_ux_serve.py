@@ -67,7 +67,7 @@ def test_the_announced_lines_work_when_pasted_into_a_shell(
 ) -> None:
     """The two export lines used to be split by a prose line, and the README's
     ``$TOKEN_FILE`` was never defined; here the block is pasted as a user would:
-    both exports in one selection, then the example command."""
+    both exports and the TOKEN_FILE line in one selection, then the example."""
     workdir = credproxy_daemon.workdir()
     stderr_path = workdir / "stderr"
     with stderr_path.open("wb") as stderr:
@@ -83,13 +83,14 @@ def test_the_announced_lines_work_when_pasted_into_a_shell(
     try:
         lines = _announced_lines(process)
         first = next(i for i, line in enumerate(lines) if line.startswith("export "))
-        pasted = lines[first : first + 2]
+        pasted = lines[first : first + 3]
         assert [line.split("=", 1)[0] for line in pasted] == [
             "export LLXPRT_CREDENTIAL_SOCKET",
             "export LLXPRT_CAPABILITY_FD",
+            "TOKEN_FILE",
         ]
         example = lines[-1].strip()
-        assert example.startswith("credproxy status 3<")
+        assert example == 'credproxy status 3<"$TOKEN_FILE"'
         env = daemon_env()
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         shell = "\n".join([*pasted, example.replace("credproxy", "python -m credproxy", 1)])
@@ -108,3 +109,34 @@ def test_the_announced_lines_work_when_pasted_into_a_shell(
         process.wait(15)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_the_socket_is_printed_once_and_whole_on_the_first_line(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    """The first line used to be the daemon's log line, ``credproxy: INFO listening on
+    .../PID-<redacted>.sock`` (the log scrubber hides the nonce), and only the next
+    line had the path a user can use."""
+    workdir = credproxy_daemon.workdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "credproxy", "serve", "--store", "memory"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=daemon_env({"XDG_RUNTIME_DIR": str(workdir)}),
+    )
+    try:
+        lines = _announced_lines(process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        assert process.stdout is not None
+        process.stdout.close()
+    assert not any("<redacted>" in line for line in lines), lines
+    listening = [line for line in lines if "listening on" in line]
+    assert len(listening) == 1, lines
+    assert lines[0] == listening[0]
+    socket_path = lines[0].removeprefix("credproxy daemon listening on ").split(" (pid ")[0]
+    assert socket_path.startswith(f"{workdir}/credproxy-{os.getuid()}/")
+    assert socket_path.endswith(".sock")
+    assert f"export LLXPRT_CREDENTIAL_SOCKET={socket_path}" in lines
+    assert f"TOKEN_FILE={socket_path.removesuffix('.sock')}.token" in lines

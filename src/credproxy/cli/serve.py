@@ -318,13 +318,16 @@ def _announce(opts: _Options, path: Path, token_file: Path | None, grant: Grant)
         default = "" if (opts.allow or opts.allow_key) else " (default; narrow it with --allow)"
         lines.append(f"grant: {grant.describe()}{default}")
     if token_file is not None:
-        # The two export lines stay adjacent so one selection pastes both.
+        # The three lines to paste stay adjacent so one selection takes them all;
+        # TOKEN_FILE is the name the README's examples use.
         quoted_file = shlex.quote(str(token_file))
-        lines.append(f"capability token in {token_file} (0600); hand it over as fd 3:")
+        lines.append(f"capability token in {token_file} (0600); hand it over as fd 3.")
+        lines.append("In the shell that runs sandboxed commands, paste:")
         lines.append(f"export LLXPRT_CREDENTIAL_SOCKET={quoted}")
         lines.append("export LLXPRT_CAPABILITY_FD=3")
-        lines.append(f"  then start each command with 3<{quoted_file}, e.g.:")
-        lines.append(f"  credproxy status 3<{quoted_file}")
+        lines.append(f"TOKEN_FILE={quoted_file}")
+        lines.append('  then start each command with 3<"$TOKEN_FILE", e.g.:')
+        lines.append('  credproxy status 3<"$TOKEN_FILE"')
     else:
         lines.append(f"export LLXPRT_CREDENTIAL_SOCKET={quoted}")
         if opts.capability_fd is not None:

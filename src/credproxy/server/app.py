@@ -164,7 +164,9 @@ class Daemon:
             sock.close()
             unlink_socket(path)
             raise
-        log.info("listening on %s", path)
+        # serve and run print the path whole themselves; the log scrubber would
+        # redact its nonce, so this line stays out of the default output.
+        log.debug("listening on %s", path)
         self._start_extensions()
         return path
 
