@@ -14,6 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from credproxy.config_mode import ConfigModeError, check_config_file_mode
+
 CONFIG_ENV = "CREDPROXY_CONFIG"
 
 
@@ -43,6 +45,11 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {target}: {exc.strerror}") from None
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        settings = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {target} is not valid TOML: {exc}") from None
+    try:
+        check_config_file_mode(target, settings)
+    except ConfigModeError as exc:
+        raise ConfigError(str(exc)) from None
+    return settings
