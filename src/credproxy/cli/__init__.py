@@ -35,6 +35,7 @@ GETTING_STARTED = (
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=GETTING_STARTED,
     lazy={
+        "doctor": "credproxy.cli.doctor",
         "import": _STORE,
         "login": _LOGIN,
         "logout": _LOGIN,

@@ -401,7 +401,7 @@ def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
     }
 
 
-def _store_description(store: CredentialStore) -> str:
+def store_description(store: CredentialStore) -> str:
     from credproxy.store.file import FileStore
     from credproxy.store.keyring import KeyringStore
 
@@ -420,7 +420,7 @@ def host_status(
 
         async def action(store: CredentialStore) -> dict[str, Any]:
             report = await collect_host_status(store)
-            report["store"] = _store_description(store)
+            report["store"] = store_description(store)
             return report
 
         report = _run(backend, config_path, action)
