@@ -128,3 +128,32 @@ def test_setup_shows_what_pip_installs_instead_of_one_silent_line(tmp_path: Path
     installs = [line for line in done.stderr.splitlines() if line.endswith("-e .")]
     assert installs, done.stderr
     assert all(" -q" not in line for line in installs), installs
+
+
+def test_plain_setup_installs_bubblewrap_which_the_run_example_needs(tmp_path: Path) -> None:
+    """scripts/serve (plain setup) did not install bubblewrap; the README's first
+    `credproxy run --sandbox bwrap` example then failed on a fresh machine."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup").write_text(SETUP.read_text())
+    (tmp_path / "pyproject.toml").write_text("")
+    python = tmp_path / "python3"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fake_program(tools, "dpkg-query", "unknown")  # nothing counts as installed
+    (tools / "apt-get").write_text('#!/bin/sh\necho "apt-get $*" >&2\n')
+    (tools / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    for name in ("apt-get", "sudo"):
+        (tools / name).chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "setup")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": str(python), "PATH": f"{tools}:/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    installs = [line for line in done.stderr.splitlines() if line.startswith("apt-get ")]
+    assert any("install" in line and "bubblewrap" in line for line in installs), done.stderr

@@ -49,8 +49,10 @@ def main() -> None:
     """Keep credentials on the host; hand sandboxes only what their grant allows.
 
     On the host, `credproxy serve` runs the daemon. Inside a sandbox (where
-    LLXPRT_CREDENTIAL_SOCKET is set) the other commands talk to it; on the
-    host without that variable they work on the store directly.
+    LLXPRT_CREDENTIAL_SOCKET is set) token get, key get, key list, status,
+    login and logout talk to it; without that variable they work on the store
+    directly. key set/rm, token import/rm, import, run and doctor always work
+    on the host.
     """
 
 
