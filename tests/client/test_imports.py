@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
+
+from tests.fixtures.daemon import DaemonFactory, DaemonHandle, daemon_env
 
 FORBIDDEN = (
     "credproxy.server",
@@ -55,3 +59,68 @@ def test_client_package_and_both_clients_import_nothing_from_the_host_side() -> 
 def test_sync_client_import_does_not_load_asyncio() -> None:
     modules = loaded_modules("from credproxy.client import ProxyClient, discover")
     assert "asyncio" not in modules
+
+
+HOST_SIDE_OF_THE_CLI = (
+    "credproxy.cli.serve",
+    "credproxy.cli.run",
+    "credproxy.cli.login",
+    "credproxy.cli.store_commands",
+    "credproxy.cli.doctor",
+    "credproxy.sandbox",
+    "credproxy.config",
+    "asyncio",
+    "platformdirs",
+)
+
+
+def modules_of_a_command(daemon: DaemonHandle, *args: str) -> list[str]:
+    """What a real ``credproxy ARGS`` run in a "sandbox" (socket and fd) had imported
+    when it exited: the console script's own two lines, then sys.modules at exit."""
+    assert daemon.capability_file is not None
+    script = textwrap.dedent(
+        """
+        import atexit, json, sys
+        atexit.register(lambda: sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules))))
+        from credproxy.cli import main
+        sys.argv[0] = "credproxy"
+        main()
+        """
+    )
+    token_fd = os.open(daemon.capability_file, os.O_RDONLY)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            env=daemon_env(
+                {
+                    "LLXPRT_CREDENTIAL_SOCKET": str(daemon.socket_path),
+                    "LLXPRT_CAPABILITY_FD": str(token_fd),
+                }
+            ),
+            pass_fds=(token_fd,),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(token_fd)
+    assert done.returncode == 0, done.stderr
+    modules: list[str] = json.loads(done.stderr.rsplit("MODULES ", 1)[1])
+    return modules
+
+
+def test_sandbox_commands_load_nothing_of_the_host_side(credproxy_daemon: DaemonFactory) -> None:
+    """`credproxy token get` used to import every command module (serve, run, login,
+    the store commands and through them the sandbox launcher) before running."""
+    token = {"access_token": "import-test", "expiry": time.time() + 3600}
+    daemon = credproxy_daemon(tokens={("alpha", "default"): token}, keys={"openai": "sk-i"})
+    for command in (("token", "get", "alpha"), ("key", "get", "openai"), ("status",)):
+        modules = modules_of_a_command(daemon, *command)
+        assert "credproxy.client._sync" in modules, command
+        loaded = [
+            m
+            for m in modules
+            if any(m == f or m.startswith(f + ".") for f in (*FORBIDDEN, *HOST_SIDE_OF_THE_CLI))
+        ]
+        assert loaded == [], command
