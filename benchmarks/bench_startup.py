@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -100,12 +101,20 @@ def drop_page_cache() -> None:
     DROP_CACHES.write_text("3\n")
 
 
-def timed_run(command: Sequence[str], env: dict[str, str], token_file: str | None) -> float:
-    """Milliseconds from start to exit; the token goes over a descriptor as with 3<FILE
+@dataclass
+class Sample:
+    wall_ms: float
+    cpu_ms: float
+    """user + system time of the process: less swayed than wall time by other load."""
+
+
+def timed_run(command: Sequence[str], env: dict[str, str], token_file: str | None) -> Sample:
+    """Start to exit of one process; the token goes over a descriptor as with 3<FILE
     (its number named in LLXPRT_CAPABILITY_FD, as the client allows)."""
     token_fd = os.open(token_file, os.O_RDONLY) if token_file else None
     if token_fd is not None:
         env = {**env, "LLXPRT_CAPABILITY_FD": str(token_fd)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         started = time.perf_counter()
         done = subprocess.run(
@@ -119,18 +128,22 @@ def timed_run(command: Sequence[str], env: dict[str, str], token_file: str | Non
     finally:
         if token_fd is not None:
             os.close(token_fd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{command} failed: {done.stderr.decode(errors='replace')}")
-    return elapsed * 1000
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Sample(wall_ms=elapsed * 1000, cpu_ms=cpu * 1000)
 
 
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
+def summary(samples: list[Sample]) -> dict[str, float]:
+    wall = sorted(sample.wall_ms for sample in samples)
+    cpu = sorted(sample.cpu_ms for sample in samples)
     return {
-        "runs": len(ordered),
-        "median_ms": round(statistics.median(ordered), 1),
-        "min_ms": round(ordered[0], 1),
-        "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 1),
+        "runs": len(wall),
+        "wall_median_ms": round(statistics.median(wall), 1),
+        "wall_min_ms": round(wall[0], 1),
+        "wall_p90_ms": round(wall[int(0.9 * (len(wall) - 1))], 1),
+        "cpu_median_ms": round(statistics.median(cpu), 1),
     }
 
 
@@ -189,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "warm_python_floor": summary([timed_run(floor, env, None) for _ in range(10)]),
             }
             if os.geteuid() == 0 and DROP_CACHES.exists():
-                cold, cold_floor = [], []
+                cold: list[Sample] = []
+                cold_floor: list[Sample] = []
                 for _ in range(args.cold_runs):
                     drop_page_cache()
                     cold.append(timed_run(command, sandbox, daemon.token_file))

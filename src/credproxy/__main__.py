@@ -1,6 +1,6 @@
 """``python -m credproxy``: the same command as the ``credproxy`` entry point."""
 
-from credproxy.cli import main
+from credproxy.console import main
 
 if __name__ == "__main__":
     main()

@@ -76,13 +76,13 @@ HOST_SIDE_OF_THE_CLI = (
 
 def modules_of_a_command(daemon: DaemonHandle, *args: str) -> list[str]:
     """What a real ``credproxy ARGS`` run in a "sandbox" (socket and fd) had imported
-    when it exited: the console script's own two lines, then sys.modules at exit."""
+    when it exited: the console script's own lines, then sys.modules at exit."""
     assert daemon.capability_file is not None
     script = textwrap.dedent(
         """
         import atexit, json, sys
         atexit.register(lambda: sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules))))
-        from credproxy.cli import main
+        from credproxy.console import main
         sys.argv[0] = "credproxy"
         main()
         """
@@ -112,7 +112,8 @@ def modules_of_a_command(daemon: DaemonHandle, *args: str) -> list[str]:
 
 def test_sandbox_commands_load_nothing_of_the_host_side(credproxy_daemon: DaemonFactory) -> None:
     """`credproxy token get` used to import every command module (serve, run, login,
-    the store commands and through them the sandbox launcher) before running."""
+    the store commands and through them the sandbox launcher) and click before
+    running; a plain sandbox command line now loads neither."""
     token = {"access_token": "import-test", "expiry": time.time() + 3600}
     daemon = credproxy_daemon(tokens={("alpha", "default"): token}, keys={"openai": "sk-i"})
     for command in (("token", "get", "alpha"), ("key", "get", "openai"), ("status",)):
@@ -121,6 +122,9 @@ def test_sandbox_commands_load_nothing_of_the_host_side(credproxy_daemon: Daemon
         loaded = [
             m
             for m in modules
-            if any(m == f or m.startswith(f + ".") for f in (*FORBIDDEN, *HOST_SIDE_OF_THE_CLI))
+            if any(
+                m == f or m.startswith(f + ".")
+                for f in (*FORBIDDEN, *HOST_SIDE_OF_THE_CLI, "click", "credproxy.cli")
+            )
         ]
         assert loaded == [], command

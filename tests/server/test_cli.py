@@ -49,7 +49,8 @@ def test_human_output_says_how_to_reach_the_daemon_and_never_shows_the_token(
         token = token_file.read_text().strip()
         assert f"export LLXPRT_CREDENTIAL_SOCKET={shlex.quote(str(path))}" in text
         assert "export LLXPRT_CAPABILITY_FD=3" in text
-        assert f"3<{token_file}" in text
+        assert f"TOKEN_FILE={shlex.quote(str(token_file))}" in text
+        assert '3<"$TOKEN_FILE"' in text
         assert "grant: full (default; narrow it with --allow)" in text
         assert token not in text
     finally:

@@ -3,7 +3,8 @@
 A command's module is imported only when that command runs (or ``--help``
 lists it), so ``credproxy token get`` inside a sandbox loads the client and
 nothing of the host side. Three endings every command shares are decided
-here once:
+here once (their wording is in ``credproxy.console``, whose click-free path
+for plain sandbox commands ends them the same way):
 
 - input cancelled at a prompt (click's, getpass's, or a blocking read):
   one line in the project's voice; exit 130 for Ctrl-C (128 + SIGINT), 1 for
@@ -17,15 +18,28 @@ here once:
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any, Final, NoReturn
 
 import click
 
-EXIT_CANCELLED_EOF: Final = 1
-EXIT_INTERRUPTED: Final = 130
-EXIT_BROKEN_PIPE: Final = 141
+from credproxy.console import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CANCELLED_EOF,
+    EXIT_INTERRUPTED,
+    report_cancelled,
+    silence_stdout,
+)
+
+__all__ = [
+    "EXIT_BROKEN_PIPE",
+    "EXIT_CANCELLED_EOF",
+    "EXIT_INTERRUPTED",
+    "PASS_THROUGH",
+    "Command",
+    "CredproxyGroup",
+    "LazyGroup",
+]
 
 PASS_THROUGH: Final = (
     click.exceptions.Exit,
@@ -100,20 +114,8 @@ class CredproxyGroup(LazyGroup):
 
 
 def _cancelled(exit_code: int) -> NoReturn:
-    how = "Ctrl-C" if exit_code == EXIT_INTERRUPTED else "end of input"
-    # At a terminal the cursor may still stand after the prompt (and its ^C).
-    start = "\n" if sys.stderr.isatty() else ""
-    click.echo(f"{start}credproxy: cancelled ({how}); nothing was saved", err=True)
-    raise click.exceptions.Exit(exit_code)
+    raise click.exceptions.Exit(report_cancelled(exit_code))
 
 
 def _stdout_closed() -> NoReturn:
-    """Point stdout at /dev/null so the interpreter's final flush stays quiet too."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-    finally:
-        os.close(devnull)
-    raise click.exceptions.Exit(EXIT_BROKEN_PIPE)
+    raise click.exceptions.Exit(silence_stdout())

@@ -2,22 +2,16 @@
 
 Inside a sandbox (``LLXPRT_CREDENTIAL_SOCKET`` set) they ask the proxy with
 the blocking client; on the host, ``key list`` and ``status`` read the store
-through the storage commands instead. Every failure is one line on stderr
-and an exit code per class of failure (see ``EXIT_CODES_HELP``); a secret is
-never part of an error, and nothing heavy is imported before it is needed.
+through the storage commands instead. The sandbox-side work lives in
+``credproxy.client.commands`` (no click), which ``credproxy.console`` also runs
+directly for a plain command line; this module adds ``--help``, usage errors
+and the host branches. Nothing heavy is imported before it is needed.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Final
 
 import click
 
@@ -25,16 +19,10 @@ from credproxy.cli import key, main, token
 from credproxy.cli._daemon_options import store_options
 from credproxy.cli._group import PASS_THROUGH
 from credproxy.cli._names import check_name
+from credproxy.client import commands
+from credproxy.client.commands import describe_expiry, format_status, sandbox_status
 
-if TYPE_CHECKING:
-    from credproxy.client import ProxyClient, ProxyClientError
-
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_NOT_FOUND: Final = 3
-EXIT_UNAUTHORIZED: Final = 4
-EXIT_CONNECTION: Final = 5
-EXIT_NOT_CONFIGURED: Final = 6
+__all__ = ["describe_expiry", "format_status", "sandbox_status"]
 
 EXIT_CODES_HELP: Final = (
     "\b\nExit codes:\n"
@@ -46,93 +34,6 @@ EXIT_CODES_HELP: Final = (
     "  5  cannot reach the proxy: no daemon, connection lost, or no answer in time\n"
     "  6  not set up: no LLXPRT_CREDENTIAL_SOCKET, or a bad capability token variable"
 )
-
-REFRESH_MARGIN_S: Final = 30.0
-"""``token get`` asks the host to refresh a token this close to its expiry."""
-
-NO_TOKEN_HINT: Final = (
-    "no capability token was passed: set LLXPRT_CAPABILITY_FD=3 and start the command "
-    "with 3<TOKEN_FILE (the .token file `credproxy serve` printed)"
-)
-
-FD_HINT: Final = (
-    "start the command with 3<TOKEN_FILE (the .token file `credproxy serve` printed), "
-    "or unset LLXPRT_CAPABILITY_FD"
-)
-
-
-def _exit_code(exc: ProxyClientError) -> int:
-    from credproxy.client import (
-        NotFoundError,
-        ProviderNotFoundError,
-        ProxyConfigError,
-        ProxyConnectionError,
-        UnauthorizedError,
-    )
-
-    if isinstance(exc, NotFoundError | ProviderNotFoundError):
-        return EXIT_NOT_FOUND
-    if isinstance(exc, UnauthorizedError):
-        return EXIT_UNAUTHORIZED
-    if isinstance(exc, ProxyConnectionError):
-        return EXIT_CONNECTION
-    if isinstance(exc, ProxyConfigError):
-        return EXIT_NOT_CONFIGURED
-    return EXIT_FAILURE
-
-
-def _fail(message: str, exit_code: int) -> NoReturn:
-    click.echo(f"credproxy: {message}", err=True)
-    sys.exit(exit_code)
-
-
-@contextmanager
-def _reported_errors() -> Iterator[None]:
-    """Turn every failure into one line on stderr and a class-specific exit code.
-
-    Client errors carry messages already stripped of control characters and
-    never holding a secret; anything unexpected is named by its type only,
-    because its text could hold anything.
-    """
-    from credproxy.client import ProxyClientError, ProxyConfigError, UnauthorizedError
-    from credproxy.client.env import CAPABILITY_FD_ENV, CAPABILITY_TOKEN_ENV
-
-    token_passed = CAPABILITY_FD_ENV in os.environ or CAPABILITY_TOKEN_ENV in os.environ
-    try:
-        yield
-    except ProxyClientError as exc:
-        message = exc.message
-        if isinstance(exc, UnauthorizedError) and not token_passed:
-            message += f"; {NO_TOKEN_HINT}"
-        elif isinstance(exc, ProxyConfigError) and CAPABILITY_FD_ENV in message:
-            message += f"; {FD_HINT}"
-        _fail(message, _exit_code(exc))
-    except PASS_THROUGH:
-        raise
-    except Exception as exc:
-        _fail(f"unexpected {type(exc).__name__}; nothing was printed", EXIT_FAILURE)
-
-
-def _sandbox_client() -> ProxyClient:
-    from credproxy.client import ProxyClient, in_sandbox
-
-    if not in_sandbox():
-        raise _not_in_sandbox()
-    return ProxyClient.from_env()
-
-
-def _not_in_sandbox() -> Exception:
-    from credproxy.client._exceptions import config_error
-
-    return config_error(
-        "LLXPRT_CREDENTIAL_SOCKET is not set, so there is no proxy to ask. "
-        "Run this inside a sandbox started with `credproxy run`; on the host use "
-        "`credproxy status` and `credproxy key list` to see what the store holds"
-    )
-
-
-def _print_json(value: object) -> None:
-    click.echo(json.dumps(value, sort_keys=True))
 
 
 @token.command("get", epilog=EXIT_CODES_HELP)
@@ -148,47 +49,8 @@ def token_get(provider: str, bucket: str, as_json: bool) -> None:
     A token that has expired (or expires within 30 s) is refreshed by the host
     first; if that fails, the stored token is printed with a warning on stderr.
     """
-    with _reported_errors():
-        from credproxy.tokens import sanitize
-
-        with _sandbox_client() as client:
-            result = sanitize(_usable_token(client, provider, bucket))
-        if as_json:
-            _print_json(result)
-        else:
-            click.echo(result["access_token"])
-
-
-def _usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, Any]:
-    """The stored token, refreshed by the host first when it is expired or about to be.
-
-    ``get_token`` hands out what is stored, expired or not; a command whose
-    output goes straight into an Authorization header must not print a dead
-    token without a word. When the refresh fails, a still-valid token is
-    printed as it is, and an expired one with a warning that says why.
-    """
-    from credproxy.client import ProxyClientError, ProxyConnectionError
-
-    token = client.get_token(provider, bucket)
-    expiry = token.get("expiry")
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
-        return token
-    now = time.time()
-    if not math.isfinite(expiry) or expiry - now > REFRESH_MARGIN_S:
-        return token
-    try:
-        return client.refresh_token(provider, bucket)
-    except ProxyConnectionError:
-        raise
-    except ProxyClientError as exc:
-        if expiry <= now:
-            click.echo(
-                f"credproxy: warning: the token {provider} (bucket {bucket}) "
-                f"{describe_expiry(float(expiry), now)} and the host did not refresh it: "
-                f"{exc.message}",
-                err=True,
-            )
-        return token
+    with commands.reported_errors(*PASS_THROUGH):
+        commands.token_get(provider, bucket, as_json)
 
 
 @key.command("get", epilog=EXIT_CODES_HELP)
@@ -196,13 +58,8 @@ def _usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, 
 @click.option("--json", "as_json", is_flag=True, help='Print {"name": ..., "key": ...}.')
 def key_get(name: str, as_json: bool) -> None:
     """Print the API key NAME (inside a sandbox)."""
-    with _reported_errors():
-        with _sandbox_client() as client:
-            value = client.get_api_key(name)
-        if as_json:
-            _print_json({"name": name, "key": value})
-        else:
-            click.echo(value)
+    with commands.reported_errors(*PASS_THROUGH):
+        commands.key_get(name, as_json)
 
 
 @key.command("list", epilog=EXIT_CODES_HELP)
@@ -219,14 +76,8 @@ def key_list(as_json: bool, backend: str | None, config_path: Path | None) -> No
 
         host_key_list(as_json=as_json, backend=backend, config_path=config_path)
         return
-    with _reported_errors():
-        with _sandbox_client() as client:
-            names = client.list_api_keys()
-        if as_json:
-            _print_json({"keys": names})
-        else:
-            for name in names:
-                click.echo(name)
+    with commands.reported_errors(*PASS_THROUGH):
+        commands.key_list(as_json)
 
 
 @main.command("status", epilog=EXIT_CODES_HELP)
@@ -244,89 +95,8 @@ def status(as_json: bool, backend: str | None, config_path: Path | None) -> None
 
         host_status(as_json=as_json, backend=backend, config_path=config_path)
         return
-    with _reported_errors():
-        with _sandbox_client() as client:
-            report = sandbox_status(client, now=time.time())
-        if as_json:
-            _print_json(report)
-        else:
-            for line in format_status(report):
-                click.echo(line)
-
-
-def sandbox_status(client: ProxyClient, *, now: float) -> dict[str, Any]:
-    """Names and expiry of everything the grant shows; never a token value."""
-    from credproxy.client import ProxyClientError, ProxyConnectionError
-
-    providers: dict[str, dict[str, dict[str, Any]]] = {}
-    for provider in client.list_providers():
-        buckets: dict[str, dict[str, Any]] = {}
-        for bucket in client.list_buckets(provider):
-            try:
-                found = client.get_token(provider, bucket)
-            except ProxyConnectionError:
-                raise
-            except ProxyClientError as exc:
-                buckets[bucket] = {"error": exc.code}
-                continue
-            buckets[bucket] = _expiry_entry(found.get("expiry"), now)
-        providers[provider] = buckets
-    return {
-        "mode": "sandbox",
-        "socket": client.socket_path,
-        "protocolVersion": client.protocol_version,
-        "providers": providers,
-        "keys": client.list_api_keys(),
-    }
-
-
-def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
-        return {"expiry": None, "status": "expiry unknown"}
-    return {
-        "expiry": expiry,
-        "expiresIn": int(expiry - now),
-        "status": describe_expiry(float(expiry), now),
-    }
-
-
-def describe_expiry(expiry: float, now: float) -> str:
-    """``expires in 54m`` or ``expired 3m ago``, rounded down to the largest units."""
-    remaining = expiry - now
-    if remaining >= 0:
-        return f"expires in {_duration(remaining)}"
-    return f"expired {_duration(-remaining)} ago"
-
-
-def _duration(seconds: float) -> str:
-    whole = int(seconds)
-    days, rest = divmod(whole, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h" if hours else f"{days}d"
-    if hours:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m"
-    return f"{secs}s"
-
-
-def format_status(report: dict[str, Any]) -> list[str]:
-    lines = [
-        f"credproxy sandbox view (socket {report['socket']}, protocol v{report['protocolVersion']})"
-    ]
-    providers: dict[str, dict[str, dict[str, Any]]] = report["providers"]
-    lines.append("providers:" if providers else "providers: none visible")
-    for provider, buckets in providers.items():
-        lines.append(f"  {provider}")
-        for bucket, entry in buckets.items():
-            detail = entry.get("status") or f"unavailable ({entry.get('error')})"
-            lines.append(f"    {bucket}: {detail}")
-    keys: list[str] = report["keys"]
-    lines.append("api keys:" if keys else "api keys: none visible")
-    lines.extend(f"  {name}" for name in keys)
-    return lines
+    with commands.reported_errors(*PASS_THROUGH):
+        commands.status(as_json)
 
 
 def _on_host(backend: str | None, config_path: Path | None) -> bool:
