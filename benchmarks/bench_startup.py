@@ -43,7 +43,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-ENTRY = "import sys; from credproxy.cli import main; sys.argv[0] = 'credproxy'; sys.exit(main())"
+ENTRY = (
+    "import sys; from credproxy.console import main; sys.argv[0] = 'credproxy'; sys.exit(main())"
+)
+OLD_ENTRY = ENTRY.replace("credproxy.console", "credproxy.cli")
+"""The console script of a tree from before ``credproxy.console`` existed."""
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
@@ -52,6 +56,11 @@ class Daemon:
     process: subprocess.Popen[bytes]
     socket_path: str
     token_file: str
+
+
+def entry_of(src: Path | None) -> str:
+    tree = src if src is not None else ROOT / "src"
+    return ENTRY if (tree / "credproxy" / "console.py").exists() else OLD_ENTRY
 
 
 def base_env(workdir: Path, src: Path | None) -> dict[str, str]:
@@ -69,17 +78,17 @@ def base_env(workdir: Path, src: Path | None) -> dict[str, str]:
 
 
 @contextmanager
-def running_daemon(workdir: Path, env: dict[str, str]) -> Iterator[Daemon]:
+def running_daemon(workdir: Path, env: dict[str, str], entry: str) -> Iterator[Daemon]:
     token = workdir / "token.json"
     token.write_text(json.dumps({"access_token": "bench-access", "expiry": time.time() + 86_400}))
     subprocess.run(
-        [sys.executable, "-c", ENTRY, "token", "import", "bench", "--file", str(token)],
+        [sys.executable, "-c", entry, "token", "import", "bench", "--file", str(token)],
         env=env,
         check=True,
         capture_output=True,
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", ENTRY, "serve", "--json"],
+        [sys.executable, "-c", entry, "serve", "--json"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -186,12 +195,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cpbs-", dir="/tmp"))
     try:
         env = base_env(workdir, args.src)
-        with running_daemon(workdir, env) as daemon:
+        entry = entry_of(args.src)
+        with running_daemon(workdir, env, entry) as daemon:
             sandbox = {
                 **env,
                 "LLXPRT_CREDENTIAL_SOCKET": daemon.socket_path,
             }
-            command = [sys.executable, "-c", ENTRY, "token", "get", "bench"]
+            command = [sys.executable, "-c", entry, "token", "get", "bench"]
             floor = [sys.executable, "-c", "pass"]
             for _ in range(3):  # fill the page cache
                 timed_run(command, sandbox, daemon.token_file)
