@@ -226,16 +226,18 @@ def _warn_if_expired(provider: str, expiry: object, refreshable: bool) -> None:
     """An expired token is stored as given (its refresh token may still work), but not
     without a word: a file from the wrong place or years ago is a common mistake."""
     from credproxy.cli.sandbox import describe_expiry
+    from credproxy.tokens import expiry_seconds
 
     now = time.time()
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or expiry > now:
+    seconds = expiry_seconds(expiry)
+    if seconds is None or seconds > now:
         return
     if refreshable:
         then = f"the host refreshes it on first use if [providers.{provider}] is configured"
     else:
         then = "with no refresh token it cannot be used: log in again or import a fresh one"
     click.echo(
-        f"credproxy: warning: the imported token {describe_expiry(float(expiry), now)}; {then}",
+        f"credproxy: warning: the imported token {describe_expiry(seconds, now)}; {then}",
         err=True,
     )
 

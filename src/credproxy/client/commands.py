@@ -10,7 +10,6 @@ per class of failure; a secret is never part of an error.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -147,13 +146,12 @@ def usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, A
     printed as it is, and an expired one with a warning that says why.
     """
     from credproxy.client import ProxyClientError, ProxyConnectionError
+    from credproxy.tokens import expiry_seconds
 
     token = client.get_token(provider, bucket)
-    expiry = token.get("expiry")
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
-        return token
+    expiry = expiry_seconds(token.get("expiry"))
     now = time.time()
-    if not math.isfinite(expiry) or expiry - now > REFRESH_MARGIN_S:
+    if expiry is None or expiry - now > REFRESH_MARGIN_S:
         return token
     try:
         return client.refresh_token(provider, bucket)
@@ -163,7 +161,7 @@ def usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, A
         if expiry <= now:
             sys.stderr.write(
                 f"credproxy: warning: the token {provider} (bucket {bucket}) "
-                f"{describe_expiry(float(expiry), now)} and the host did not refresh it: "
+                f"{describe_expiry(expiry, now)} and the host did not refresh it: "
                 f"{exc.message}\n"
             )
         return token
@@ -225,12 +223,15 @@ def sandbox_status(client: ProxyClient, *, now: float) -> dict[str, Any]:
 
 
 def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
-    if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
+    from credproxy.tokens import expiry_seconds
+
+    seconds = expiry_seconds(expiry)
+    if seconds is None:
         return {"expiry": None, "status": "expiry unknown"}
     return {
         "expiry": expiry,
-        "expiresIn": int(expiry - now),
-        "status": describe_expiry(float(expiry), now),
+        "expiresIn": int(seconds - now),
+        "status": describe_expiry(seconds, now),
     }
 
 
