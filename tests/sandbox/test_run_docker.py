@@ -7,7 +7,6 @@ through the read-only mounted FIFO, which these tests show it does."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.privilege import needs_root
 from tests.sandbox.conftest import (
     DEMO_ACCESS,
     HOST_MARKER,
@@ -28,6 +28,8 @@ from tests.sandbox.conftest import (
     make_rootfs,
     runtime_binds,
 )
+
+pytestmark = needs_root("the Docker API here is podman's API service, run rootful")
 
 PODMAN_GLOBAL = ("--runtime", "runc", "--cgroup-manager", "cgroupfs")
 SERVICE_READY_S = 20.0
@@ -39,8 +41,6 @@ def engine() -> Iterator[tuple[str, str]]:
     for tool in ("docker", "podman", "runc"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} must be installed for the docker tests (docs/sandboxes.md)")
-    if os.getuid() != 0:
-        pytest.fail("these tests run podman's API service as root")
     workdir = Path(tempfile.mkdtemp(prefix="cpdock-"))
     image = f"localhost/credproxy-test-{uuid.uuid4().hex[:12]}:latest"
     sock = workdir / "api.sock"

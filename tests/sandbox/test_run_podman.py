@@ -9,7 +9,6 @@ an empty directory with the host's ``/usr`` and this Python bound read-only.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.privilege import needs_root
 from tests.sandbox.conftest import (
     DEMO_ACCESS,
     HOST_MARKER,
@@ -25,6 +25,8 @@ from tests.sandbox.conftest import (
     make_rootfs,
     runtime_binds,
 )
+
+pytestmark = needs_root("rootful podman with --rootfs (rootless podman needs a user session)")
 
 ENGINE_ARGS = (
     "--engine-arg=--runtime=runc",
@@ -38,8 +40,6 @@ ENGINE_ARGS = (
 def podman_args(run_host: RunHost) -> Iterator[list[str]]:
     if shutil.which("podman") is None or shutil.which("runc") is None:
         pytest.fail("podman and runc must be installed: apt-get install podman runc")
-    if os.getuid() != 0:
-        pytest.fail("these podman tests run podman as root (rootless needs a user session)")
     rootfs = make_rootfs(run_host.root / "rootfs")
     yield ["--sandbox", "podman", "--image", str(rootfs), *ENGINE_ARGS, *runtime_binds()]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.daemon import DaemonFactory, daemon_env
+from tests.fixtures.privilege import needs_root
 from tests.server.material import KEY_SECRETS, run_wire_client
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
@@ -95,6 +96,7 @@ def test_explicit_socket_is_0600(credproxy_daemon: DaemonFactory) -> None:
     assert _mode(daemon.socket_path) == 0o600
 
 
+@needs_root("only root can make a directory owned by another uid (chown)")
 def test_socket_directory_of_another_user_is_refused(credproxy_daemon: DaemonFactory) -> None:
     runtime = credproxy_daemon.workdir() / "run"
     runtime.mkdir(mode=0o755)
@@ -171,6 +173,7 @@ def test_socket_with_a_live_listener_is_refused(credproxy_daemon: DaemonFactory)
         live.close()
 
 
+@needs_root("connecting as uid nobody takes setpriv, which only root may run")
 def test_peer_of_another_uid_is_closed_immediately_and_audited(
     credproxy_daemon: DaemonFactory,
 ) -> None:
@@ -202,6 +205,7 @@ def test_peer_of_another_uid_is_closed_immediately_and_audited(
         assert client.request("list_api_keys")["ok"] is True
 
 
+@needs_root("connecting as uid nobody takes setpriv, which only root may run")
 def test_allowed_uid_gets_in_with_the_capability_token(credproxy_daemon: DaemonFactory) -> None:
     daemon = credproxy_daemon("--allow-uid", str(NOBODY), keys=KEY_SECRETS)
     assert daemon.capability_token is not None
