@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.client.test_ux_serve import announced_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -66,20 +66,6 @@ def fresh_env(home: Path, runtime: Path) -> dict[str, str]:
     return env
 
 
-def read_announcement(process: subprocess.Popen[bytes]) -> list[str]:
-    assert process.stdout is not None
-    text = b""
-    deadline = time.monotonic() + 30
-    while b'credproxy status 3<"$TOKEN_FILE"\n' not in text:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, text
-        if select.select([process.stdout], [], [], remaining)[0]:
-            chunk = os.read(process.stdout.fileno(), 4096)
-            assert chunk, f"serve exited: {text!r}"
-            text += chunk
-    return text.decode().splitlines()
-
-
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[Session]:
     """The clone's directory as the README's second shell sees it (``.venv`` beside
@@ -100,7 +86,7 @@ def session(tmp_path: Path) -> Iterator[Session]:
         cwd=workdir,
     )
     try:
-        announced = read_announcement(process)
+        announced = announced_lines(process)
         socket_path = announced[0].removeprefix("credproxy daemon listening on ").split(" (pid")[0]
         yield Session(home, workdir, env, announced, socket_path)
     finally:

@@ -108,13 +108,19 @@ esac
 """
 
 
-def test_setup_shows_what_pip_installs_instead_of_one_silent_line(tmp_path: Path) -> None:
+def setup_in_a_bare_clone(tmp_path: Path) -> Path:
+    """A clone holding only scripts/setup and pyproject.toml; the fake python3 to use."""
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "setup").write_text(SETUP.read_text())
     (tmp_path / "pyproject.toml").write_text("")
     python = tmp_path / "python3"
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
+    return python
+
+
+def test_setup_shows_what_pip_installs_instead_of_one_silent_line(tmp_path: Path) -> None:
+    python = setup_in_a_bare_clone(tmp_path)
     done = subprocess.run(
         ["bash", str(tmp_path / "scripts" / "setup")],
         capture_output=True,
@@ -133,12 +139,7 @@ def test_setup_shows_what_pip_installs_instead_of_one_silent_line(tmp_path: Path
 def test_plain_setup_installs_bubblewrap_which_the_run_example_needs(tmp_path: Path) -> None:
     """scripts/serve (plain setup) did not install bubblewrap; the README's first
     `credproxy run --sandbox bwrap` example then failed on a fresh machine."""
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "setup").write_text(SETUP.read_text())
-    (tmp_path / "pyproject.toml").write_text("")
-    python = tmp_path / "python3"
-    python.write_text(FAKE_PYTHON)
-    python.chmod(0o755)
+    python = setup_in_a_bare_clone(tmp_path)
     tools = tmp_path / "tools"
     tools.mkdir()
     fake_program(tools, "dpkg-query", "unknown")  # nothing counts as installed

@@ -9,9 +9,7 @@ stderr, and pin which lines take the fast path at all.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from credproxy.console import plain_sandbox_command
-from tests.fixtures.daemon import DaemonFactory, DaemonHandle, daemon_env
+from tests.fixtures.daemon import DaemonFactory, DaemonHandle, run_in_sandbox_env
 
 NOW = time.time()
 TOKENS = {
@@ -36,26 +34,8 @@ ENTRIES = {
 
 
 def run(daemon: DaemonHandle, entry: str, args: list[str]) -> tuple[int, str, str]:
-    assert daemon.capability_file is not None
-    token_fd = os.open(daemon.capability_file, os.O_RDONLY)
     script = f"import sys\n{ENTRIES[entry]}\nsys.argv[0] = 'credproxy'\nmain()\n"
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", script, *args],
-            capture_output=True,
-            text=True,
-            env=daemon_env(
-                {
-                    "LLXPRT_CREDENTIAL_SOCKET": str(daemon.socket_path),
-                    "LLXPRT_CAPABILITY_FD": str(token_fd),
-                }
-            ),
-            pass_fds=(token_fd,),
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(token_fd)
+    done = run_in_sandbox_env(daemon, [sys.executable, "-c", script, *args])
     return done.returncode, comparable(done.stdout), comparable(done.stderr)
 
 

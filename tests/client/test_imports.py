@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import time
 
-from tests.fixtures.daemon import DaemonFactory, DaemonHandle, daemon_env
+from tests.fixtures.daemon import DaemonFactory, DaemonHandle, run_in_sandbox_env
 
 FORBIDDEN = (
     "credproxy.server",
@@ -77,7 +76,6 @@ HOST_SIDE_OF_THE_CLI = (
 def modules_of_a_command(daemon: DaemonHandle, *args: str) -> list[str]:
     """What a real ``credproxy ARGS`` run in a "sandbox" (socket and fd) had imported
     when it exited: the console script's own lines, then sys.modules at exit."""
-    assert daemon.capability_file is not None
     script = textwrap.dedent(
         """
         import atexit, json, sys
@@ -87,24 +85,7 @@ def modules_of_a_command(daemon: DaemonHandle, *args: str) -> list[str]:
         main()
         """
     )
-    token_fd = os.open(daemon.capability_file, os.O_RDONLY)
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", script, *args],
-            capture_output=True,
-            text=True,
-            env=daemon_env(
-                {
-                    "LLXPRT_CREDENTIAL_SOCKET": str(daemon.socket_path),
-                    "LLXPRT_CAPABILITY_FD": str(token_fd),
-                }
-            ),
-            pass_fds=(token_fd,),
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(token_fd)
+    done = run_in_sandbox_env(daemon, [sys.executable, "-c", script, *args])
     assert done.returncode == 0, done.stderr
     modules: list[str] = json.loads(done.stderr.rsplit("MODULES ", 1)[1])
     return modules

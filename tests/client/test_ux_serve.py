@@ -47,7 +47,7 @@ def test_a_relative_socket_and_token_path_are_announced_as_absolute_paths(
         process.stdout.close()
 
 
-def _announced_lines(process: subprocess.Popen[bytes]) -> list[str]:
+def announced_lines(process: subprocess.Popen[bytes]) -> list[str]:
     """The announcement: serve writes it in one piece, so it is whole once it ends a line."""
     assert process.stdout is not None
     text = b""
@@ -81,7 +81,7 @@ def test_the_announced_lines_work_when_pasted_into_a_shell(
             env=daemon_env(),
         )
     try:
-        lines = _announced_lines(process)
+        lines = announced_lines(process)
         first = next(i for i, line in enumerate(lines) if line.startswith("export "))
         pasted = lines[first : first + 3]
         assert [line.split("=", 1)[0] for line in pasted] == [
@@ -125,7 +125,7 @@ def test_the_socket_is_printed_once_and_whole_on_the_first_line(
         env=daemon_env({"XDG_RUNTIME_DIR": str(workdir)}),
     )
     try:
-        lines = _announced_lines(process)
+        lines = announced_lines(process)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)

@@ -13,29 +13,15 @@ import pty
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.daemon import daemon_env
+from tests.ux.test_ux_login_terminal import read_until
 
 CTRL_C = b"\x03"
 CTRL_D = b"\x04"
-
-
-def _read_until(fd: int, marker: bytes, seen: bytearray) -> None:
-    deadline = time.monotonic() + 30
-    while marker not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, bytes(seen)
-        if select.select([fd], [], [], remaining)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                chunk = b""
-            assert chunk, bytes(seen)
-            seen += chunk
 
 
 def _drain(fd: int, seen: bytearray) -> None:
@@ -65,7 +51,7 @@ def _at_terminal(
     os.close(terminal)
     seen = bytearray()
     try:
-        _read_until(controller, prompt, seen)
+        read_until(controller, prompt, seen)
         os.write(controller, keys)
         status = process.wait(30)
         _drain(controller, seen)

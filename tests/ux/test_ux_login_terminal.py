@@ -15,7 +15,7 @@ from tests.fixtures.oidc import OidcServer
 from tests.oauth.harness import write_config
 
 
-def _read_until(fd: int, marker: bytes, seen: bytearray) -> None:
+def read_until(fd: int, marker: bytes, seen: bytearray) -> None:
     deadline = time.monotonic() + 30
     while marker not in seen:
         remaining = deadline - time.monotonic()
@@ -52,9 +52,9 @@ def test_ctrl_c_at_the_code_prompt_puts_the_message_on_its_own_line(
     os.close(terminal)
     seen = bytearray()
     try:
-        _read_until(controller, b"Code: ", seen)
+        read_until(controller, b"Code: ", seen)
         os.write(controller, b"\x03")  # Ctrl-C: the terminal echoes ^C and sends SIGINT
-        _read_until(controller, b"Login cancelled.", seen)
+        read_until(controller, b"Login cancelled.", seen)
         assert process.wait(30) == 130  # 128 + SIGINT, as for every cancelled prompt
     finally:
         if process.poll() is None:

@@ -390,17 +390,9 @@ async def collect_key_names(store: CredentialStore) -> list[str]:
 
 
 def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
-    from credproxy.cli.sandbox import describe_expiry
-    from credproxy.tokens import expiry_seconds
+    from credproxy.client.commands import expiry_entry
 
-    seconds = expiry_seconds(expiry)
-    if seconds is None:
-        return {"expiry": None, "status": "expiry unknown"}
-    return {
-        "expiry": expiry,
-        "expiresIn": int(seconds - now),
-        "status": describe_expiry(seconds, now),
-    }
+    return expiry_entry(expiry, now)
 
 
 def store_description(store: CredentialStore) -> str:

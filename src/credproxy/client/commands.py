@@ -211,7 +211,7 @@ def sandbox_status(client: ProxyClient, *, now: float) -> dict[str, Any]:
             except ProxyClientError as exc:
                 buckets[bucket] = {"error": exc.code}
                 continue
-            buckets[bucket] = _expiry_entry(found.get("expiry"), now)
+            buckets[bucket] = expiry_entry(found.get("expiry"), now)
         providers[provider] = buckets
     return {
         "mode": "sandbox",
@@ -222,7 +222,8 @@ def sandbox_status(client: ProxyClient, *, now: float) -> dict[str, Any]:
     }
 
 
-def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
+def expiry_entry(expiry: object, now: float) -> dict[str, Any]:
+    """``{"expiry", "expiresIn", "status"}`` as status shows it, on either side."""
     from credproxy.tokens import expiry_seconds
 
     seconds = expiry_seconds(expiry)
