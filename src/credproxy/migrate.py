@@ -376,7 +376,10 @@ async def import_llxprt(
         if dry_run:
             item.status = "would import"
             continue
-        await _save(store, candidate)
+        if not await _save(store, candidate, overwrite=overwrite):
+            item.status = "already present"
+            item.detail = "stored by another process meanwhile; kept it"
+            continue
         if await _existing(store, candidate) != candidate.value:
             raise StoreError(f"{item.kind} {item.name} did not read back as written; retry")
         item.status = "imported"
@@ -391,13 +394,30 @@ async def _existing(store: CredentialStore, candidate: _Candidate) -> Token | st
     return await store.get_key(candidate.item.name)
 
 
-async def _save(store: CredentialStore, candidate: _Candidate) -> None:
+async def _save(store: CredentialStore, candidate: _Candidate, *, overwrite: bool) -> bool:
+    """Write through the store's write path; False when a token appeared meanwhile
+    and ``overwrite`` is off (the check is repeated under the record's lock)."""
+    from credproxy.store.writepath import write_path
+
+    writes = write_path(store)
     if candidate.item.kind == "token":
-        assert isinstance(candidate.value, dict)
-        await store.save_token(candidate.provider, candidate.bucket, candidate.value)
-    else:
-        assert isinstance(candidate.value, str)
-        await store.set_key(candidate.item.name, candidate.value)
+        value = candidate.value
+        assert isinstance(value, dict)
+        written: list[bool] = []
+
+        def change(stored: Token | None) -> Token | None:
+            if stored is not None and not overwrite:
+                return stored
+            written.append(True)
+            return dict(value)
+
+        await writes.update_token(
+            candidate.provider, candidate.bucket, change, replace_damaged=overwrite
+        )
+        return bool(written)
+    assert isinstance(candidate.value, str)
+    await writes.set_key(candidate.item.name, candidate.value)
+    return True
 
 
 async def _remove_original(candidate: _Candidate) -> bool:

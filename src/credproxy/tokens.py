@@ -2,7 +2,11 @@
 
 Tokens are plain JSON objects. ``sanitize`` is the one place where a token is
 made fit to leave the host; the frame encoder refuses any frame that still has
-a ``refresh_token`` key, an independent second guard.
+a ``refresh_token`` key, an independent second guard. ``from_sandbox`` is the
+same boundary the other way: a token a sandbox saves loses every host-only
+field at any depth before it is merged, so nothing it saves can plant a
+refresh token (nested ones would make the encoder refuse every later answer
+for that bucket) or overwrite what the host keeps about the record.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from credproxy.protocol.errors import ErrorCode, ProxyError
 
 Token = dict[str, Any]
 
-HOST_ONLY_FIELDS: Final = frozenset({"refresh_token"})
+REFRESH_TOKEN: Final = "refresh_token"
+HOST_METADATA: Final = "credproxy_host"
+"""Host-only bookkeeping kept in the stored record (last refresh outcome); never served."""
+HOST_ONLY_FIELDS: Final = frozenset({REFRESH_TOKEN, HOST_METADATA})
 _REQUIRED_FIELDS: Final = ("access_token", "expiry", "token_type")
 _encoder: Final = msgspec.json.Encoder()
 MAX_TOKEN_FIELDS: Final = 64
@@ -84,8 +91,57 @@ def _finite(number: float) -> bool:
 
 
 def sanitize(token: Mapping[str, Any]) -> Token:
-    """The copy of a token that may cross the socket: everything but host-only fields."""
-    return {key: value for key, value in token.items() if key not in HOST_ONLY_FIELDS}
+    """The copy of a token that may cross the socket: everything but host-only fields.
+
+    A ``refresh_token`` key is removed at any depth, so even a record saved by an
+    older version with one nested inside stays servable.
+    """
+    return {
+        key: _without_refresh_tokens(value)
+        for key, value in token.items()
+        if key not in HOST_ONLY_FIELDS
+    }
+
+
+def _without_refresh_tokens(value: Any) -> Any:
+    """A copy of ``value`` without any ``refresh_token`` key inside (iterative: no
+    recursion limit for a hostile nesting depth)."""
+    if not isinstance(value, dict | list):
+        return value
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        source, parent, slot = stack.pop()
+        if isinstance(source, dict):
+            copy: Any = {}
+            for key, item in source.items():
+                if key == REFRESH_TOKEN:
+                    continue
+                copy[key] = None
+                stack.append((item, copy, key))
+        elif isinstance(source, list):
+            copy = [None] * len(source)
+            for index, item in enumerate(source):
+                stack.append((item, copy, index))
+        else:
+            copy = source
+        parent[slot] = copy
+    return root[0]
+
+
+def from_sandbox(raw: Mapping[str, Any]) -> Token:
+    """A token a sandbox saves, validated and stripped of host-only fields at any depth.
+
+    Nested ``refresh_token`` keys are stripped, not refused: the protocol drops a
+    sandbox's refresh token silently, and a client that nests one (LLxprt keeps
+    provider extras) should not fail its save for it.
+    """
+    token = validate_token(raw)
+    return {
+        key: _without_refresh_tokens(value)
+        for key, value in token.items()
+        if key not in HOST_ONLY_FIELDS
+    }
 
 
 def merge(stored: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> Token:
@@ -93,11 +149,14 @@ def merge(stored: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> Toke
 
     access_token and expiry always come from ``incoming``; refresh_token is
     replaced only by a non-empty value; every other field is replaced when
-    present in ``incoming`` and kept otherwise.
+    present in ``incoming`` and kept otherwise. Host metadata is the write
+    path's to set, never taken from ``incoming``.
     """
     merged: Token = dict(stored or {})
     for key, value in incoming.items():
-        if key == "refresh_token":
+        if key == HOST_METADATA:
+            continue
+        if key == REFRESH_TOKEN:
             if isinstance(value, str) and value:
                 merged[key] = value
             continue

@@ -25,10 +25,10 @@ from credproxy.oauth.flows import (
     start_flow,
 )
 from credproxy.oauth.http import OAuthHttp, basic_credentials
-from credproxy.oauth.refresh import REFRESH_COOLDOWN_S, RefreshCoordinator
-from credproxy.oauth.runtime import TokenWriter
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.store.memory import MemoryStore
+from credproxy.refresh import REFRESH_COOLDOWN_S, RefreshCoordinator
+from credproxy.store.writepath import WritePath
 from credproxy.tokens import sanitize
 from tests.fixtures.oidc import OidcServer
 from tests.oauth.browser import HeadlessUser
@@ -292,10 +292,13 @@ async def test_refresh_shares_one_provider_call_until_the_cooldown_ends_and_rota
 ) -> None:
     registry, flow, pasted = await pasted_login(oidc_server, http)
     store = MemoryStore()
-    writer = TokenWriter(store)
-    first = await writer.save("test", "default", await flow.finish(pasted))
+    writes = WritePath(store)
+    first = await writes.save_login("test", "default", await flow.finish(pasted))
     now = [1000.0]
-    coordinator = RefreshCoordinator(registry, http, writer, monotonic=lambda: now[0])
+    wall = [time.time()]
+    coordinator = RefreshCoordinator(
+        registry, http, writes, monotonic=lambda: now[0], clock=lambda: wall[0]
+    )
     results = await asyncio.gather(*(coordinator.refresh("test", "default") for _ in range(10)))
     assert coordinator.provider_calls == 1
     assert {r["access_token"] for r in results} == {results[0]["access_token"]}
@@ -303,10 +306,12 @@ async def test_refresh_shares_one_provider_call_until_the_cooldown_ends_and_rota
     stored = await store.get_token("test", "default")
     assert stored is not None and stored["refresh_token"] == results[0]["refresh_token"]
     now[0] += REFRESH_COOLDOWN_S - 1
+    wall[0] += REFRESH_COOLDOWN_S - 1
     again = await coordinator.refresh("test", "default")  # inside the cooldown
     assert coordinator.provider_calls == 1
     assert again["access_token"] == results[0]["access_token"]
     now[0] += 1
+    wall[0] += 1
     after = await coordinator.refresh("test", "default")  # the cooldown is over
     assert coordinator.provider_calls == 2
     assert after["access_token"] != results[0]["access_token"]
@@ -329,7 +334,7 @@ async def test_refresh_with_a_dead_grant_requires_a_new_login(
             "refresh_token": "garbage-refresh",
         },
     )
-    coordinator = RefreshCoordinator(registry, http, TokenWriter(store))
+    coordinator = RefreshCoordinator(registry, http, WritePath(store))
     with pytest.raises(ProxyError) as caught:
         await coordinator.refresh("test", "default")
     assert caught.value.code == ErrorCode.REAUTH_REQUIRED
@@ -342,12 +347,12 @@ async def test_a_refresh_that_never_reached_the_provider_sets_no_cooldown(
     """NOT_FOUND first; once a token is stored, the next refresh calls the provider."""
     registry, flow, pasted = await pasted_login(oidc_server, http)
     store = MemoryStore()
-    writer = TokenWriter(store)
-    coordinator = RefreshCoordinator(registry, http, writer)
+    writes = WritePath(store)
+    coordinator = RefreshCoordinator(registry, http, writes)
     with pytest.raises(ProxyError) as caught:
         await coordinator.refresh("test", "default")
     assert caught.value.code == ErrorCode.NOT_FOUND
-    await writer.save("test", "default", await flow.finish(pasted))
+    await writes.save_login("test", "default", await flow.finish(pasted))
     refreshed = await coordinator.refresh("test", "default")
     assert coordinator.provider_calls == 1
     assert refreshed["refresh_token"]

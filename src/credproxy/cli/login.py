@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from credproxy.client.login import LoginResult, Prompter
     from credproxy.oauth.config import ProviderConfig, ProviderRegistry
     from credproxy.oauth.flows import DeviceCodeFlow, LoopbackFlow
-    from credproxy.oauth.runtime import TokenWriter
     from credproxy.store.base import CredentialStore
 
 _SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
@@ -212,9 +211,9 @@ async def _host_flow(
     from credproxy.oauth.errors import OAuthFlowError
     from credproxy.oauth.flows import CodePasteFlow, start_flow
     from credproxy.oauth.http import OAuthHttp
-    from credproxy.oauth.runtime import TokenWriter
     from credproxy.protocol.errors import ProxyError
     from credproxy.store.base import StoreError
+    from credproxy.store.writepath import write_path
     from credproxy.tokens import sanitize
 
     http = OAuthHttp()
@@ -229,7 +228,8 @@ async def _host_flow(
                 token = await _wait_for(flow, prompter)
         finally:
             await flow.aclose()
-        stored = await _save(store, TokenWriter(store), config.name, bucket, token)
+        # A damaged stored token is replaced: its message says to log in again.
+        stored = await write_path(store).save_login(config.name, bucket, token)
     except OAuthFlowError as exc:
         if exc.oauth_error == "access_denied":
             raise LoginError(DENIED_MESSAGE, code=exc.code) from None
@@ -242,25 +242,6 @@ async def _host_flow(
         await http.close()
         await store.close()
     return LoginResult(flow.flow_type, sanitize(stored))
-
-
-async def _save(
-    store: CredentialStore, writer: TokenWriter, provider: str, bucket: str, token: dict[str, Any]
-) -> dict[str, Any]:
-    """Merge the new token into the stored one; a damaged stored token is replaced.
-
-    The damaged-record message tells the user to log in again, so a login
-    must not fail on it: an unreadable record has nothing to add to the merge.
-    """
-    from credproxy.store.base import CorruptRecordError
-    from credproxy.tokens import merge
-
-    try:
-        return await writer.save(provider, bucket, token)
-    except CorruptRecordError:
-        fresh = merge(None, token)
-        await store.save_token(provider, bucket, fresh)
-        return fresh
 
 
 async def _wait_for(flow: DeviceCodeFlow | LoopbackFlow, prompter: Prompter) -> dict[str, Any]:
@@ -363,7 +344,9 @@ async def _host_logout(
         refresh = token.get("refresh_token") if token else None
         if revoke and isinstance(refresh, str) and refresh:
             revoked = await _revoke(settings, provider, refresh)
-        removed = await store.remove_token(provider, bucket)
+        from credproxy.store.writepath import write_path
+
+        removed = await write_path(store).remove_token(provider, bucket)
     finally:
         await store.close()
     return removed, revoked

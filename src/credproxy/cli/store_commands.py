@@ -26,6 +26,7 @@ from credproxy.cli._group import PASS_THROUGH
 
 if TYPE_CHECKING:
     from credproxy.store.base import CredentialStore
+    from credproxy.store.writepath import WritePath
 
 EXIT_FAILURE: Final = 1
 EXIT_NOT_FOUND: Final = 3
@@ -92,6 +93,13 @@ async def _nothing(store: CredentialStore) -> None:
     """For ``_run_on`` when the store only needs closing."""
 
 
+def _writes(store: CredentialStore) -> WritePath:
+    """The store's one write path: the same per-credential locks a daemon takes."""
+    from credproxy.store.writepath import write_path
+
+    return write_path(store)
+
+
 def _print_json(value: object) -> None:
     click.echo(json.dumps(value, sort_keys=True))
 
@@ -141,7 +149,7 @@ def key_set(name: str, backend: str | None, config_path: Path | None) -> None:
         except BaseException:
             _run_on(opened, _nothing)
             raise
-        _run_on(opened, lambda store: store.set_key(name, value))
+        _run_on(opened, lambda store: _writes(store).set_key(name, value))
     click.echo(f"saved API key {name}", err=True)
 
 
@@ -152,7 +160,7 @@ def key_rm(name: str, backend: str | None, config_path: Path | None) -> None:
     """Remove the API key NAME from the store."""
     _check_name("key", name, "NAME")
     with _reported_errors():
-        removed = _run(backend, config_path, lambda store: store.remove_key(name))
+        removed = _run(backend, config_path, lambda store: _writes(store).remove_key(name))
     if not removed:
         _fail(f"no API key {name} in the store", EXIT_NOT_FOUND)
     click.echo(f"removed API key {name}", err=True)
@@ -207,7 +215,11 @@ def token_import(
                 value = load_token_file(source)
         except MigrationError as exc:
             _fail(f"cannot import {source}: {exc}")
-        _run(backend, config_path, lambda store: store.save_token(provider, bucket, value))
+        _run(
+            backend,
+            config_path,
+            lambda store: _writes(store).replace_token(provider, bucket, value),
+        )
     report = {
         "provider": provider,
         "bucket": bucket,
@@ -251,7 +263,9 @@ def token_rm(provider: str, bucket: str, backend: str | None, config_path: Path 
     _check_name("provider", provider, "PROVIDER")
     _check_name("bucket", bucket, "--bucket")
     with _reported_errors():
-        removed = _run(backend, config_path, lambda store: store.remove_token(provider, bucket))
+        removed = _run(
+            backend, config_path, lambda store: _writes(store).remove_token(provider, bucket)
+        )
     if not removed:
         _fail(f"no token {provider} (bucket {bucket}) in the store", EXIT_NOT_FOUND)
     click.echo(f"removed token {provider} (bucket {bucket})", err=True)

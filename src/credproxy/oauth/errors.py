@@ -52,24 +52,51 @@ class OAuthFlowError(Exception):
 
     ``code`` is the protocol error code; ``oauth_error`` is the provider's
     registered error code, or ``None`` when the failure was not the provider's
-    answer (network, malformed response).
+    answer (network, malformed response). ``transient`` marks a failure worth
+    retrying (network error, timeout, HTTP 5xx, 429 with ``Retry-After``), and
+    ``retry_after`` is the provider's ``Retry-After`` in seconds, if it sent one.
     """
 
     def __init__(
-        self, code: ErrorCode | str, message: str, *, oauth_error: str | None = None
+        self,
+        code: ErrorCode | str,
+        message: str,
+        *,
+        oauth_error: str | None = None,
+        transient: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = str(code)
         self.message = message
         self.oauth_error = oauth_error
+        self.transient = transient
+        self.retry_after = retry_after
 
     @classmethod
     def from_provider(
-        cls, provider: str, body: object, *, code: ErrorCode = ErrorCode.EXCHANGE_FAILED
+        cls,
+        provider: str,
+        body: object,
+        *,
+        code: ErrorCode = ErrorCode.EXCHANGE_FAILED,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> OAuthFlowError:
         error = reduce_error_code(body)
         text = KNOWN_ERRORS.get(error, "the provider refused the request")
-        return cls(code, f"{provider}: {text} ({error})", oauth_error=error)
+        if error == UNKNOWN_ERROR and status is not None and status != 200:
+            text = f"the provider answered HTTP {status}"
+        transient = status is not None and (
+            status >= 500 or (status == 429 and retry_after is not None)
+        )
+        return cls(
+            code,
+            f"{provider}: {text} ({error})",
+            oauth_error=error,
+            transient=transient and error != "invalid_grant",
+            retry_after=retry_after if transient else None,
+        )
 
     def to_proxy_error(self) -> ProxyError:
         return ProxyError(self.code, self.message)

@@ -117,7 +117,12 @@ async def request_token(
         timeout_s=provider.timeout_s,
     )
     if response.status != 200 or "access_token" not in response.body:
-        raise OAuthFlowError.from_provider(provider.name, response.body)
+        raise OAuthFlowError.from_provider(
+            provider.name,
+            response.body,
+            status=response.status,
+            retry_after=response.retry_after,
+        )
     sent = [form[name] for name in _SECRET_FORM_FIELDS if name in form]
     if provider.client_secret is not None:
         sent.append(provider.client_secret)

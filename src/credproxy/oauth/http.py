@@ -25,14 +25,19 @@ MAX_RESPONSE_BYTES: Final = 256 * 1024
 USER_AGENT: Final = "credproxy"
 
 
+MAX_RETRY_AFTER_S: Final = 3600.0
+
+
 class HttpResponse:
-    """Status and JSON object of one provider answer (``body`` is ``{}`` when not JSON)."""
+    """Status and JSON object of one provider answer (``body`` is ``{}`` when not JSON);
+    ``retry_after`` is a ``Retry-After`` header given in seconds, if any."""
 
-    __slots__ = ("body", "status")
+    __slots__ = ("body", "retry_after", "status")
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None) -> None:
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"HttpResponse(status={self.status})"
@@ -101,19 +106,31 @@ class OAuthHttp:
                 ) as response:
                     raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
                     status = response.status
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
             raise OAuthFlowError(
-                ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider did not answer the {step}"
+                ErrorCode.EXCHANGE_FAILED,
+                f"{provider}: the provider did not answer the {step}",
+                transient=True,
             ) from None
         except aiohttp.ClientError:
             raise OAuthFlowError(
-                ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider could not be reached ({step})"
+                ErrorCode.EXCHANGE_FAILED,
+                f"{provider}: the provider could not be reached ({step})",
+                transient=True,
             ) from None
         if len(raw) > MAX_RESPONSE_BYTES:
             raise OAuthFlowError(
                 ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider's {step} answer is too large"
             )
-        return HttpResponse(status, _json_object(raw))
+        return HttpResponse(status, _json_object(raw), retry_after)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in delay-seconds (RFC 9110 section 10.2.3); an HTTP date is ignored."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER_S)
 
 
 def basic_credentials(client_id: str, secret: str) -> str:

@@ -7,10 +7,8 @@ background logins, loopback listeners and the HTTP session end with the daemon.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from credproxy.config import ConfigError
@@ -18,71 +16,39 @@ from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.errors import provider_not_found
 from credproxy.oauth.flows import Clock
 from credproxy.oauth.http import OAuthHttp
-from credproxy.oauth.refresh import RefreshCoordinator
-from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.refresh import RefreshCoordinator
 from credproxy.sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_SESSIONS_PER_IDENTITY,
     OAuthSessionManager,
 )
-from credproxy.store.base import TokenStore
-from credproxy.tokens import Token, merge
+from credproxy.store.base import CredentialStore
+from credproxy.store.writepath import write_path
 
 if TYPE_CHECKING:
     from credproxy.server.context import ServerState
 
 EXTENSION_KEY: Final = "oauth"
-DEFAULT_STORE_TIMEOUT_S: Final = 15.0
-
-
-class TokenWriter:
-    """Merges a new token into the stored one, one writer per provider:bucket at a time."""
-
-    def __init__(self, store: TokenStore, *, timeout_s: float = DEFAULT_STORE_TIMEOUT_S) -> None:
-        self._store = store
-        self._timeout_s = timeout_s
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-
-    @contextlib.asynccontextmanager
-    async def _in_time(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                yield
-        except TimeoutError:
-            raise ProxyError(
-                ErrorCode.INTERNAL_ERROR, "the host's token store did not answer in time"
-            ) from None
-
-    async def save(self, provider: str, bucket: str, token: Token) -> Token:
-        """Store ``merge(stored, token)`` and return it (it still holds the refresh token)."""
-        lock = self._locks.setdefault((provider, bucket), asyncio.Lock())
-        async with lock, self._in_time():
-            merged = merge(await self._store.get_token(provider, bucket), token)
-            await self._store.save_token(provider, bucket, merged)
-        return merged
-
-    async def load(self, provider: str, bucket: str) -> Token | None:
-        async with self._in_time():
-            return await self._store.get_token(provider, bucket)
 
 
 class OAuthRuntime:
     def __init__(
         self,
         providers: ProviderRegistry,
-        store: TokenStore,
+        store: CredentialStore,
         *,
         sessions: OAuthSessionManager | None = None,
         http: OAuthHttp | None = None,
         clock: Clock = time.time,
-        store_timeout_s: float = DEFAULT_STORE_TIMEOUT_S,
     ) -> None:
+        """Logins and refreshes write through the store's one write path
+        (``store.writepath``); the server bounds every request by time."""
         self.providers = providers
         self.sessions = sessions if sessions is not None else OAuthSessionManager()
         self.http = http if http is not None else OAuthHttp()
         self.clock = clock
-        self.writer = TokenWriter(store, timeout_s=store_timeout_s)
-        self.refresher = RefreshCoordinator(providers, self.http, self.writer, clock=clock)
+        self.writes = write_path(store)
+        self.refresher = RefreshCoordinator(providers, self.http, self.writes, clock=clock)
 
     def start(self) -> None:
         """Start the session sweep; call inside the daemon's running loop. Idempotent."""
@@ -126,7 +92,6 @@ def install(state: ServerState, config: Mapping[str, Any]) -> OAuthRuntime:
             ),
             max_sessions=limits.get("max_sessions", DEFAULT_MAX_SESSIONS),
         ),
-        store_timeout_s=state.call_timeout_s,
     )
     state.extensions[EXTENSION_KEY] = runtime
     return runtime

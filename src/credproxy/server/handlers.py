@@ -20,13 +20,8 @@ from credproxy.protocol.messages import (
     SaveToken,
 )
 from credproxy.server.context import Handler, RequestContext
-from credproxy.tokens import (
-    HOST_ONLY_FIELDS,
-    check_merged_size,
-    merge,
-    sanitize,
-    validate_token,
-)
+from credproxy.store.writepath import BucketLimitError, write_path
+from credproxy.tokens import sanitize
 
 _OUTSIDE_GRANT: Final = "not permitted by this connection's grant"
 MAX_BUCKETS_PER_PROVIDER: Final = 256
@@ -69,28 +64,24 @@ async def get_bucket_stats(ctx: RequestContext, payload: ProviderBucket) -> dict
 
 
 async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
-    """Merge the sandbox's token into the stored one. A refresh token from the
-    sandbox is dropped before merging: only the host may set one, so a sandbox
-    can neither plant nor erase the refresh token the host relies on."""
+    """Merge the sandbox's token into the freshest stored one, under the record's lock.
+
+    Host-only fields (refresh tokens at any depth, host metadata) are stripped
+    before merging: only the host may set them, so a sandbox can neither plant
+    nor erase the refresh token the host relies on, nor make the record unservable.
+    """
     _require_token_access(ctx, payload.provider, payload.bucket)
     if not ctx.grant.can_save:
         raise _deny()
-    incoming = validate_token(payload.token)
-    for field_name in HOST_ONLY_FIELDS:
-        incoming.pop(field_name, None)
-    store = ctx.state.store
-    stored = await store.get_token(payload.provider, payload.bucket)
-    if stored is None:
-        buckets = await store.list_buckets(payload.provider)
-        if len(buckets) >= MAX_BUCKETS_PER_PROVIDER:
-            raise ProxyError(
-                ErrorCode.RESOURCE_EXHAUSTED,
-                f"provider {payload.provider!r} already has {MAX_BUCKETS_PER_PROVIDER} buckets;"
-                " remove one on the host before saving a new bucket",
-            )
-    merged = merge(stored, incoming)
-    check_merged_size(merged)
-    await store.save_token(payload.provider, payload.bucket, merged)
+    try:
+        await write_path(ctx.state.store).save_from_sandbox(
+            payload.provider,
+            payload.bucket,
+            payload.token,
+            max_buckets=MAX_BUCKETS_PER_PROVIDER,
+        )
+    except BucketLimitError as exc:
+        raise ProxyError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
     return {}
 
 
@@ -99,7 +90,7 @@ async def remove_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str
     _require_token_access(ctx, payload.provider, payload.bucket)
     if not ctx.grant.can_remove:
         raise _deny()
-    await ctx.state.store.remove_token(payload.provider, payload.bucket)
+    await write_path(ctx.state.store).remove_token(payload.provider, payload.bucket)
     return {}
 
 

@@ -112,7 +112,7 @@ async def _complete_in_background(
         return
     finally:
         await flow.aclose()
-    stored = await runtime.writer.save(session.provider, session.bucket, token)
+    stored = await runtime.writes.save_login(session.provider, session.bucket, token)
     session.complete(stored)
 
 
@@ -126,7 +126,7 @@ async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, An
         token = await flow.finish(payload.code)
     except OAuthFlowError as exc:
         raise exc.to_proxy_error() from None
-    stored = await runtime.writer.save(session.provider, session.bucket, token)
+    stored = await runtime.writes.save_login(session.provider, session.bucket, token)
     return sanitize(stored)
 
 

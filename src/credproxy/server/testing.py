@@ -21,6 +21,7 @@ class HeldStore:
     def __init__(self, inner: CredentialStore) -> None:
         self._inner = inner
         self._gate = asyncio.Event()
+        self.record_lock_directory = getattr(inner, "record_lock_directory", None)
 
     def install_signal_handler(self) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._gate.set)

@@ -5,7 +5,9 @@ Layout of the store directory (0700):
                     AES-256-GCM record per credential, keyed by its identity
                     (``token/<provider>/<bucket>`` or ``key/<name>``), which is
                     also the record's associated data.
-  credentials.lock  the cross-process lock every read-modify-write holds.
+  credentials.lock  the cross-process lock every replacement of the file holds.
+  locks/            one lock file per credential, held by ``store.writepath``
+                    for each read-merge-write of that credential.
   store.key         the data key, when the key source is a key file.
 
 Writes replace the file atomically (temp file in the same directory, fsync,
@@ -106,6 +108,11 @@ class FileStore(RecordStore):
                     self._create()
                     return
         self._open_existing()
+
+    @property
+    def record_lock_directory(self) -> Path:
+        """Where ``store.writepath`` keeps the per-credential lock files."""
+        return self.directory / "locks"
 
     # --- setup -----------------------------------------------------------------
 

@@ -51,6 +51,8 @@ class KeyringStore(RecordStore):
         except OSError as exc:
             raise StoreError(f"cannot create {path.parent}: {exc.strerror}") from None
         self._index_lock = FileLock(path, timeout=LOCK_TIMEOUT_S, mode=0o600)
+        self.record_lock_directory = path.parent / "locks"
+        """Where ``store.writepath`` keeps the per-credential lock files."""
         self._thread_lock = threading.Lock()
 
     @classmethod
