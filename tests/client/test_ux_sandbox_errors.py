@@ -60,18 +60,20 @@ def test_a_grant_refusal_with_a_token_carries_no_token_hint(daemon: DaemonHandle
     assert "no capability token was passed" not in result.stderr
 
 
-def test_an_expired_token_that_cannot_be_refreshed_is_printed_with_a_warning(
+def test_an_expired_token_that_cannot_be_refreshed_fails_with_the_reason(
     daemon: DaemonHandle,
 ) -> None:
-    """``token get`` used to print an expired access token with exit 0 and not a word,
-    so ``$(credproxy token get ...)`` fed a dead token to the next command. Here the
-    host has no [providers.alpha] table, so the refresh it now asks for fails."""
+    """``token get`` used to print an expired access token with exit 0, so
+    ``$(credproxy token get ...)`` fed a dead token to the next command. Here the
+    host has no [providers.alpha] table, so the refresh it asks for fails: nothing
+    on stdout, exit 1, and the reason on stderr."""
     result = sandbox(daemon, "token", "get", "alpha", "--bucket", "work")
-    assert result.returncode == 0, result
-    assert result.stdout == ALPHA_WORK["access_token"] + "\n"
+    assert result.returncode == 1, result
+    assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("credproxy: warning: the token alpha (bucket work) expired ")
+    assert lines[0].startswith("credproxy: the token alpha (bucket work) expired ")
+    assert "could not be refreshed" in lines[0]
     assert "no OAuth provider configured as 'alpha'" in lines[0]
     for secret in SECRETS:
         assert secret not in result.stderr

@@ -26,8 +26,8 @@ from credproxy.oauth.flows import (
 )
 from credproxy.oauth.http import OAuthHttp, basic_credentials
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.store.memory import MemoryStore
 from credproxy.refresh import REFRESH_COOLDOWN_S, RefreshCoordinator
+from credproxy.store.memory import MemoryStore
 from credproxy.store.writepath import WritePath
 from credproxy.tokens import sanitize
 from tests.fixtures.oidc import OidcServer

@@ -12,8 +12,12 @@
 // (seconds, default 0 so expiry is prompt).
 //
 // Test-only routes (not OAuth): GET /test/counters reports how many token
-// endpoint requests arrived per grant type (for "cancel stops polling") and
-// the codes, verifiers, device codes and refresh tokens sent to them;
+// endpoint requests arrived per grant type (for "cancel stops polling" and
+// "refresh once"), the codes, verifiers, device codes and refresh tokens sent
+// to them, and how many answers are held; POST /test/hold makes every later
+// refresh_token grant issue its token (rotating the refresh token) and then
+// hold the answer until POST /test/release, so a test can act while a refresh
+// is in flight (a logout, a SIGKILL of the daemon);
 // POST /evil/token and /evil/device answer with an error body that echoes the
 // request's form fields and headers, the misbehaving provider the error
 // reduction must survive.
@@ -84,6 +88,7 @@ const provider = new Provider(ISSUER, {
 provider.proxy = false;
 
 const tokenRequests = {};
+const hold = { armed: false, held: 0, waiting: [] };
 // Secrets the host sent to the token endpoints, so tests can prove none of them
 // ever reached the sandbox side of the socket.
 const seen = { code: [], code_verifier: [], device_code: [], refresh_token: [] };
@@ -118,7 +123,18 @@ provider.use(async (ctx, next) => {
   }
   if (ctx.method === 'GET' && ctx.path === '/test/counters') {
     ctx.type = 'json';
-    ctx.body = JSON.stringify({ token_requests: tokenRequests, seen });
+    ctx.body = JSON.stringify({ token_requests: tokenRequests, seen, held: hold.held });
+    return;
+  }
+  if (ctx.method === 'POST' && ctx.path === '/test/hold') {
+    hold.armed = true;
+    ctx.status = 204;
+    return;
+  }
+  if (ctx.method === 'POST' && ctx.path === '/test/release') {
+    hold.armed = false;
+    for (const resume of hold.waiting.splice(0)) resume();
+    ctx.status = 204;
     return;
   }
   if (ctx.method === 'POST' && (ctx.path === '/evil/token' || ctx.path === '/evil/device')) {
@@ -139,6 +155,11 @@ provider.use(async (ctx, next) => {
     const grant = ctx.oidc?.params?.grant_type ?? 'unknown';
     tokenRequests[grant] = (tokenRequests[grant] ?? 0) + 1;
     remember(ctx.oidc?.params);
+    if (hold.armed && grant === 'refresh_token') {
+      hold.held += 1;
+      await new Promise((resume) => hold.waiting.push(resume));
+      hold.held -= 1;
+    }
   }
 });
 

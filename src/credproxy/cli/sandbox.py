@@ -42,13 +42,29 @@ EXIT_CODES_HELP: Final = (
     "--bucket", default="default", show_default=True, callback=check_name, help="Token bucket."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the token object (no refresh token).")
-def token_get(provider: str, bucket: str, as_json: bool) -> None:
-    """Print the access token for PROVIDER (inside a sandbox).
+@store_options
+def token_get(
+    provider: str, bucket: str, as_json: bool, backend: str | None, config_path: Path | None
+) -> None:
+    """Print the access token for PROVIDER.
 
     The token alone goes to stdout, so `$(credproxy token get PROVIDER)` works.
-    A token that has expired (or expires within 30 s) is refreshed by the host
-    first; if that fails, the stored token is printed with a warning on stderr.
+    A token that has expired (or expires within 30 s) is refreshed first: inside
+    a sandbox by the host, on the host by this command (through the store's
+    refresh lock, so it never races a daemon into a second refresh). An expired
+    token that could not be refreshed is not printed: exit 1 with the reason.
     """
+    if _on_host(backend, config_path):
+        from credproxy.cli.store_commands import host_token_get
+
+        host_token_get(
+            provider=provider,
+            bucket=bucket,
+            as_json=as_json,
+            backend=backend,
+            config_path=config_path,
+        )
+        return
     with commands.reported_errors(*PASS_THROUGH):
         commands.token_get(provider, bucket, as_json)
 

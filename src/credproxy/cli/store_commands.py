@@ -271,6 +271,72 @@ def token_rm(provider: str, bucket: str, backend: str | None, config_path: Path 
     click.echo(f"removed token {provider} (bucket {bucket})", err=True)
 
 
+def host_token_get(
+    *,
+    provider: str,
+    bucket: str,
+    as_json: bool,
+    backend: str | None,
+    config_path: Path | None,
+) -> None:
+    """``credproxy token get`` on the host: read the store, refresh a due token here."""
+    from credproxy.config import load_config
+    from credproxy.store.factory import open_store
+
+    with _reported_errors():
+        settings = load_config(config_path)
+        token = _run_on(
+            open_store(backend, settings),
+            lambda store: usable_host_token(store, settings, provider, bucket),
+        )
+    if as_json:
+        _print_json(token)
+    else:
+        click.echo(token["access_token"])
+
+
+async def usable_host_token(
+    store: CredentialStore, settings: dict[str, Any], provider: str, bucket: str
+) -> dict[str, Any]:
+    """The sanitized stored token, refreshed first when due (as a daemon would, under
+    the same cross-process refresh lock); exits 1 when it expired and could not be."""
+    from credproxy.client.commands import due_expiry, unrefreshed_message
+    from credproxy.oauth.config import ProviderRegistry
+    from credproxy.oauth.errors import provider_not_found
+    from credproxy.oauth.http import OAuthHttp
+    from credproxy.protocol.errors import ProxyError
+    from credproxy.refresh import RefreshCoordinator
+    from credproxy.store.writepath import write_path
+    from credproxy.tokens import sanitize
+
+    token = await store.get_token(provider, bucket)
+    if token is None:
+        _fail(
+            f"no token {provider} (bucket {bucket}) in the store; run `credproxy login "
+            f"{provider}` or `credproxy token import {provider}`",
+            EXIT_NOT_FOUND,
+        )
+    now = time.time()
+    expiry = due_expiry(token, now)
+    if expiry is None:
+        return sanitize(token)
+    registry = ProviderRegistry.from_config(settings)
+    http = OAuthHttp()
+    try:
+        if registry.get(provider) is None:
+            raise provider_not_found(provider)
+        refreshed = await RefreshCoordinator(registry, http, write_path(store)).refresh(
+            provider, bucket
+        )
+        return sanitize(refreshed)
+    except ProxyError as exc:
+        if expiry <= now:
+            _fail(unrefreshed_message(provider, bucket, expiry, now, exc.message))
+        return sanitize(token)
+    finally:
+        await http.close()
+
+
 # --- import llxprt ------------------------------------------------------------------------
 
 

@@ -142,16 +142,15 @@ def usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, A
 
     ``get_token`` hands out what is stored, expired or not; a command whose
     output goes straight into an Authorization header must not print a dead
-    token without a word. When the refresh fails, a still-valid token is
-    printed as it is, and an expired one with a warning that says why.
+    token. When the refresh fails, a still-valid token is printed as it is; an
+    expired one is not printed at all: exit 1 with the reason.
     """
     from credproxy.client import ProxyClientError, ProxyConnectionError
-    from credproxy.tokens import expiry_seconds
 
     token = client.get_token(provider, bucket)
-    expiry = expiry_seconds(token.get("expiry"))
     now = time.time()
-    if expiry is None or expiry - now > REFRESH_MARGIN_S:
+    expiry = due_expiry(token, now)
+    if expiry is None:
         return token
     try:
         return client.refresh_token(provider, bucket)
@@ -159,12 +158,25 @@ def usable_token(client: ProxyClient, provider: str, bucket: str) -> dict[str, A
         raise
     except ProxyClientError as exc:
         if expiry <= now:
-            sys.stderr.write(
-                f"credproxy: warning: the token {provider} (bucket {bucket}) "
-                f"{describe_expiry(expiry, now)} and the host did not refresh it: "
-                f"{exc.message}\n"
-            )
+            fail(unrefreshed_message(provider, bucket, expiry, now, exc.message), EXIT_FAILURE)
         return token
+
+
+def due_expiry(token: dict[str, Any], now: float) -> float | None:
+    """The token's expiry when it is within ``REFRESH_MARGIN_S`` (or past), else None."""
+    from credproxy.tokens import expiry_seconds
+
+    expiry = expiry_seconds(token.get("expiry"))
+    if expiry is None or expiry - now > REFRESH_MARGIN_S:
+        return None
+    return expiry
+
+
+def unrefreshed_message(provider: str, bucket: str, expiry: float, now: float, why: str) -> str:
+    return (
+        f"the token {provider} (bucket {bucket}) {describe_expiry(expiry, now)} "
+        f"and could not be refreshed: {why}"
+    )
 
 
 def key_get(name: str, as_json: bool) -> None:
