@@ -24,6 +24,7 @@ import pytest
 from credproxy.client import NotFoundError, ProxyClient, ReauthRequiredError
 from tests.fixtures.daemon import DaemonFactory, daemon_env
 from tests.fixtures.oidc import CLIENT_ID, OidcServer
+from tests.oauth.harness import OAuthDaemon
 from tests.oauth.refresh_helpers import (
     PROVIDER,
     expire_stored_token,
@@ -346,19 +347,47 @@ def _revoke(oidc: OidcServer, refresh_token: str) -> None:
         assert answer.status == 200
 
 
+def _host_status(daemon: OAuthDaemon) -> dict[str, Any]:
+    """``credproxy status --json`` on the host: this provider's default bucket."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "credproxy",
+            "status",
+            "--json",
+            "--config",
+            str(daemon.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        timeout=60,
+        check=True,
+    )
+    entry: dict[str, Any] = json.loads(done.stdout)["providers"][PROVIDER]["default"]
+    return entry
+
+
 def test_a_revoked_grant_requires_a_login_after_which_get_token_works(
     credproxy_daemon: DaemonFactory, oidc_server: OidcServer
 ) -> None:
+    """Also pins what ``credproxy status`` says about renewal and the last refresh."""
     daemon = oauth_daemon(credproxy_daemon, oidc_server)
     log_in(daemon, oidc_server)
     stored = daemon.stored_token(PROVIDER)
     assert stored is not None
+    assert _host_status(daemon)["lastRefresh"] is None
     _revoke(oidc_server, stored["refresh_token"])
     with ProxyClient(str(daemon.socket_path), daemon.token) as proxy:
         with pytest.raises(ReauthRequiredError) as caught:
             proxy.refresh_token(PROVIDER)
         assert f"credproxy login {PROVIDER}" in caught.value.message
+        failed = _host_status(daemon)["lastRefresh"]
+        assert failed["outcome"] == "failed"
+        assert failed["code"] == "REAUTH_REQUIRED"
         fresh = log_in(daemon, oidc_server)
+        assert _host_status(daemon)["lastRefresh"] is None
         served = proxy.get_token(PROVIDER)
         assert served["access_token"] == fresh["access_token"]
         assert served["expiry"] > time.time()
@@ -366,7 +395,12 @@ def test_a_revoked_grant_requires_a_login_after_which_get_token_works(
     other = second_daemon(credproxy_daemon, daemon)
     assert other.capability_token is not None
     with ProxyClient(str(other.socket_path), other.capability_token) as proxy:
-        assert proxy.refresh_token(PROVIDER)["access_token"] != fresh["access_token"]
+        renewed = proxy.refresh_token(PROVIDER)
+    assert renewed["access_token"] != fresh["access_token"]
+    status = _host_status(daemon)
+    assert status["lastRefresh"]["outcome"] == "ok"
+    assert status["renewsAt"] == renewed["expiry"] - 30
+    assert status["renewal"].startswith("renewed on use from ")
 
 
 def test_a_daemon_killed_right_after_the_provider_answered_keeps_the_rotated_refresh_token(

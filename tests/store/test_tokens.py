@@ -239,3 +239,48 @@ def test_sanitize_never_returns_a_refresh_token_and_keeps_the_rest(token: dict[s
     result = sanitize(token)
     assert "refresh_token" not in result
     assert result == {key: value for key, value in token.items() if key != "refresh_token"}
+
+
+# --- the secret boundary at any depth -----------------------------------------------
+
+
+def test_sanitize_removes_refresh_tokens_nested_at_any_depth_and_host_metadata() -> None:
+    token = valid(
+        refresh_token="top",
+        credproxy_host={"last_refresh": {"outcome": "ok"}},
+        extra={"refresh_token": "nested", "keep": [{"refresh_token": "deep", "x": 1}, "s"]},
+    )
+    assert sanitize(token) == valid(extra={"keep": [{"x": 1}, "s"]})
+    assert token["extra"]["refresh_token"] == "nested"  # the stored copy is untouched
+
+
+def test_sanitize_survives_a_nesting_deeper_than_the_recursion_limit() -> None:
+    deep: Any = {"refresh_token": "bottom"}
+    for _ in range(5_000):
+        deep = {"d": [deep]}
+    cleaned = sanitize(valid(extra=deep))
+    node = cleaned["extra"]
+    while "d" in node:
+        node = node["d"][0]
+    assert node == {}
+
+
+def test_a_sandbox_token_loses_every_host_only_field_before_the_merge() -> None:
+    from credproxy.tokens import from_sandbox
+
+    incoming = from_sandbox(
+        valid(
+            refresh_token="planted",
+            credproxy_host={"refreshed_at": 1},
+            extra={"refresh_token": "planted"},
+        )
+    )
+    assert incoming == valid(extra={})
+    merged = merge(STORED, incoming)
+    assert merged["refresh_token"] == "old-refresh"
+
+
+def test_merge_keeps_the_stored_host_metadata_whatever_incoming_says() -> None:
+    stored = {**STORED, "credproxy_host": {"refreshed_at": 5}}
+    merged = merge(stored, valid(credproxy_host={"refreshed_at": 99}))
+    assert merged["credproxy_host"] == {"refreshed_at": 5}

@@ -459,6 +459,7 @@ async def collect_host_status(
                 continue
             entry = _expiry_entry(found.get("expiry"), moment)
             entry["refreshToken"] = bool(found.get("refresh_token"))
+            entry.update(_renewal_entry(found, entry.get("expiry"), moment))
             buckets[bucket] = entry
         if buckets:
             providers[provider] = buckets
@@ -473,6 +474,51 @@ def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
     from credproxy.client.commands import expiry_entry
 
     return expiry_entry(expiry, now)
+
+
+def _renewal_entry(token: dict[str, Any], expiry: object, now: float) -> dict[str, Any]:
+    """When the token is renewed and how its last refresh went (host metadata)."""
+    from credproxy.client.commands import REFRESH_MARGIN_S, _duration
+    from credproxy.store.writepath import host_metadata
+
+    entry: dict[str, Any] = {"renewsAt": None, "lastRefresh": None}
+    if not token.get("refresh_token"):
+        entry["renewal"] = "not renewable: no refresh token (log in again when it expires)"
+    elif isinstance(expiry, int | float) and not isinstance(expiry, bool):
+        renews_at = float(expiry) - REFRESH_MARGIN_S
+        entry["renewsAt"] = renews_at
+        entry["renewal"] = (
+            "renewed on next use (due now)"
+            if renews_at <= now
+            else f"renewed on use from {_duration(renews_at - now)} from now"
+        )
+    else:
+        entry["renewal"] = "renewed on use (expiry unknown)"
+    last = host_metadata(token).get("last_refresh")
+    if isinstance(last, dict) and last.get("outcome") in ("ok", "failed"):
+        at = last.get("at")
+        report: dict[str, Any] = {"outcome": last["outcome"], "at": at}
+        for name in ("code", "message"):
+            if isinstance(last.get(name), str):
+                report[name] = last[name]
+        entry["lastRefresh"] = report
+    return entry
+
+
+def _last_refresh_line(report: dict[str, Any] | None, now: float) -> str:
+    from credproxy.client.commands import _duration
+
+    if report is None:
+        return "last refresh: none recorded"
+    at = report.get("at")
+    when = (
+        f" {_duration(max(0.0, now - float(at)))} ago"
+        if isinstance(at, int | float) and not isinstance(at, bool)
+        else ""
+    )
+    if report["outcome"] == "ok":
+        return f"last refresh: ok{when}"
+    return f"last refresh: failed{when} ({report.get('code')}: {report.get('message')})"
 
 
 def store_description(store: CredentialStore) -> str:
@@ -509,6 +555,9 @@ def host_status(
         for bucket, entry in buckets.items():
             refresh = ", refresh token held" if entry.get("refreshToken") else ""
             click.echo(f"    {bucket}: {entry['status']}{refresh}")
+            if "renewal" in entry:
+                click.echo(f"      {entry['renewal']}")
+                click.echo(f"      {_last_refresh_line(entry.get('lastRefresh'), time.time())}")
     keys: list[str] = report["keys"]
     click.echo("api keys:" if keys else "api keys: none stored")
     for name in keys:
