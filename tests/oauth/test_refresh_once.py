@@ -403,52 +403,76 @@ def test_a_revoked_grant_requires_a_login_after_which_get_token_works(
     assert status["renewal"].startswith("renewed on use from ")
 
 
-def test_a_daemon_killed_right_after_the_provider_answered_keeps_the_rotated_refresh_token(
+class HeldRefresh:
+    """A client's ``refresh_token`` in a thread, with the provider holding its answer
+    after issuing the token (the old refresh token is consumed from then on)."""
+
+    def __init__(self, daemon: OAuthDaemon, oidc: OidcServer) -> None:
+        self.daemon = daemon
+        self.oidc = oidc
+        self.outcome: list[object] = []
+        self.on_answer: Callable[[], None] = lambda: None
+        self.thread = threading.Thread(target=self._refresh)
+
+    def _refresh(self) -> None:
+        try:
+            with ProxyClient(str(self.daemon.socket_path), self.daemon.token) as proxy:
+                answer = proxy.refresh_token(PROVIDER)
+                self.on_answer()
+                self.outcome.append(answer)
+        except Exception as exc:
+            self.outcome.append(exc)
+
+    def start(self) -> None:
+        """Returns once the provider has issued the new token and holds the answer."""
+        self.oidc.hold_refresh_answers()
+        try:
+            self.thread.start()
+            _wait_until(lambda: self.oidc.held_answers() == 1, "the provider to issue")
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.oidc.release_refresh_answers()
+
+    def join(self) -> None:
+        self.thread.join(timeout=WAIT_S)
+        assert not self.thread.is_alive()
+
+
+def test_a_daemon_killed_as_it_answers_a_refresh_has_already_stored_the_rotated_token(
     credproxy_daemon: DaemonFactory, oidc_server: OidcServer
 ) -> None:
-    """Save before answer. The provider issues the token (rotating the refresh token)
-    and holds its answer; on release the daemon is SIGKILLed the moment its store
-    shows a new record, before its client has been answered (the client sees the
-    connection drop). The kill cannot land earlier in the daemon without losing the
-    answer itself, which no client can survive with a rotating provider."""
+    """Save before answer. The provider issues the token (consuming the old refresh
+    token) and holds its answer; once released, the daemon is SIGKILLed the instant
+    its client has the reply, the first moment an outside observer can know the
+    daemon had the provider's answer (a kill before that loses the answer itself,
+    which no client can survive with a rotating provider). The store must already
+    hold the rotated refresh token and the access token just served."""
     daemon = oauth_daemon(credproxy_daemon, oidc_server)
     log_in(daemon, oidc_server)
     expire_stored_token(daemon)
     before = daemon.stored_token(PROVIDER)
     assert before is not None
-    outcome: list[object] = []
+    refresh = HeldRefresh(daemon, oidc_server)
+    refresh.on_answer = lambda: daemon.handle.send_signal(signal.SIGKILL)
+    refresh.start()
+    refresh.release()
+    refresh.join()
+    assert daemon.handle.process.wait(timeout=WAIT_S) == -signal.SIGKILL
 
-    def refresh() -> None:
-        try:
-            with ProxyClient(str(daemon.socket_path), daemon.token) as proxy:
-                outcome.append(proxy.refresh_token(PROVIDER))
-        except Exception as exc:
-            outcome.append(exc)
-
-    oidc_server.hold_refresh_answers()
-    thread = threading.Thread(target=refresh)
-    try:
-        thread.start()
-        _wait_until(lambda: oidc_server.held_answers() == 1, "the provider to issue")
-    finally:
-        oidc_server.release_refresh_answers()
-    data = daemon.store_dir / "credentials.json"
-    original = data.stat().st_mtime_ns, data.stat().st_ino
-    _wait_until(
-        lambda: (data.stat().st_mtime_ns, data.stat().st_ino) != original, "the daemon's save"
-    )
-    daemon.handle.send_signal(signal.SIGKILL)
-    daemon.handle.process.wait(timeout=WAIT_S)
-    thread.join(timeout=WAIT_S)
-
+    answered = refresh.outcome[0]
+    assert isinstance(answered, dict), refresh.outcome
     after = daemon.stored_token(PROVIDER)
     assert after is not None
     assert after["refresh_token"] != before["refresh_token"]
+    assert after["access_token"] == answered["access_token"]
     replacement = second_daemon(credproxy_daemon, daemon)
     assert replacement.capability_token is not None
     expire_stored_token(daemon)
     with ProxyClient(str(replacement.socket_path), replacement.capability_token) as proxy:
-        assert proxy.refresh_token(PROVIDER)["access_token"]
+        assert proxy.refresh_token(PROVIDER)["access_token"] != answered["access_token"]
 
 
 def test_a_logout_during_a_slow_refresh_keeps_the_token_removed(
@@ -459,20 +483,9 @@ def test_a_logout_during_a_slow_refresh_keeps_the_token_removed(
     daemon = oauth_daemon(credproxy_daemon, oidc_server)
     log_in(daemon, oidc_server)
     expire_stored_token(daemon)
-    outcome: list[object] = []
-
-    def refresh() -> None:
-        try:
-            with ProxyClient(str(daemon.socket_path), daemon.token) as proxy:
-                outcome.append(proxy.refresh_token(PROVIDER))
-        except Exception as exc:
-            outcome.append(exc)
-
-    oidc_server.hold_refresh_answers()
-    thread = threading.Thread(target=refresh)
+    refresh = HeldRefresh(daemon, oidc_server)
+    refresh.start()
     try:
-        thread.start()
-        _wait_until(lambda: oidc_server.held_answers() == 1, "the provider to issue")
         logout = subprocess.run(
             [
                 sys.executable,
@@ -492,11 +505,12 @@ def test_a_logout_during_a_slow_refresh_keeps_the_token_removed(
         )
         assert logout.returncode == 0, logout.stderr
     finally:
-        oidc_server.release_refresh_answers()
-    thread.join(timeout=WAIT_S)
+        refresh.release()
+    refresh.join()
 
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], NotFoundError), outcome
-    assert "logout" in outcome[0].message
+    assert len(refresh.outcome) == 1
+    failure = refresh.outcome[0]
+    assert isinstance(failure, NotFoundError), failure
+    assert "logout" in failure.message
     assert daemon.stored_token(PROVIDER) is None
     assert on_host_store(daemon, lambda store: store.list_buckets(PROVIDER)) == []
