@@ -70,6 +70,7 @@ def test_an_expired_token_that_cannot_be_refreshed_fails_with_the_reason(
     result = sandbox(daemon, "token", "get", "alpha", "--bucket", "work")
     assert result.returncode == 1, result
     assert result.stdout == ""
+    assert ALPHA_WORK["access_token"] not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("credproxy: the token alpha (bucket work) expired ")
