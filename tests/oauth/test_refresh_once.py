@@ -75,15 +75,17 @@ def test_two_daemons_and_twenty_clients_refresh_an_expired_token_with_one_grant(
     before = first.stored_token(PROVIDER)
     assert before is not None
     grants = refresh_grants(oidc_server)
-    barrier = threading.Barrier(20)
+    connected = threading.Barrier(20)
+    all_saw_it_expired = threading.Barrier(20)
     answers: list[dict[str, Any]] = []
 
     def client(socket_path: str, token: str) -> Callable[[], None]:
         def run() -> None:
             with ProxyClient(socket_path, token) as proxy:
-                barrier.wait(timeout=WAIT_S)
+                connected.wait(timeout=WAIT_S)
                 seen = proxy.get_token(PROVIDER)
                 assert seen["expiry"] == 1
+                all_saw_it_expired.wait(timeout=WAIT_S)
                 answers.append(proxy.refresh_token(PROVIDER))
 
         return run

@@ -333,3 +333,33 @@ async def test_host_status_reports_unusable_expiry_and_damaged_records_without_f
     assert report["providers"]["fine"]["default"]["status"] == "damaged record"
     assert str(TOKEN["refresh_token"]) not in json.dumps(report)
     await store.close()
+
+
+def test_host_token_get_prints_a_valid_token_and_refuses_a_dead_one_with_the_reason(
+    store_env: Path, tmp_path: Path
+) -> None:
+    """On the host ``token get`` reads the store; an expired token it cannot refresh
+    (no [providers.gemini] table here) exits 1 and prints nothing on stdout."""
+    live = tmp_path / "live.json"
+    live.write_text(json.dumps(TOKEN))
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps({**TOKEN, "expiry": 1_000}))
+    run("token", "import", "gemini", "--file", str(live))
+    run("token", "import", "gemini", "--bucket", "old", "--file", str(dead))
+
+    printed = run("token", "get", "gemini")
+    assert printed.exit_code == 0, printed.stderr
+    assert printed.stdout == f"{TOKEN['access_token']}\n"
+    as_json = json.loads(run("token", "get", "gemini", "--json").stdout)
+    assert "refresh_token" not in as_json
+
+    refused = run("token", "get", "gemini", "--bucket", "old")
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert refused.stderr.startswith("credproxy: the token gemini (bucket old) expired ")
+    assert "could not be refreshed: no OAuth provider configured as 'gemini'" in refused.stderr
+    assert_no_secret(refused)
+
+    missing = run("token", "get", "absent")
+    assert missing.exit_code == 3
+    assert "no token absent (bucket default) in the store" in missing.stderr
