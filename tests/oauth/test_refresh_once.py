@@ -401,8 +401,8 @@ def test_a_revoked_grant_requires_a_login_after_which_get_token_works(
     assert renewed["access_token"] != fresh["access_token"]
     status = _host_status(daemon)
     assert status["lastRefresh"]["outcome"] == "ok"
-    assert status["renewsAt"] == renewed["expiry"] - 30
-    assert status["renewal"].startswith("renewed on use from ")
+    assert renewed["expiry"] - 3600 * 0.25 <= status["renewsAt"] <= renewed["expiry"] - 300
+    assert status["renewal"].startswith("renewed in ")
 
 
 class HeldRefresh:

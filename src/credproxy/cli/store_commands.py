@@ -477,20 +477,26 @@ def _expiry_entry(expiry: object, now: float) -> dict[str, Any]:
 
 
 def _renewal_entry(token: dict[str, Any], expiry: object, now: float) -> dict[str, Any]:
-    """When the token is renewed and how its last refresh went (host metadata)."""
-    from credproxy.client.commands import REFRESH_MARGIN_S, _duration
+    """When the token is renewed and how its last refresh went (host metadata).
+
+    ``renewsAt`` is when a running daemon's scheduler renews it (``expiry`` minus
+    the renewal lead; its jitter may make that up to 30 s earlier); without a
+    running daemon the next use after that renews it.
+    """
+    from credproxy.client.commands import _duration
+    from credproxy.renewal import renewal_lead
     from credproxy.store.writepath import host_metadata
 
     entry: dict[str, Any] = {"renewsAt": None, "lastRefresh": None}
     if not token.get("refresh_token"):
         entry["renewal"] = "not renewable: no refresh token (log in again when it expires)"
     elif isinstance(expiry, int | float) and not isinstance(expiry, bool):
-        renews_at = float(expiry) - REFRESH_MARGIN_S
+        renews_at = float(expiry) - renewal_lead(float(expiry) - now)
         entry["renewsAt"] = renews_at
         entry["renewal"] = (
-            "renewed on next use (due now)"
+            "renewal due now (by a running daemon, or on next use)"
             if renews_at <= now
-            else f"renewed on use from {_duration(renews_at - now)} from now"
+            else f"renewed in {_duration(renews_at - now)} (by a running daemon, or on next use)"
         )
     else:
         entry["renewal"] = "renewed on use (expiry unknown)"

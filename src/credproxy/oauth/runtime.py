@@ -17,6 +17,7 @@ from credproxy.oauth.errors import provider_not_found
 from credproxy.oauth.flows import Clock
 from credproxy.oauth.http import OAuthHttp
 from credproxy.refresh import RefreshCoordinator
+from credproxy.renewal import ProactiveScheduler
 from credproxy.sessions import (
     DEFAULT_MAX_SESSIONS,
     DEFAULT_MAX_SESSIONS_PER_IDENTITY,
@@ -49,6 +50,16 @@ class OAuthRuntime:
         self.clock = clock
         self.writes = write_path(store)
         self.refresher = RefreshCoordinator(providers, self.http, self.writes, clock=clock)
+        self.renewal = ProactiveScheduler(self.refresher.refresh)
+
+    def token_seen(self, provider: str, bucket: str, token: Mapping[str, Any]) -> None:
+        """A host-side token was served, saved or refreshed: (re)schedule its renewal.
+        Tokens of providers without a table are left alone (nothing could renew them)."""
+        if self.providers.get(provider) is not None:
+            self.renewal.observe(provider, bucket, token)
+
+    def token_removed(self, provider: str, bucket: str) -> None:
+        self.renewal.forget(provider, bucket)
 
     def start(self) -> None:
         """Start the session sweep; call inside the daemon's running loop. Idempotent."""
@@ -56,7 +67,9 @@ class OAuthRuntime:
             self.sessions.start_gc()
 
     async def aclose(self) -> None:
-        """End every login (tasks cancelled, listeners closed), then the HTTP session."""
+        """Stop renewing, end every login (tasks cancelled, listeners closed), then the
+        HTTP session."""
+        await self.renewal.aclose()
         await self.sessions.aclose()
         await self.http.close()
 
@@ -95,6 +108,12 @@ def install(state: ServerState, config: Mapping[str, Any]) -> OAuthRuntime:
     )
     state.extensions[EXTENSION_KEY] = runtime
     return runtime
+
+
+def optional_runtime(state: ServerState) -> OAuthRuntime | None:
+    """The daemon's OAuth runtime, if it has one (a daemon without providers may not)."""
+    runtime = state.extensions.get(EXTENSION_KEY)
+    return runtime if isinstance(runtime, OAuthRuntime) else None
 
 
 def runtime_of(state: ServerState, provider: str) -> OAuthRuntime:

@@ -49,7 +49,17 @@ async def get_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, A
             f"no token stored for provider {payload.provider!r} bucket {payload.bucket!r}",
         )
     ctx.state.usage.record(payload.provider, payload.bucket)
+    _token_seen(ctx, payload.provider, payload.bucket, token)
     return sanitize(token)
+
+
+def _token_seen(ctx: RequestContext, provider: str, bucket: str, token: dict[str, Any]) -> None:
+    """Let the renewal scheduler see the host-side token (cheap when unchanged)."""
+    from credproxy.oauth.runtime import optional_runtime
+
+    runtime = optional_runtime(ctx.state)
+    if runtime is not None:
+        runtime.token_seen(provider, bucket, token)
 
 
 async def get_bucket_stats(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
@@ -74,7 +84,7 @@ async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
     if not ctx.grant.can_save:
         raise _deny()
     try:
-        await write_path(ctx.state.store).save_from_sandbox(
+        saved = await write_path(ctx.state.store).save_from_sandbox(
             payload.provider,
             payload.bucket,
             payload.token,
@@ -82,6 +92,7 @@ async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
         )
     except BucketLimitError as exc:
         raise ProxyError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
+    _token_seen(ctx, payload.provider, payload.bucket, saved)
     return {}
 
 
@@ -91,6 +102,11 @@ async def remove_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str
     if not ctx.grant.can_remove:
         raise _deny()
     await write_path(ctx.state.store).remove_token(payload.provider, payload.bucket)
+    from credproxy.oauth.runtime import optional_runtime
+
+    runtime = optional_runtime(ctx.state)
+    if runtime is not None:
+        runtime.token_removed(payload.provider, payload.bucket)
     return {}
 
 

@@ -113,6 +113,7 @@ async def _complete_in_background(
     finally:
         await flow.aclose()
     stored = await runtime.writes.save_login(session.provider, session.bucket, token)
+    runtime.token_seen(session.provider, session.bucket, stored)
     session.complete(stored)
 
 
@@ -127,6 +128,7 @@ async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, An
     except OAuthFlowError as exc:
         raise exc.to_proxy_error() from None
     stored = await runtime.writes.save_login(session.provider, session.bucket, token)
+    runtime.token_seen(session.provider, session.bucket, stored)
     return sanitize(stored)
 
 
@@ -167,6 +169,7 @@ async def refresh_token(ctx: RequestContext, payload: ProviderBucket) -> dict[st
     _require_login_access(ctx, payload.provider, payload.bucket)
     runtime = runtime_of(ctx.state, payload.provider)
     token = await runtime.refresher.refresh(payload.provider, payload.bucket)
+    runtime.token_seen(payload.provider, payload.bucket, token)
     return sanitize(token)
 
 

@@ -200,9 +200,9 @@ class WritePath:
 
     async def save_from_sandbox(
         self, provider: str, bucket: str, raw: Mapping[str, Any], *, max_buckets: int
-    ) -> None:
+    ) -> Token:
         """A sandbox's ``save_token``: sanitized at any depth, merged into the stored
-        token so the host's refresh token and metadata stay."""
+        token so the host's refresh token and metadata stay. Returns the stored token."""
         incoming = from_sandbox(raw)
         async with self.locks.hold(token_lock(provider, bucket)):
             stored = await self.store.get_token(provider, bucket)
@@ -215,6 +215,7 @@ class WritePath:
             check_merged_size(merged)
             if merged != stored:
                 await self.store.save_token(provider, bucket, merged)
+            return merged
 
     async def save_login(self, provider: str, bucket: str, token: Token) -> Token:
         """A completed login: merged into the stored token (a damaged one is replaced);
