@@ -76,7 +76,7 @@ def test_two_daemons_and_twenty_clients_refresh_an_expired_token_with_one_grant(
     assert before is not None
     grants = refresh_grants(oidc_server)
     connected = threading.Barrier(20)
-    all_saw_it_expired = threading.Barrier(20)
+    all_have_read = threading.Barrier(20)
     answers: list[dict[str, Any]] = []
 
     def client(socket_path: str, token: str) -> Callable[[], None]:
@@ -84,9 +84,12 @@ def test_two_daemons_and_twenty_clients_refresh_an_expired_token_with_one_grant(
             with ProxyClient(socket_path, token) as proxy:
                 connected.wait(timeout=WAIT_S)
                 seen = proxy.get_token(PROVIDER)
-                assert seen["expiry"] == 1
-                all_saw_it_expired.wait(timeout=WAIT_S)
-                answers.append(proxy.refresh_token(PROVIDER))
+                all_have_read.wait(timeout=WAIT_S)
+                # The daemon's renewal scheduler may already have renewed it
+                # when it served the expired token to the first client.
+                answers.append(
+                    proxy.refresh_token(PROVIDER) if seen["expiry"] <= time.time() else seen
+                )
 
         return run
 
