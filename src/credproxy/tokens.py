@@ -27,6 +27,11 @@ HOST_METADATA: Final = "credproxy_host"
 HOST_ONLY_FIELDS: Final = frozenset({REFRESH_TOKEN, HOST_METADATA})
 _REQUIRED_FIELDS: Final = ("access_token", "expiry", "token_type")
 _encoder: Final = msgspec.json.Encoder()
+NO_EXPIRY: Final = 253_402_300_799
+"""``expiry`` of a token that does not expire (GitHub OAuth App tokens): 9999-12-31
+23:59:59 UTC, the last second ``datetime`` can show. The protocol needs a number, and
+LLxprt's client, like ours, refreshes only near ``expiry``, so it never tries; nor does
+the host, since such a token has no refresh token."""
 MAX_TOKEN_FIELDS: Final = 64
 MAX_TOKEN_BYTES: Final = 32_768
 """Encoded size of a token that crosses the socket; leaves room in a 64 KiB frame."""

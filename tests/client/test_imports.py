@@ -67,7 +67,7 @@ HOST_SIDE_OF_THE_CLI = (
     "credproxy.cli.store_commands",
     "credproxy.cli.doctor",
     "credproxy.sandbox",
-    "credproxy.config",
+    "credproxy.settings",
     "asyncio",
     "platformdirs",
 )

@@ -75,7 +75,7 @@ def test_an_expired_token_that_cannot_be_refreshed_fails_with_the_reason(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("credproxy: the token alpha (bucket work) expired ")
     assert "could not be refreshed" in lines[0]
-    assert "no OAuth provider configured as 'alpha'" in lines[0]
+    assert "no OAuth provider 'alpha'" in lines[0]
     for secret in SECRETS:
         assert secret not in result.stderr
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import web
 
-from credproxy.oauth.config import ProviderConfig, ProviderRegistry, parse_provider
+from credproxy.oauth.config import ProviderConfig, ProviderRegistry
 from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.flows import (
     CodePasteFlow,
@@ -31,6 +31,7 @@ from credproxy.store.memory import MemoryStore
 from credproxy.store.writepath import WritePath
 from credproxy.tokens import sanitize
 from tests.fixtures.oidc import OidcServer
+from tests.fixtures.settings import provider_config
 from tests.oauth.browser import HeadlessUser
 
 
@@ -44,7 +45,7 @@ async def http() -> AsyncIterator[OAuthHttp]:
 
 
 def provider(server: OidcServer, flow: str, **extra: Any) -> ProviderConfig:
-    return parse_provider("test", server.provider_table(flow, **extra))
+    return provider_config("test", server.provider_table(flow, **extra))
 
 
 async def endpoints_of(config: ProviderConfig, http: OAuthHttp) -> Any:
@@ -101,7 +102,7 @@ async def test_discovery_refuses_a_document_naming_another_issuer(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
     """The configured issuer has a trailing path the document does not name."""
-    config = parse_provider(
+    config = provider_config(
         "test",
         {
             "client_id": "credproxy-cli",
@@ -118,7 +119,7 @@ async def test_discovery_refuses_a_document_naming_another_issuer(
 async def test_an_issuer_without_a_discovery_document_says_what_to_check(
     oidc_server: OidcServer, http: OAuthHttp
 ) -> None:
-    config = parse_provider(
+    config = provider_config(
         "test",
         {"client_id": "c", "issuer": oidc_server.url("/nowhere"), "flow": "device_code"},
     )
@@ -402,7 +403,7 @@ async def test_a_device_answer_with_terminal_escapes_is_refused_naming_the_field
         field: value,
     }
     async with hostile_provider("/device", answer) as base:
-        config = parse_provider(
+        config = provider_config(
             "hostile",
             {
                 "client_id": "c",
@@ -426,7 +427,7 @@ async def test_a_token_response_echoing_the_request_keeps_no_secret_outside_refr
     sent (live when the provider does not rotate it) or of the client secret is dropped."""
     answer = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 60, "scope": "s"}
     async with hostile_provider("/token", answer) as base:
-        config = parse_provider(
+        config = provider_config(
             "hostile",
             {
                 "client_id": "c",

@@ -24,7 +24,7 @@ from credproxy.client import (
 )
 from credproxy.client.login import EXPIRED_MESSAGE, LoginError, Prompter, run_login
 from credproxy.grants import CapabilityTable, Grant
-from credproxy.oauth.config import ProviderRegistry, parse_providers
+from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.http import HttpResponse, OAuthHttp
 from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime
 from credproxy.server.app import Daemon
@@ -32,6 +32,7 @@ from credproxy.server.context import ServerState
 from credproxy.sessions import OAuthSessionManager
 from credproxy.store.memory import MemoryStore
 from tests.fixtures.oidc import OidcServer
+from tests.fixtures.settings import providers_of
 
 
 class FakeClock:
@@ -89,7 +90,7 @@ async def in_process(oidc_server: OidcServer) -> AsyncIterator[InProcess]:
     http = CountingHttp()
     state = ServerState(store=store)
     runtime = OAuthRuntime(
-        ProviderRegistry(parse_providers(config)),
+        ProviderRegistry(providers_of(config)),
         store,
         sessions=OAuthSessionManager(
             60.0, clock=clock, max_sessions_per_identity=SESSION_CAP, environ={}

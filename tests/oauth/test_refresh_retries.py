@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from credproxy.oauth.config import ProviderRegistry, parse_provider
+from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.http import OAuthHttp
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.refresh import RefreshCoordinator
 from credproxy.store.memory import MemoryStore
 from credproxy.store.writepath import WritePath, host_metadata
+from tests.fixtures.settings import provider_config
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
 Script = list[Answer]
@@ -63,7 +64,7 @@ async def scripted_provider(script: Script) -> AsyncIterator[tuple[str, list[str
 
 class Refresher:
     def __init__(self, base: str) -> None:
-        config = parse_provider(
+        config = provider_config(
             "stand",
             {
                 "client_id": "c",

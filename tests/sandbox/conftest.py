@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from credproxy.config import load_config
+from credproxy.settings import load_settings
 from credproxy.store.factory import open_store
 
 VENV_BIN = Path(sys.executable).parent
@@ -118,7 +118,7 @@ def runtime_binds() -> list[str]:
 
 
 async def _seed(config: Path) -> None:
-    store = open_store(None, load_config(config))
+    store = open_store(None, load_settings(config))
     try:
         await store.save_token(
             "demo",

@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from credproxy.settings import ConfigError
 from credproxy.store.base import StoreError
 from credproxy.store.factory import open_store, store_directory
 from credproxy.store.file import DATA_FILE, FileStore
 from credproxy.store.keysource import KEY_FILE_NAME
 from credproxy.store.memory import MemoryStore
+from tests.fixtures.settings import settings_of
 
 
 async def test_file_is_the_default_backend(tmp_path: Path) -> None:
-    config = {"store": {"path": str(tmp_path / "s"), "key_source": "keyfile"}}
+    config = settings_of({"store": {"path": str(tmp_path / "s"), "key_source": "keyfile"}})
     store = open_store(None, config)
     assert isinstance(store, FileStore)
     assert (tmp_path / "s" / DATA_FILE).exists()
@@ -22,7 +24,9 @@ async def test_file_is_the_default_backend(tmp_path: Path) -> None:
 
 
 async def test_config_backend_and_path_are_used(tmp_path: Path) -> None:
-    config = {"store": {"backend": "file", "path": str(tmp_path / "cfg"), "key_source": "keyfile"}}
+    config = settings_of(
+        {"store": {"backend": "file", "path": str(tmp_path / "cfg"), "key_source": "keyfile"}}
+    )
     store = open_store(None, config)
     assert isinstance(store, FileStore)
     assert store.directory == tmp_path / "cfg"
@@ -30,7 +34,7 @@ async def test_config_backend_and_path_are_used(tmp_path: Path) -> None:
 
 
 async def test_command_line_backend_wins_over_the_config(tmp_path: Path) -> None:
-    config = {"store": {"backend": "file", "path": str(tmp_path / "cfg")}}
+    config = settings_of({"store": {"backend": "file", "path": str(tmp_path / "cfg")}})
     assert isinstance(open_store("memory", config), MemoryStore)
     assert not (tmp_path / "cfg").exists()
 
@@ -41,7 +45,7 @@ async def test_environment_overrides_the_config_path_and_key_file(
     monkeypatch.setenv("CREDPROXY_STORE_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("CREDPROXY_KEY_SOURCE", "keyfile")
     monkeypatch.setenv("CREDPROXY_KEY_FILE", str(tmp_path / "k" / "data.key"))
-    store = open_store("file", {"store": {"path": str(tmp_path / "cfg")}})
+    store = open_store("file", settings_of({"store": {"path": str(tmp_path / "cfg")}}))
     assert isinstance(store, FileStore)
     assert store.directory == tmp_path / "env"
     assert (tmp_path / "k" / "data.key").exists()
@@ -54,7 +58,7 @@ async def test_passphrase_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CREDPROXY_PASSPHRASE", "a long enough passphrase")
-    config = {"store": {"path": str(tmp_path / "p"), "key_source": "passphrase"}}
+    config = settings_of({"store": {"path": str(tmp_path / "p"), "key_source": "passphrase"}})
     store = open_store("file", config)
     await store.set_key("k", "v-secret")
     await store.close()
@@ -70,16 +74,16 @@ def test_default_directory_is_the_user_data_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert store_directory({}) == tmp_path / "xdg" / "credproxy"
+    assert store_directory(settings_of({})) == tmp_path / "xdg" / "credproxy"
 
 
 def test_unknown_backend_lists_the_choices() -> None:
     with pytest.raises(StoreError, match="choose one of: file, keyring, memory"):
-        open_store("sqlite", {})
+        open_store("sqlite", settings_of({}))
 
 
 def test_store_setting_of_the_wrong_type_is_reported() -> None:
-    with pytest.raises(StoreError, match=r"\[store\] path"):
-        open_store("file", {"store": {"path": 42}})
-    with pytest.raises(StoreError, match="must be a table"):
-        open_store("file", {"store": "file"})
+    with pytest.raises(ConfigError, match=r"\[store\] path: expected `str`, got `int`"):
+        settings_of({"store": {"path": 42}})
+    with pytest.raises(ConfigError, match="store: expected `object`, got `str`"):
+        settings_of({"store": "file"})

@@ -25,6 +25,7 @@ from credproxy.store.secretservice import (
     SecretService,
 )
 from tests.fixtures.keyring import KeyringSession
+from tests.fixtures.settings import settings_of
 
 TOKEN = {
     "access_token": "kr-access-9d2f",
@@ -123,12 +124,12 @@ async def test_blocking_keyring_calls_run_off_the_event_loop(
 
 
 def test_factory_opens_the_keyring_backend(gnome_keyring: KeyringSession) -> None:
-    assert isinstance(open_store("keyring", {}), KeyringStore)
+    assert isinstance(open_store("keyring", settings_of({})), KeyringStore)
 
 
 def test_locked_keyring_gives_the_unlock_message(locked_keyring: KeyringSession) -> None:
     with pytest.raises(KeyringLockedError) as caught:
-        open_store("keyring", {})
+        open_store("keyring", settings_of({}))
     assert str(caught.value) == LOCKED_MESSAGE
 
 
@@ -146,7 +147,7 @@ def test_bus_without_a_keyring_says_to_use_the_file_store(
     bus_without_keyring: KeyringSession,
 ) -> None:
     with pytest.raises(KeyringUnavailableError) as caught:
-        open_store("keyring", {})
+        open_store("keyring", settings_of({}))
     assert str(caught.value).startswith(UNAVAILABLE_MESSAGE)
 
 
@@ -162,7 +163,7 @@ def test_no_session_bus_at_all_says_to_use_the_file_store(
 ) -> None:
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
     with pytest.raises(KeyringUnavailableError) as caught:
-        open_store("keyring", {})
+        open_store("keyring", settings_of({}))
     assert str(caught.value).startswith(UNAVAILABLE_MESSAGE)
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS")
     with pytest.raises(KeyringUnavailableError):

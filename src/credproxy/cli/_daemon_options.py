@@ -18,6 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from credproxy.grants import Grant
+    from credproxy.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,16 +130,33 @@ def build_grant(
     )
 
 
-def load_settings(config: Path | None) -> dict[str, Any]:
-    """The configuration, with the tables the OAuth runtime reads already checked.
+def load_settings(config: Path | None) -> Settings:
+    """The configuration, with every provider table already resolved over its preset.
 
     Raises ``ConfigError``.
     """
-    from credproxy.config import load_config
-    from credproxy.oauth.config import parse_providers
-    from credproxy.oauth.runtime import session_limits
+    from credproxy.oauth.config import ProviderRegistry
+    from credproxy.settings import load_settings as load
 
-    settings = load_config(config)
-    parse_providers(settings)
-    session_limits(settings)
+    settings = load(config)
+    ProviderRegistry.from_settings(settings)
     return settings
+
+
+def warn_unknown_providers(allow: tuple[str, ...], settings: Settings, stored: list[str]) -> None:
+    """``--allow NAME`` for a name that no preset, config table or stored token knows:
+    say so, with the nearest known name, but go on (a token may be saved under it later)."""
+    from credproxy.oauth.config import ProviderRegistry, nearest_name
+
+    known = [*ProviderRegistry.from_settings(settings).known_names(), *stored]
+    for entry in allow:
+        name = entry.split(":", 1)[0]
+        if name in known:
+            continue
+        close = nearest_name(name, known)
+        hint = f"; did you mean {close!r}?" if close else ""
+        click.echo(
+            f"warning: --allow {entry}: no preset, [providers.{name}] table or stored "
+            f"token is named {name!r}{hint}",
+            err=True,
+        )

@@ -16,12 +16,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import click
 
 from credproxy.cli import main
 from credproxy.cli._daemon_options import STORE_HELP, config_option, store_choice
+
+if TYPE_CHECKING:
+    from credproxy.settings import Settings
 
 Status = Literal["ok", "info", "warn", "fail"]
 
@@ -141,9 +144,9 @@ def check_keyring() -> Check:
     )
 
 
-def check_config(config: Path | None) -> tuple[Check, dict[str, Any] | None]:
+def check_config(config: Path | None) -> tuple[Check, Settings | None]:
     from credproxy.cli._daemon_options import load_settings
-    from credproxy.config import ConfigError, default_config_path
+    from credproxy.settings import ConfigError, default_config_path
 
     path = config or default_config_path()
     try:
@@ -152,20 +155,18 @@ def check_config(config: Path | None) -> tuple[Check, dict[str, Any] | None]:
         return Check("config", "fail", str(exc), f"edit {path} (see docs/providers.md)"), None
     if not path.exists():
         return Check("config", "ok", f"no config file at {path}: embedded defaults"), settings
-    providers = settings.get("providers", {})
-    count = len(providers) if isinstance(providers, dict) else 0
+    count = len(settings.providers)
     return Check("config", "ok", f"{path} ({count} OAuth providers)"), settings
 
 
-def check_store(backend: str | None, settings: dict[str, Any] | None) -> Check:
+def check_store(backend: str | None, settings: Settings | None) -> Check:
     if settings is None:
         return Check("store", "info", "not checked: the config file must be fixed first")
     from credproxy.store.base import StoreError
-    from credproxy.store.factory import open_store, store_directory
+    from credproxy.store.factory import backend_name, open_store, store_directory
     from credproxy.store.file import DATA_FILE
 
-    section = settings.get("store", {})
-    name = backend or (section.get("backend") if isinstance(section, dict) else None) or "file"
+    name = backend_name(backend, settings)
     try:
         if name == "file" and not (store_directory(settings) / DATA_FILE).exists():
             return Check(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from credproxy.client.login import LoginResult, Prompter
     from credproxy.oauth.config import ProviderConfig, ProviderRegistry
     from credproxy.oauth.flows import DeviceCodeFlow, LoopbackFlow
+    from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
 
 _SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
@@ -151,25 +152,26 @@ def _login_on_host(
     import asyncio
 
     from credproxy.client.login import LoginError
-    from credproxy.config import ConfigError, load_config
     from credproxy.oauth.config import ProviderRegistry
+    from credproxy.protocol.errors import ProxyError
+    from credproxy.settings import ConfigError, load_settings
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     try:
-        settings = load_config(config)
-        registry = ProviderRegistry.from_config(settings)
-        provider_config = registry.get(provider)
-        if provider_config is None:
-            raise LoginError(
-                f"No OAuth provider {provider!r} is configured; add a [providers.{provider}] "
-                "table to the config file (see docs/providers.md).",
-                code="PROVIDER_NOT_FOUND",
-            )
+        settings = load_settings(config)
+        registry = ProviderRegistry.from_settings(settings)
+        provider_config = registry.require(provider)
         credential_store = open_store(backend, settings)
+    except ProxyError as exc:
+        raise LoginError(_sentence(exc.message), code=exc.code) from None
     except (ConfigError, StoreError) as exc:
         raise LoginError(str(exc), code="CONFIG") from None
     return asyncio.run(_host_flow(registry, provider_config, bucket, credential_store, prompter))
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:] + ("" if message.endswith((".", "?")) else ".")
 
 
 def _in_daemon_thread(read: Callable[[], str]) -> asyncio.Future[str]:
@@ -295,12 +297,12 @@ def logout(
         return
     import asyncio
 
-    from credproxy.config import ConfigError, load_config
+    from credproxy.settings import ConfigError, load_settings
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     try:
-        settings = load_config(config)
+        settings = load_settings(config)
         credential_store = open_store(store, settings)
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -322,7 +324,7 @@ def logout(
 
 
 async def _host_logout(
-    settings: dict[str, Any], provider: str, bucket: str, store: CredentialStore, revoke: bool
+    settings: Settings, provider: str, bucket: str, store: CredentialStore, revoke: bool
 ) -> tuple[bool, bool]:
     """Remove the token, revoking its refresh token first where the provider allows.
 
@@ -352,16 +354,16 @@ async def _host_logout(
     return removed, revoked
 
 
-async def _revoke(settings: dict[str, Any], provider: str, refresh: str) -> bool:
+async def _revoke(settings: Settings, provider: str, refresh: str) -> bool:
     """RFC 7009 revocation, when the provider is configured and has an endpoint. A
     refusal is reported and the caller removes the local token anyway."""
-    from credproxy.config import ConfigError
     from credproxy.oauth.config import ProviderRegistry
     from credproxy.oauth.errors import OAuthFlowError
     from credproxy.oauth.http import OAuthHttp
+    from credproxy.settings import ConfigError
 
     try:
-        config = ProviderRegistry.from_config(settings).get(provider)
+        config = ProviderRegistry.from_settings(settings).get(provider)
     except ConfigError:
         config = None
     if config is None:

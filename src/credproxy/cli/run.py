@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import click
 
@@ -25,12 +25,14 @@ from credproxy.cli._daemon_options import (
     grant_options,
     load_settings,
     store_choice,
+    warn_unknown_providers,
 )
 from credproxy.sandbox.spec import SANDBOX_KINDS
 
 if TYPE_CHECKING:
     from credproxy.grants import Grant
     from credproxy.sandbox.spec import SandboxKind, SandboxSpec
+    from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
 
 SETUP_FAILED: Final = 125
@@ -47,7 +49,7 @@ class _RunPlan:
     spec: SandboxSpec
     grant: Grant
     protected: tuple[str, ...]
-    settings: dict[str, Any]
+    settings: Settings
     audit_log: Path | None
 
 
@@ -114,8 +116,8 @@ def run(  # noqa: PLR0917  (click passes every option)
     exit code is returned; SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH are
     passed on to it.
     """
-    from credproxy.config import ConfigError
     from credproxy.sandbox.spec import Mount, SandboxError, SandboxSpec, parse_bind
+    from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
@@ -173,7 +175,6 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     import logging
 
     from credproxy.audit import AuditLog, configure_daemon_logging
-    from credproxy.config import ConfigError
     from credproxy.grants import CapabilityTable
     from credproxy.oauth.runtime import install as install_oauth
     from credproxy.sandbox.launch import prepare, run_prepared
@@ -181,6 +182,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     from credproxy.server.app import Daemon
     from credproxy.server.context import ServerState
     from credproxy.server.listener import ListenerError
+    from credproxy.settings import ConfigError
 
     configure_daemon_logging(logging.WARNING)
     with contextlib.ExitStack() as closing:
@@ -192,6 +194,10 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
                 audit = AuditLog(closing.enter_context(_null_stream()))
             state = ServerState(store=credential_store)
             install_oauth(state, plan.settings)
+            if plan.grant.providers:
+                allowed = tuple(sorted(plan.grant.providers))
+                stored = await credential_store.list_providers()
+                warn_unknown_providers(allowed, plan.settings, stored)
             table = CapabilityTable()
             token = table.issue(plan.grant)
             daemon = Daemon(
@@ -227,21 +233,17 @@ def _null_stream() -> IO[str]:
 
 
 def _protected_paths(
-    backend: str | None, settings: dict[str, Any], config: Path | None
+    backend: str | None, settings: Settings, config: Path | None
 ) -> tuple[str, ...]:
     """Host paths no sandbox may see: the config file (it may hold client
     secrets) and, for the file store, its directory and key file."""
-    from credproxy.config import default_config_path
-    from credproxy.store.factory import KEY_FILE_ENV, store_directory
+    from credproxy.settings import default_config_path
+    from credproxy.store.factory import KEY_FILE_ENV, backend_name, store_directory
 
     paths = [str(config if config is not None else default_config_path())]
-    section = settings.get("store", {})
-    name = backend or (section.get("backend") if isinstance(section, dict) else None) or "file"
-    if name == "file":
+    if backend_name(backend, settings) == "file":
         paths.append(str(store_directory(settings)))
-        key_file = os.environ.get(KEY_FILE_ENV) or (
-            section.get("key_file") if isinstance(section, dict) else None
-        )
-        if isinstance(key_file, str) and key_file:
+        key_file = os.environ.get(KEY_FILE_ENV) or settings.store.key_file
+        if key_file:
             paths.append(os.path.expanduser(key_file))
     return tuple(paths)

@@ -10,7 +10,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,10 +23,12 @@ from credproxy.cli._daemon_options import (
     grant_options,
     load_settings,
     store_choice,
+    warn_unknown_providers,
 )
 
 if TYPE_CHECKING:
     from credproxy.grants import Grant
+    from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
 
 
@@ -223,8 +225,8 @@ def serve(  # noqa: PLR0917  (click passes every option)
     )
     _check_options(opts)
     from credproxy.audit import AuditLogError
-    from credproxy.config import ConfigError
     from credproxy.server.listener import ListenerError
+    from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
@@ -241,7 +243,7 @@ def serve(  # noqa: PLR0917  (click passes every option)
         raise click.ClickException(str(exc)) from None
 
 
-async def _run(opts: _Options, credential_store: CredentialStore, settings: dict[str, Any]) -> None:
+async def _run(opts: _Options, credential_store: CredentialStore, settings: Settings) -> None:
     from credproxy.audit import AuditLog, configure_daemon_logging
     from credproxy.grants import CapabilityTable
     from credproxy.oauth.runtime import install as install_oauth
@@ -258,6 +260,8 @@ async def _run(opts: _Options, credential_store: CredentialStore, settings: dict
         store = held
     state = ServerState(store=store, call_timeout_s=opts.call_timeout)
     install_oauth(state, settings)
+    if opts.allow:
+        warn_unknown_providers(opts.allow, settings, await credential_store.list_providers())
     grant = _build_grant(opts)
     table: CapabilityTable | None = None
     token: str | None = None

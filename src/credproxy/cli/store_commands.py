@@ -25,6 +25,7 @@ from credproxy.cli._daemon_options import store_options
 from credproxy.cli._group import PASS_THROUGH
 
 if TYPE_CHECKING:
+    from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
     from credproxy.store.writepath import WritePath
 
@@ -45,7 +46,7 @@ def _fail(message: str, exit_code: int = EXIT_FAILURE) -> NoReturn:
 @contextmanager
 def _reported_errors() -> Iterator[None]:
     """Store and config errors carry safe, actionable messages; others are named by type."""
-    from credproxy.config import ConfigError
+    from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
 
     try:
@@ -59,10 +60,10 @@ def _reported_errors() -> Iterator[None]:
 
 
 def open_host_store(backend: str | None, config_path: Path | None) -> CredentialStore:
-    from credproxy.config import load_config
+    from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
-    return open_store(backend, load_config(config_path))
+    return open_store(backend, load_settings(config_path))
 
 
 def _run(
@@ -280,11 +281,11 @@ def host_token_get(
     config_path: Path | None,
 ) -> None:
     """``credproxy token get`` on the host: read the store, refresh a due token here."""
-    from credproxy.config import load_config
+    from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
     with _reported_errors():
-        settings = load_config(config_path)
+        settings = load_settings(config_path)
         token = _run_on(
             open_store(backend, settings),
             lambda store: usable_host_token(store, settings, provider, bucket),
@@ -296,13 +297,12 @@ def host_token_get(
 
 
 async def usable_host_token(
-    store: CredentialStore, settings: dict[str, Any], provider: str, bucket: str
+    store: CredentialStore, settings: Settings, provider: str, bucket: str
 ) -> dict[str, Any]:
     """The sanitized stored token, refreshed first when due (as a daemon would, under
     the same cross-process refresh lock); exits 1 when it expired and could not be."""
     from credproxy.client.commands import due_expiry, unrefreshed_message
     from credproxy.oauth.config import ProviderRegistry
-    from credproxy.oauth.errors import provider_not_found
     from credproxy.oauth.http import OAuthHttp
     from credproxy.protocol.errors import ProxyError
     from credproxy.refresh import RefreshCoordinator
@@ -320,11 +320,10 @@ async def usable_host_token(
     expiry = due_expiry(token, now)
     if expiry is None:
         return sanitize(token)
-    registry = ProviderRegistry.from_config(settings)
+    registry = ProviderRegistry.from_settings(settings)
     http = OAuthHttp()
     try:
-        if registry.get(provider) is None:
-            raise provider_not_found(provider)
+        registry.require(provider)
         refreshed = await RefreshCoordinator(registry, http, write_path(store)).refresh(
             provider, bucket
         )
@@ -393,13 +392,14 @@ def import_llxprt_command(
     """
     for name in providers:
         _check_name("provider", name, "--provider")
-    from credproxy.config import load_config
     from credproxy.migrate import import_llxprt
 
     with _reported_errors():
-        settings = load_config(config_path)
-        configured = settings.get("providers", {})
-        known = set(providers) | (set(configured) if isinstance(configured, dict) else set())
+        from credproxy.oauth.presets import PRESETS
+        from credproxy.settings import load_settings
+
+        settings = load_settings(config_path)
+        known = set(providers) | set(settings.providers) | set(PRESETS)
 
         async def action(store: CredentialStore) -> list[Any]:
             return await import_llxprt(

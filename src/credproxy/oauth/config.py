@@ -1,58 +1,52 @@
-"""OAuth providers from ``[providers.NAME]`` tables of the host config.
+"""OAuth providers: the built-in presets merged with the user's ``[providers.NAME]`` tables.
 
-Endpoints come either from the table or from OpenID Connect Discovery 1.0
-(``/.well-known/openid-configuration``, section 4), whose ``issuer`` must equal
-the configured issuer exactly (section 4.3) so a redirected or spoofed
-document cannot point logins elsewhere. Endpoint URLs must be https, except
-on the loopback interface. Every error names the provider and the field; the
-client secret never appears in one.
+The config file's types and ranges are checked once, by the schema in
+``credproxy.settings``; this module merges each table over its preset and
+checks the rules that involve several keys (a flow needs its endpoint, a
+client auth method needs its secret, endpoints must be https). Endpoints
+come either from the merged table or from OpenID Connect Discovery 1.0
+(``/.well-known/openid-configuration``, section 4), whose ``issuer`` must
+equal the configured issuer exactly (section 4.3) so a redirected or spoofed
+document cannot point logins elsewhere. Every error names the provider and
+the key; the client secret never appears in one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import ipaddress
-import math
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, cast
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from credproxy.config import ConfigError
-from credproxy.oauth.errors import OAuthFlowError
-from credproxy.oauth.http import MAX_CALL_TIMEOUT_S, OAuthHttp
-from credproxy.protocol.errors import ErrorCode
-from credproxy.protocol.messages import NAME_PATTERN
+import msgspec
 
-FlowKind = Literal["pkce_redirect", "device_code", "browser_redirect"]
+from credproxy.oauth.errors import OAuthFlowError, provider_not_found
+from credproxy.oauth.http import MAX_CALL_TIMEOUT_S, OAuthHttp
+from credproxy.oauth.presets import PRESETS, Preset
+from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.settings import (
+    AdapterName,
+    BodyEncoding,
+    ConfigError,
+    FlowKind,
+    ProviderTable,
+    Settings,
+    TokenAuthMethod,
+)
+
 FLOW_KINDS: Final[tuple[FlowKind, ...]] = ("pkce_redirect", "device_code", "browser_redirect")
-TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 DEFAULT_POLL_INTERVAL_S: Final = 5.0
+DEFAULT_TOKEN_LIFETIME_S: Final = 3600
+"""Used when a token response has no ``expires_in`` (RFC 6749 5.1 makes it optional)."""
 DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
 _ENDPOINT_FIELDS: Final = (
     "authorization_endpoint",
     "token_endpoint",
     "device_authorization_endpoint",
     "revocation_endpoint",
-)
-_KNOWN_FIELDS: Final = frozenset(
-    {
-        "client_id",
-        "client_secret",
-        "token_auth_method",
-        "scopes",
-        "issuer",
-        *_ENDPOINT_FIELDS,
-        "flow",
-        "redirect_uri",
-        "redirect_port",
-        "redirect_path",
-        "auth_params",
-        "device_pkce",
-        "poll_interval_s",
-        "timeout_s",
-    }
 )
 _RESERVED_AUTH_PARAMS: Final = frozenset(
     {
@@ -65,12 +59,16 @@ _RESERVED_AUTH_PARAMS: Final = frozenset(
         "code_challenge_method",
     }
 )
-_NAME_RE: Final = re.compile(NAME_PATTERN)
 _LOOPBACK_HOSTS: Final = frozenset({"localhost"})
+Origin = Literal["preset", "config", "preset+config"]
 
 
 class ProviderConfigError(ConfigError):
     """One provider table cannot be used; the message names the provider and the field."""
+
+
+class MissingClientError(ProviderConfigError):
+    """A preset that still needs the user's own client id (or secret)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +91,23 @@ class ProviderConfig:
     token_auth_method: TokenAuthMethod = "none"
     scopes: tuple[str, ...] = ()
     issuer: str | None = None
+    base_url: str | None = None
     authorization_endpoint: str | None = None
     token_endpoint: str | None = None
     device_authorization_endpoint: str | None = None
     revocation_endpoint: str | None = None
     redirect_uri: str | None = None
+    redirect_host: Literal["127.0.0.1", "localhost"] = "127.0.0.1"
     redirect_port: int | None = None
     redirect_path: str = "/callback"
     auth_params: Mapping[str, str] = field(default_factory=dict)
     device_pkce: bool = False
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     timeout_s: float = MAX_CALL_TIMEOUT_S
+    adapter: AdapterName | None = None
+    token_encoding: BodyEncoding = "form"
+    default_expires_in: float | None = DEFAULT_TOKEN_LIFETIME_S
+    """Lifetime of a token whose response has no ``expires_in``; None: it does not expire."""
 
     @property
     def scope(self) -> str:
@@ -161,170 +165,164 @@ def check_endpoint_url(value: object) -> str | None:
     return None
 
 
-def _url(provider: str, table: Mapping[str, Any], name: str) -> str | None:
-    value = table.get(name)
-    if value is None:
-        return None
-    problem = check_endpoint_url(value)
-    if problem is not None:
-        raise _fail(provider, name, problem)
-    return cast(str, value)
-
-
-def _string(provider: str, table: Mapping[str, Any], name: str) -> str | None:
-    value = table.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 1024:
-        raise _fail(provider, name, "must be a non-empty string of at most 1024 characters")
-    return value
-
-
-def _number(
-    provider: str, table: Mapping[str, Any], name: str, *, default: float, low: float, high: float
-) -> float:
-    value = table.get(name, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise _fail(provider, name, f"must be a number from {low} to {high}")
-    return float(value)
-
-
-def _client_fields(name: str, table: Mapping[str, Any]) -> tuple[str, str | None, TokenAuthMethod]:
-    client_id = _string(name, table, "client_id")
-    if client_id is None:
-        raise _fail(name, "client_id", "is required")
-    client_secret = _string(name, table, "client_secret")
-    method = table.get("token_auth_method")
-    if method is None:
-        method = "none" if client_secret is None else "client_secret_basic"
-    if method not in ("client_secret_basic", "client_secret_post", "none"):
+def merged_table(
+    name: str, table: ProviderTable | None
+) -> tuple[ProviderTable, Preset | None, Origin]:
+    """The preset (named by ``preset``, else like the table) with the table's keys over it."""
+    preset_name = table.preset if table is not None and table.preset is not None else name
+    preset = PRESETS.get(preset_name)
+    if table is not None and table.preset is not None and preset is None:
         raise _fail(
-            name, "token_auth_method", "must be client_secret_basic, client_secret_post or none"
+            name,
+            "preset",
+            f"no preset named {table.preset!r}{_nearest_hint(table.preset, PRESETS)}",
         )
-    if method != "none" and client_secret is None:
+    if preset is None:
+        if table is None:
+            raise ProviderConfigError(f"no provider {name!r}")
+        return table, None, "config"
+    if table is None:
+        return preset.table, preset, "preset"
+    overrides = {
+        key: getattr(table, key)
+        for key in table.__struct_fields__
+        if getattr(table, key) is not None and key != "preset"
+    }
+    if "auth_params" in overrides and preset.table.auth_params:
+        overrides["auth_params"] = {**preset.table.auth_params, **overrides["auth_params"]}
+    return msgspec.structs.replace(preset.table, **overrides), preset, "preset+config"
+
+
+def _nearest_hint(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def nearest_name(name: str, choices: Iterable[str]) -> str | None:
+    """The closest of ``choices`` to a mistyped ``name`` (difflib), if any is close."""
+    close = difflib.get_close_matches(name, sorted(set(choices)), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _expand(name: str, key: str, value: str | None, base_url: str | None) -> str | None:
+    if value is None or "{base_url}" not in value:
+        return value
+    if base_url is None:
+        raise _fail(name, "base_url", f"is required by {key}")
+    return value.replace("{base_url}", base_url.rstrip("/"))
+
+
+def resolve_provider(name: str, table: ProviderTable | None) -> ProviderConfig:
+    """One provider from its preset and table; raises ``MissingClientError`` when only
+    the user's client id (or secret) is missing, ``ProviderConfigError`` otherwise."""
+    merged, preset, _ = merged_table(name, table)
+    if merged.client_id is None:
+        where = f"[providers.{name}] client_id"
+        if preset is not None:
+            raise MissingClientError(
+                f"{name} needs your own client id: {preset.register}, then set {where}"
+            )
+        raise _fail(name, "client_id", "is required")
+    method = merged.token_auth_method
+    if method is None:
+        method = "none" if merged.client_secret is None else "client_secret_basic"
+    if method != "none" and merged.client_secret is None:
+        if preset is not None and preset.needs_secret:
+            raise MissingClientError(
+                f"{name} needs the client secret issued with your client id; "
+                f"set [providers.{name}] client_secret"
+            )
         raise _fail(name, "client_secret", f"is required by token_auth_method = {method!r}")
-    return client_id, client_secret, cast(TokenAuthMethod, method)
-
-
-def _redirect_fields(name: str, table: Mapping[str, Any]) -> tuple[int | None, str]:
-    port = table.get("redirect_port")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
-        raise _fail(name, "redirect_port", "must be an integer from 1 to 65535")
-    if port is not None and not 1 <= port <= 65535:
-        raise _fail(name, "redirect_port", "must be an integer from 1 to 65535")
-    path = table.get("redirect_path", "/callback")
-    if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
-        raise _fail(name, "redirect_path", "must be a path starting with '/'")
-    return port, path
-
-
-def parse_provider(name: str, table: object) -> ProviderConfig:
-    """Validate one ``[providers.NAME]`` table."""
-    if not _NAME_RE.match(name):
-        raise ProviderConfigError(
-            "provider names must be 1 to 64 of A-Z a-z 0-9 . _ @ - "
-            "(a [providers.*] table has another name)"
-        )
-    if not isinstance(table, Mapping):
-        raise _fail(name, "(table)", "must be a table")
-    unknown = sorted(set(table) - _KNOWN_FIELDS)
-    if unknown:
-        raise _fail(name, unknown[0], "unknown field")
-
-    client_id, client_secret, method = _client_fields(name, table)
-
-    flow = table.get("flow")
-    if flow not in FLOW_KINDS:
-        raise _fail(name, "flow", f"must be one of {', '.join(FLOW_KINDS)}")
-    flow_kind = cast(FlowKind, flow)
-
-    scopes_raw = table.get("scopes", [])
-    if isinstance(scopes_raw, str):
-        scopes_raw = scopes_raw.split()
-    if not isinstance(scopes_raw, list) or not all(
-        isinstance(s, str) and s and " " not in s for s in scopes_raw
-    ):
-        raise _fail(name, "scopes", "must be a list of scope names without spaces")
-
-    issuer = _url(name, table, "issuer")
-    endpoints = {key: _url(name, table, key) for key in _ENDPOINT_FIELDS}
-    if issuer is None:
-        if endpoints["token_endpoint"] is None:
+    flow = merged.flow
+    if flow is None:
+        raise _fail(name, "flow", f"is required: one of {', '.join(FLOW_KINDS)}")
+    base_url = merged.base_url
+    if base_url is not None:
+        _check_url(name, "base_url", base_url)
+    urls: dict[str, str | None] = {}
+    for key in ("issuer", *_ENDPOINT_FIELDS, "redirect_uri"):
+        value = _expand(name, key, getattr(merged, key), base_url)
+        if value is not None:
+            _check_url(name, key, value)
+        urls[key] = value
+    if urls["issuer"] is None:
+        if urls["token_endpoint"] is None:
             raise _fail(name, "token_endpoint", "is required when no issuer is configured")
-        if flow_kind == "device_code" and endpoints["device_authorization_endpoint"] is None:
+        if flow == "device_code" and urls["device_authorization_endpoint"] is None:
             raise _fail(name, "device_authorization_endpoint", "is required by flow device_code")
-        if flow_kind != "device_code" and endpoints["authorization_endpoint"] is None:
-            raise _fail(name, "authorization_endpoint", f"is required by flow {flow_kind}")
-
-    redirect_uri = _url(name, table, "redirect_uri")
-    if flow_kind == "pkce_redirect" and redirect_uri is None:
+        if flow != "device_code" and urls["authorization_endpoint"] is None:
+            raise _fail(name, "authorization_endpoint", f"is required by flow {flow}")
+    if flow == "pkce_redirect" and urls["redirect_uri"] is None:
         raise _fail(name, "redirect_uri", "is required by flow pkce_redirect (the code page)")
-
-    port, path = _redirect_fields(name, table)
-
-    params_raw = table.get("auth_params", {})
-    if not isinstance(params_raw, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in params_raw.items()
-    ):
-        raise _fail(name, "auth_params", "must be a table of string values")
-    reserved = sorted(set(params_raw) & _RESERVED_AUTH_PARAMS)
+    params = dict(merged.auth_params or {})
+    reserved = sorted(set(params) & _RESERVED_AUTH_PARAMS)
     if reserved:
         raise _fail(name, f"auth_params.{reserved[0]}", "is set by credproxy itself")
-
-    device_pkce = table.get("device_pkce", False)
-    if not isinstance(device_pkce, bool):
-        raise _fail(name, "device_pkce", "must be true or false")
-
+    scopes = merged.scopes if merged.scopes is not None else []
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    lifetime = merged.default_expires_in
     return ProviderConfig(
         name=name,
-        client_id=client_id,
-        flow=flow_kind,
-        client_secret=client_secret,
+        client_id=merged.client_id,
+        flow=flow,
+        client_secret=merged.client_secret,
         token_auth_method=method,
-        scopes=tuple(scopes_raw),
-        issuer=issuer,
-        authorization_endpoint=endpoints["authorization_endpoint"],
-        token_endpoint=endpoints["token_endpoint"],
-        device_authorization_endpoint=endpoints["device_authorization_endpoint"],
-        revocation_endpoint=endpoints["revocation_endpoint"],
-        redirect_uri=redirect_uri,
-        redirect_port=port,
-        redirect_path=path,
-        auth_params=dict(params_raw),
-        device_pkce=device_pkce,
-        poll_interval_s=_number(
-            name, table, "poll_interval_s", default=DEFAULT_POLL_INTERVAL_S, low=0.01, high=600.0
-        ),
-        timeout_s=_number(
-            name, table, "timeout_s", default=MAX_CALL_TIMEOUT_S, low=0.1, high=MAX_CALL_TIMEOUT_S
+        scopes=tuple(scopes),
+        issuer=urls["issuer"],
+        base_url=base_url,
+        authorization_endpoint=urls["authorization_endpoint"],
+        token_endpoint=urls["token_endpoint"],
+        device_authorization_endpoint=urls["device_authorization_endpoint"],
+        revocation_endpoint=urls["revocation_endpoint"],
+        redirect_uri=urls["redirect_uri"],
+        redirect_host=merged.redirect_host or "127.0.0.1",
+        redirect_port=merged.redirect_port,
+        redirect_path=merged.redirect_path or "/callback",
+        auth_params=params,
+        device_pkce=bool(merged.device_pkce),
+        poll_interval_s=merged.poll_interval_s or DEFAULT_POLL_INTERVAL_S,
+        timeout_s=merged.timeout_s or MAX_CALL_TIMEOUT_S,
+        adapter=merged.adapter,
+        token_encoding=merged.token_encoding or "form",
+        default_expires_in=(
+            None if lifetime == "never" else float(lifetime or DEFAULT_TOKEN_LIFETIME_S)
         ),
     )
 
 
-def parse_providers(config: Mapping[str, Any]) -> dict[str, ProviderConfig]:
-    """Every ``[providers.NAME]`` table of a loaded config."""
-    section = config.get("providers", {})
-    if not isinstance(section, Mapping):
-        raise ProviderConfigError("[providers] must be a table of provider tables")
-    return {name: parse_provider(name, table) for name, table in section.items()}
+def _check_url(name: str, key: str, value: str) -> None:
+    problem = check_endpoint_url(value)
+    if problem is not None:
+        raise _fail(name, key, problem)
 
 
 class ProviderRegistry:
-    """The configured providers and their resolved endpoints (discovery cached per provider)."""
+    """The usable providers, the presets still waiting for a client id, and the
+    resolved endpoints (discovery cached per provider)."""
 
-    def __init__(self, providers: Mapping[str, ProviderConfig]) -> None:
+    def __init__(
+        self,
+        providers: Mapping[str, ProviderConfig],
+        incomplete: Mapping[str, MissingClientError] | None = None,
+    ) -> None:
         self._providers = dict(providers)
+        self._incomplete = dict(incomplete or {})
         self._endpoints: dict[str, Endpoints] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ProviderRegistry:
-        return cls(parse_providers(config))
+    def from_settings(cls, settings: Settings) -> ProviderRegistry:
+        """Every preset and every ``[providers.NAME]`` table; raises ``ProviderConfigError``
+        for a table that cannot be used for another reason than a missing client id."""
+        usable: dict[str, ProviderConfig] = {}
+        incomplete: dict[str, MissingClientError] = {}
+        for name in sorted({*PRESETS, *settings.providers}):
+            try:
+                usable[name] = resolve_provider(name, settings.providers.get(name))
+            except MissingClientError as exc:
+                incomplete[name] = exc
+        return cls(usable, incomplete)
 
     def __contains__(self, name: object) -> bool:
         return name in self._providers
@@ -332,8 +330,31 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         return sorted(self._providers)
 
+    def known_names(self) -> list[str]:
+        """Usable providers and presets still waiting for a client id."""
+        return sorted({*self._providers, *self._incomplete})
+
+    def configs(self) -> dict[str, ProviderConfig]:
+        return dict(self._providers)
+
     def get(self, name: str) -> ProviderConfig | None:
         return self._providers.get(name)
+
+    def missing(self, name: str) -> MissingClientError | None:
+        """Why a preset cannot log in yet, when it lacks only the user's client."""
+        return self._incomplete.get(name)
+
+    def require(self, name: str, *, visible: Callable[[str], bool] | None = None) -> ProviderConfig:
+        """The provider, or a ``PROVIDER_NOT_FOUND`` that says what to register or which
+        known name is closest (among presets and the names ``visible`` admits)."""
+        config = self._providers.get(name)
+        if config is not None:
+            return config
+        missing = self._incomplete.get(name)
+        if missing is not None:
+            raise ProxyError(ErrorCode.PROVIDER_NOT_FOUND, str(missing))
+        names = [n for n in self.known_names() if n in PRESETS or visible is None or visible(n)]
+        raise provider_not_found(name, nearest_name(name, names))
 
     async def endpoints(self, provider: ProviderConfig, http: OAuthHttp) -> Endpoints:
         """Static endpoints, or the discovery document's (fetched once, then cached)."""

@@ -38,10 +38,18 @@ KNOWN_ERRORS: Final[dict[str, str]] = {
 UNKNOWN_ERROR: Final = "unknown_error"
 
 
-def reduce_error_code(body: object) -> str:
-    """The ``error`` member if it is a registered code, else ``unknown_error``."""
+def reduce_error_code(body: object, aliases: Mapping[str, str] | None = None) -> str:
+    """The ``error`` member if it is a registered code, else ``unknown_error``.
+
+    ``aliases`` maps a provider's own codes to the registered ones (a provider
+    adapter's); an ``error`` object's ``code`` member counts as the code.
+    """
     if isinstance(body, Mapping):
         error = body.get("error")
+        if isinstance(error, Mapping):
+            error = error.get("code")
+        if isinstance(error, str) and aliases:
+            error = aliases.get(error, error)
         if isinstance(error, str) and error in KNOWN_ERRORS:
             return error
     return UNKNOWN_ERROR
@@ -65,6 +73,7 @@ class OAuthFlowError(Exception):
         oauth_error: str | None = None,
         transient: bool = False,
         retry_after: float | None = None,
+        interval_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = str(code)
@@ -72,6 +81,8 @@ class OAuthFlowError(Exception):
         self.oauth_error = oauth_error
         self.transient = transient
         self.retry_after = retry_after
+        self.interval_s = interval_s
+        """The poll interval a ``slow_down`` answer asked for, when it named one."""
 
     @classmethod
     def from_provider(
@@ -82,20 +93,23 @@ class OAuthFlowError(Exception):
         code: ErrorCode = ErrorCode.EXCHANGE_FAILED,
         status: int | None = None,
         retry_after: float | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> OAuthFlowError:
-        error = reduce_error_code(body)
+        error = reduce_error_code(body, aliases)
         text = KNOWN_ERRORS.get(error, "the provider refused the request")
         if error == UNKNOWN_ERROR and status is not None and status != 200:
             text = f"the provider answered HTTP {status}"
         transient = status is not None and (
             status >= 500 or (status == 429 and retry_after is not None)
         )
+        interval = body.get("interval") if isinstance(body, Mapping) else None
         return cls(
             code,
             f"{provider}: {text} ({error})",
             oauth_error=error,
             transient=transient and error != "invalid_grant",
             retry_after=retry_after if transient else None,
+            interval_s=_seconds(interval) if error == "slow_down" else None,
         )
 
     def to_proxy_error(self) -> ProxyError:
@@ -105,10 +119,26 @@ class OAuthFlowError(Exception):
         return f"OAuthFlowError({self.code!s}, {self.message!r})"
 
 
-def provider_not_found(name: str) -> ProxyError:
-    """What the user meets when a granted provider has no ``[providers.NAME]`` table."""
+def _seconds(value: object) -> float | None:
+    """A poll interval a provider named: 1 to 600 s, as a number or digits (form bodies)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 3:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 1 <= value <= 600 else None
+
+
+def provider_not_found(name: str, nearest: str | None = None) -> ProxyError:
+    """What the user meets when no preset or ``[providers.NAME]`` table has that name."""
+    if nearest is not None:
+        return ProxyError(
+            ErrorCode.PROVIDER_NOT_FOUND,
+            f"no OAuth provider {name!r}; did you mean {nearest!r}? "
+            "(`credproxy providers` lists them)",
+        )
     return ProxyError(
         ErrorCode.PROVIDER_NOT_FOUND,
-        f"no OAuth provider configured as {name!r}; add a [providers.{name}] table to the "
-        "host's credproxy config and restart the daemon",
+        f"no OAuth provider {name!r}: no preset has that name (`credproxy providers` lists "
+        f"them); add a [providers.{name}] table to the host's credproxy config "
+        "(docs/providers.md), then restart the daemon",
     )

@@ -26,19 +26,24 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import web
 
-from credproxy.oauth.config import Endpoints, FlowKind, ProviderConfig, check_endpoint_url
+from credproxy.oauth.adapters import adapter_of
+from credproxy.oauth.config import (
+    DEFAULT_TOKEN_LIFETIME_S,
+    Endpoints,
+    ProviderConfig,
+    check_endpoint_url,
+)
 from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.http import OAuthHttp, basic_credentials
 from credproxy.oauth.pkce import CHALLENGE_METHOD, PkcePair, new_state
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.tokens import Token, validate_token
+from credproxy.settings import FlowKind
+from credproxy.tokens import NO_EXPIRY, Token, validate_token
 
 Clock = Callable[[], float]
 
 DEVICE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
 SLOW_DOWN_STEP_S: Final = 5.0
-DEFAULT_TOKEN_LIFETIME_S: Final = 3600
-"""Used when a token response has no ``expires_in`` (RFC 6749 5.1 makes it optional)."""
 DEFAULT_DEVICE_EXPIRES_S: Final = 600
 MAX_LIFETIME_S: Final = 10**10
 """Longest lifetime or interval taken from a provider (about 317 years): now plus this is
@@ -53,7 +58,12 @@ MIN_ECHO_LENGTH: Final = 8
 
 
 def token_from_response(
-    provider: str, body: Mapping[str, Any], now: float, *, sent: Collection[str] = ()
+    provider: str,
+    body: Mapping[str, Any],
+    now: float,
+    *,
+    sent: Collection[str] = (),
+    default_expires_in: float | None = DEFAULT_TOKEN_LIFETIME_S,
 ) -> Token:
     """A successful token response (RFC 6749 section 5.1) in the credproxy token model.
 
@@ -61,6 +71,10 @@ def token_from_response(
     token, client secret). A field other than ``refresh_token`` that repeats one
     is dropped: every such field reaches the sandbox, and a provider that echoes
     its request must not carry the host's secrets across the socket.
+
+    Without ``expires_in`` the token lives ``default_expires_in`` seconds; None
+    means it does not expire (GitHub OAuth Apps): its ``expiry`` is the
+    ``NO_EXPIRY`` sentinel, which every client reads as "far from expiry".
     """
     # A secret shorter than this is too short to tell an echo from a coincidence
     # (and could otherwise drop the access token itself).
@@ -70,7 +84,10 @@ def token_from_response(
         for key, value in body.items()
         if key != "expires_in" and (key == "refresh_token" or not _repeats(key, value, echoes))
     }
-    raw = body.get("expires_in", DEFAULT_TOKEN_LIFETIME_S)
+    if "expires_in" not in body and default_expires_in is None:
+        token["expiry"] = NO_EXPIRY
+        return _validated(provider, token)
+    raw = body.get("expires_in", default_expires_in)
     if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 12:
         raw = int(raw)
     expires_in = seconds_from_provider(raw)
@@ -79,6 +96,10 @@ def token_from_response(
             ErrorCode.EXCHANGE_FAILED, f"{provider}: the token response has an invalid expires_in"
         )
     token["expiry"] = int(now + expires_in)
+    return _validated(provider, token)
+
+
+def _validated(provider: str, token: Token) -> Token:
     if "token_type" not in token:
         token["token_type"] = "Bearer"
     try:
@@ -106,9 +127,11 @@ async def request_token(
     step: str,
     clock: Clock = time.time,
 ) -> Token:
-    """POST a grant to the token endpoint; any refusal is reduced to safe fields."""
+    """POST a grant to the token endpoint (form, or JSON where the provider wants it);
+    any refusal, in an error status or inside a 200, is reduced to safe fields."""
     client_form, basic = provider.client_auth()
-    response = await http.post_form(
+    post = http.post_json if provider.token_encoding == "json" else http.post_form
+    response = await post(
         provider.name,
         step,
         endpoints.token,
@@ -122,13 +145,20 @@ async def request_token(
             response.body,
             status=response.status,
             retry_after=response.retry_after,
+            aliases=adapter_of(provider).error_aliases,
         )
     sent = [form[name] for name in _SECRET_FORM_FIELDS if name in form]
     if provider.client_secret is not None:
         sent.append(provider.client_secret)
     if basic is not None:
         sent.append(basic_credentials(*basic).removeprefix("Basic "))
-    return token_from_response(provider.name, response.body, clock(), sent=sent)
+    return token_from_response(
+        provider.name,
+        response.body,
+        clock(),
+        sent=sent,
+        default_expires_in=provider.default_expires_in,
+    )
 
 
 def split_pasted_code(pasted: str) -> tuple[str, str | None]:
@@ -228,6 +258,8 @@ class _RedirectFlow(_FlowBase):
             "redirect_uri": self._redirect_uri,
             "code_verifier": self._pkce.verifier,
         }
+        if adapter_of(self.provider).exchange_sends_state:
+            form["state"] = self._state
         return await self._request_token(form, "code exchange")
 
 
@@ -377,7 +409,9 @@ class DeviceCodeFlow(_FlowBase):
                 if following is None:
                     raise
                 transient = 0
-                self.interval_s = following
+                # A slow_down that names its interval (GitHub's does) is taken at its word
+                # when it asks for more than the RFC's +5 s.
+                self.interval_s = max(following, exc.interval_s or 0.0)
 
 
 def seconds_from_provider(value: object) -> float | None:
@@ -458,7 +492,10 @@ class LoopbackFlow(_RedirectFlow):
             raise
         self._runner = runner
         port = _bound_port(runner)
-        self._redirect_uri = f"http://{LOOPBACK_HOST}:{port}{self.provider.redirect_path}"
+        # The listener is on 127.0.0.1 either way; some providers register the
+        # redirect as "localhost" (Entra ID, OpenAI) and compare it as a string.
+        host = self.provider.redirect_host
+        self._redirect_uri = f"http://{host}:{port}{self.provider.redirect_path}"
         return {"auth_url": self._auth_url(), "pollIntervalMs": self.poll_interval_ms}
 
     async def _callback(self, request: web.Request) -> web.Response:
@@ -553,7 +590,7 @@ async def start_flow(
         paste = CodePasteFlow(provider, endpoints, http, clock=clock)
         return paste, paste.start()
     if provider.flow == "device_code":
-        device = DeviceCodeFlow(provider, endpoints, http, clock=clock)
+        device = _device_flow(provider, endpoints, http, clock)
         return device, await device.start()
     loopback = LoopbackFlow(provider, endpoints, http, clock=clock)
     try:
@@ -565,5 +602,15 @@ async def start_flow(
                 f"{provider.name}: the loopback listener could not start and the provider "
                 "offers no device flow",
             ) from None
-    device = DeviceCodeFlow(provider, endpoints, http, clock=clock)
+    device = _device_flow(provider, endpoints, http, clock)
     return device, await device.start()
+
+
+def _device_flow(
+    provider: ProviderConfig, endpoints: Endpoints, http: OAuthHttp, clock: Clock
+) -> DeviceCodeFlow:
+    if provider.adapter == "codex":
+        from credproxy.oauth.codex_device import CodexDeviceFlow  # it builds on this module
+
+        return CodexDeviceFlow(provider, endpoints, http, clock=clock)
+    return DeviceCodeFlow(provider, endpoints, http, clock=clock)

@@ -1,7 +1,9 @@
 """The daemon's one HTTP client for provider calls.
 
 Every call is bounded in time (protocol.md, "Limits and timeouts": 15 s per
-provider call) and in size, and answers only with parsed JSON objects.
+provider call) and in size, and answers only with parsed objects: JSON, or a
+form-encoded body (GitHub answers that way to a client that does not ask for
+JSON) read into the same shape.
 Transport failures become ``OAuthFlowError`` with a message that names the
 provider and the step, never the URL's query, the form or a header.
 """
@@ -13,7 +15,7 @@ import base64
 import json
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import quote_plus
+from urllib.parse import parse_qsl, quote_plus
 
 import aiohttp
 
@@ -29,8 +31,9 @@ MAX_RETRY_AFTER_S: Final = 3600.0
 
 
 class HttpResponse:
-    """Status and JSON object of one provider answer (``body`` is ``{}`` when not JSON);
-    ``retry_after`` is a ``Retry-After`` header given in seconds, if any."""
+    """Status and object of one provider answer (``body`` is ``{}`` when it is neither a
+    JSON object nor a form-encoded body); ``retry_after`` is a ``Retry-After`` header
+    given in seconds, if any."""
 
     __slots__ = ("body", "retry_after", "status")
 
@@ -81,6 +84,21 @@ class OAuthHttp:
             provider, step, "POST", url, form=dict(form), auth=auth, timeout_s=timeout_s
         )
 
+    async def post_json(
+        self,
+        provider: str,
+        step: str,
+        url: str,
+        document: Mapping[str, str],
+        *,
+        auth: tuple[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> HttpResponse:
+        """POST a JSON object, for providers whose endpoints take JSON instead of a form."""
+        return await self._call(
+            provider, step, "POST", url, document=dict(document), auth=auth, timeout_s=timeout_s
+        )
+
     async def _call(
         self,
         provider: str,
@@ -89,6 +107,7 @@ class OAuthHttp:
         url: str,
         *,
         form: dict[str, str] | None = None,
+        document: dict[str, str] | None = None,
         auth: tuple[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> HttpResponse:
@@ -100,6 +119,7 @@ class OAuthHttp:
                     method,
                     url,
                     data=form,
+                    json=document,
                     headers=headers,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=limit),
@@ -107,6 +127,7 @@ class OAuthHttp:
                     raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
                     status = response.status
                     retry_after = _retry_after(response.headers.get("Retry-After"))
+                    form_encoded = response.content_type == "application/x-www-form-urlencoded"
         except TimeoutError:
             raise OAuthFlowError(
                 ErrorCode.EXCHANGE_FAILED,
@@ -123,7 +144,8 @@ class OAuthHttp:
             raise OAuthFlowError(
                 ErrorCode.EXCHANGE_FAILED, f"{provider}: the provider's {step} answer is too large"
             )
-        return HttpResponse(status, _json_object(raw), retry_after)
+        body = _form_object(raw) if form_encoded else _json_object(raw)
+        return HttpResponse(status, body, retry_after)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -137,6 +159,13 @@ def basic_credentials(client_id: str, secret: str) -> str:
     """RFC 6749 section 2.3.1: both parts form-urlencoded, then HTTP Basic (RFC 7617)."""
     pair = f"{quote_plus(client_id)}:{quote_plus(secret)}"
     return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
+def _form_object(raw: bytes) -> dict[str, Any]:
+    try:
+        return dict(parse_qsl(raw.decode("utf-8"), max_num_fields=64))
+    except (UnicodeDecodeError, ValueError):
+        return {}
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -11,23 +11,19 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from credproxy.config import ConfigError
 from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.errors import provider_not_found
 from credproxy.oauth.flows import Clock
 from credproxy.oauth.http import OAuthHttp
 from credproxy.refresh import RefreshCoordinator
 from credproxy.renewal import ProactiveScheduler
-from credproxy.sessions import (
-    DEFAULT_MAX_SESSIONS,
-    DEFAULT_MAX_SESSIONS_PER_IDENTITY,
-    OAuthSessionManager,
-)
+from credproxy.sessions import OAuthSessionManager
 from credproxy.store.base import CredentialStore
 from credproxy.store.writepath import write_path
 
 if TYPE_CHECKING:
     from credproxy.server.context import ServerState
+    from credproxy.settings import Settings
 
 EXTENSION_KEY: Final = "oauth"
 
@@ -74,36 +70,15 @@ class OAuthRuntime:
         await self.http.close()
 
 
-def session_limits(config: Mapping[str, Any]) -> dict[str, int]:
-    """``[oauth]`` ``max_sessions_per_identity`` and ``max_sessions`` (open logins)."""
-    section = config.get("oauth", {})
-    if not isinstance(section, Mapping):
-        raise ConfigError("[oauth] must be a table")
-    unknown = sorted(set(section) - {"max_sessions_per_identity", "max_sessions"})
-    if unknown:
-        raise ConfigError(f"[oauth] {unknown[0]}: unknown field")
-    limits: dict[str, int] = {}
-    for name in ("max_sessions_per_identity", "max_sessions"):
-        if name in section:
-            value = section[name]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
-                raise ConfigError(f"[oauth] {name}: must be an integer from 1 to 100000")
-            limits[name] = value
-    return limits
-
-
-def install(state: ServerState, config: Mapping[str, Any]) -> OAuthRuntime:
-    """Create the runtime from the config's ``[providers]`` and ``[oauth]`` and hang it on
+def install(state: ServerState, settings: Settings) -> OAuthRuntime:
+    """Create the runtime from the presets, ``[providers]`` and ``[oauth]`` and hang it on
     ``state``; the daemon starts and closes it with itself."""
-    limits = session_limits(config)
     runtime = OAuthRuntime(
-        ProviderRegistry.from_config(config),
+        ProviderRegistry.from_settings(settings),
         state.store,
         sessions=OAuthSessionManager(
-            max_sessions_per_identity=limits.get(
-                "max_sessions_per_identity", DEFAULT_MAX_SESSIONS_PER_IDENTITY
-            ),
-            max_sessions=limits.get("max_sessions", DEFAULT_MAX_SESSIONS),
+            max_sessions_per_identity=settings.oauth.max_sessions_per_identity,
+            max_sessions=settings.oauth.max_sessions,
         ),
     )
     state.extensions[EXTENSION_KEY] = runtime

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from credproxy.oauth.errors import OAuthFlowError, provider_not_found
+from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.flows import BackgroundFlow, CodePasteFlow, start_flow
 from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime, runtime_of
 from credproxy.protocol.errors import ErrorCode, ProxyError
@@ -66,9 +66,8 @@ def _wrong_op(op: str, flow_type: str, use: str) -> ProxyError:
 async def oauth_initiate(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     _require_login_access(ctx, payload.provider, payload.bucket)
     runtime = runtime_of(ctx.state, payload.provider)
-    provider = runtime.providers.get(payload.provider)
-    if provider is None:
-        raise provider_not_found(payload.provider)
+    # Suggestions only among names the grant already shows this caller.
+    provider = runtime.providers.require(payload.provider, visible=ctx.grant.allows_provider)
     identity = _identity(ctx)
     with runtime.sessions.admit(identity) as admission:
         try:

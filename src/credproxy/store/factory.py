@@ -15,10 +15,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from credproxy.store.base import CredentialStore, StoreError
 from credproxy.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from credproxy.settings import Settings, StoreSettings
 
 BACKENDS: Final = ("file", "keyring", "memory")
 DEFAULT_BACKEND: Final = "file"
@@ -28,23 +31,14 @@ KEY_FILE_ENV: Final = "CREDPROXY_KEY_FILE"
 PASSPHRASE_ENV: Final = "CREDPROXY_PASSPHRASE"
 
 
-def _section(config: dict[str, Any]) -> dict[str, Any]:
-    section = config.get("store", {})
-    if not isinstance(section, dict):
-        raise StoreError("[store] in the config file must be a table")
-    return section
+def _setting(configured: str | None, env: str) -> str | None:
+    return os.environ.get(env) or configured or None
 
 
-def _setting(section: dict[str, Any], name: str, env: str) -> str | None:
-    value = os.environ.get(env) or section.get(name)
-    if value is not None and not isinstance(value, str):
-        raise StoreError(f"[store] {name} in the config file must be a string")
-    return value or None
-
-
-def store_directory(config: dict[str, Any]) -> Path:
+def store_directory(settings: Settings | StoreSettings) -> Path:
     """Where the file store lives: env, then ``[store] path``, then the user data dir."""
-    configured = _setting(_section(config), "path", STORE_DIR_ENV)
+    section = _section(settings)
+    configured = _setting(section.path, STORE_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
     from platformdirs import user_data_path
@@ -69,23 +63,34 @@ def passphrase_from_env_or_prompt(new: bool) -> str:
     return first
 
 
-def open_store(backend: str | None, config: dict[str, Any]) -> CredentialStore:
+def _section(settings: Settings | StoreSettings) -> StoreSettings:
+    from credproxy.settings import Settings
+
+    return settings.store if isinstance(settings, Settings) else settings
+
+
+def backend_name(backend: str | None, settings: Settings | StoreSettings) -> str:
+    """The backend named on the command line, else in ``[store]``, else the default."""
+    return backend or _section(settings).backend or DEFAULT_BACKEND
+
+
+def open_store(backend: str | None, settings: Settings | StoreSettings) -> CredentialStore:
     """Open the backend named on the command line, else in ``[store]`` of the config."""
-    section = _section(config)
-    name = backend or section.get("backend") or DEFAULT_BACKEND
+    section = _section(settings)
+    name = backend_name(backend, section)
     if name == "memory":
         return MemoryStore()
     if name == "file":
         from credproxy.store.file import FileStore
         from credproxy.store.keysource import KeySettings
 
-        key_file = _setting(section, "key_file", KEY_FILE_ENV)
-        settings = KeySettings(
-            source=_setting(section, "key_source", KEY_SOURCE_ENV) or "auto",
+        key_file = _setting(section.key_file, KEY_FILE_ENV)
+        key_settings = KeySettings(
+            source=_setting(section.key_source, KEY_SOURCE_ENV) or "auto",
             key_file=Path(key_file).expanduser() if key_file else None,
             passphrase=passphrase_from_env_or_prompt,
         )
-        return FileStore(store_directory(config), settings)
+        return FileStore(store_directory(section), key_settings)
     if name == "keyring":
         from credproxy.store.keyring import KeyringStore
 
