@@ -22,6 +22,7 @@ GETTING_STARTED = (
     "\b\nOn the host, to begin:\n"
     "  credproxy key set NAME              store an API key (hidden prompt or stdin)\n"
     "  credproxy token import P --file F   store an OAuth token from a JSON file\n"
+    "  credproxy providers                 the ready-made providers and what each needs\n"
     "  credproxy login P                   or log in (providers: docs/providers.md)\n"
     "  credproxy status                    what the store holds, never values\n"
     "  credproxy serve                     run the daemon; it prints what to export\n"
@@ -39,6 +40,7 @@ GETTING_STARTED = (
         "import": _STORE,
         "login": _LOGIN,
         "logout": _LOGIN,
+        "providers": "credproxy.cli.providers",
         "run": "credproxy.cli.run",
         "serve": "credproxy.cli.serve",
         "status": _SANDBOX,

@@ -164,14 +164,17 @@ def _login_on_host(
         provider_config = registry.require(provider)
         credential_store = open_store(backend, settings)
     except ProxyError as exc:
-        raise LoginError(_sentence(exc.message), code=exc.code) from None
+        raise LoginError(_sentence(exc.message, provider), code=exc.code) from None
     except (ConfigError, StoreError) as exc:
         raise LoginError(str(exc), code="CONFIG") from None
     return asyncio.run(_host_flow(registry, provider_config, bucket, credential_store, prompter))
 
 
-def _sentence(message: str) -> str:
-    return message[:1].upper() + message[1:] + ("" if message.endswith((".", "?")) else ".")
+def _sentence(message: str, provider: str) -> str:
+    """A message as a sentence; a provider name that starts it keeps its case."""
+    if not message.startswith(provider):
+        message = message[:1].upper() + message[1:]
+    return message if message.endswith((".", "?")) else message + "."
 
 
 def _in_daemon_thread(read: Callable[[], str]) -> asyncio.Future[str]:

@@ -220,7 +220,8 @@ def resolve_provider(name: str, table: ProviderTable | None) -> ProviderConfig:
         where = f"[providers.{name}] client_id"
         if preset is not None:
             raise MissingClientError(
-                f"{name} needs your own client id: {preset.register}, then set {where}"
+                f"{name} needs your own client id: {preset.register}; then set {where} "
+                "in the credproxy config"
             )
         raise _fail(name, "client_id", "is required")
     method = merged.token_auth_method

@@ -106,8 +106,8 @@ PRESETS: Final[dict[str, Preset]] = {
             token_encoding="json",
         ),
         register=(
-            "Anthropic registers no third-party clients; set client_id only if your "
-            "agreement with Anthropic gives you one (docs/providers.md, anthropic)"
+            "Anthropic issues none to third parties, so only one that your agreement with "
+            "Anthropic grants will do (docs/providers.md, anthropic)"
         ),
     ),
     "codex": Preset(
@@ -125,8 +125,8 @@ PRESETS: Final[dict[str, Preset]] = {
             auth_params={"id_token_add_organizations": "true", "codex_cli_simplified_flow": "true"},
         ),
         register=(
-            "OpenAI registers no third-party clients; set client_id only if your agreement "
-            "with OpenAI gives you one (docs/providers.md, codex)"
+            "OpenAI issues none to third parties, so only one that your agreement with "
+            "OpenAI grants will do (docs/providers.md, codex)"
         ),
     ),
 }
