@@ -44,7 +44,7 @@ Url = Annotated[str, Meta(min_length=1, max_length=2048)]
 ScopeName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^\S+\Z")]
 FlowKind = Literal["pkce_redirect", "device_code", "browser_redirect"]
 TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
-AdapterName = Literal["github", "anthropic", "codex"]
+AdapterName = Literal["github", "microsoft", "anthropic", "codex"]
 """Small wire adapters for providers that depart from the RFCs (``credproxy.oauth.adapters``)."""
 BodyEncoding = Literal["form", "json"]
 

@@ -62,17 +62,28 @@ class CodeSource(Protocol):
     def __call__(self) -> str: ...
 
 
+MAX_URL_CHARS: Final = 8192
+"""A login URL is printed whole up to this size: a clipped one would open a login the
+provider refuses (long scope lists and extra parameters pass 1 KiB easily)."""
+
+
+def _clean_url(value: object) -> str:
+    if not isinstance(value, str):
+        return ""
+    return "".join(ch if ch.isprintable() else "?" for ch in value[:MAX_URL_CHARS])
+
+
 def describe_start(flow_type: str, shown: dict[str, Any]) -> list[str]:
     """What to tell the user once a login has started (plain text lines)."""
     if flow_type == "device_code":
-        url = clean_message(shown.get("verification_url"))
+        url = _clean_url(shown.get("verification_url"))
         code = clean_message(shown.get("user_code"))
         lines = [f"Open {url} and enter the code: {code}"]
         complete = shown.get("verification_url_complete")
         if isinstance(complete, str):
-            lines.append(f"Or open this link, which carries the code: {clean_message(complete)}")
+            lines.append(f"Or open this link, which carries the code: {_clean_url(complete)}")
         return lines
-    url = clean_message(shown.get("auth_url"))
+    url = _clean_url(shown.get("auth_url"))
     if flow_type == "pkce_redirect":
         return [
             "Open this URL in a browser and log in:",

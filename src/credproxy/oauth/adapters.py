@@ -7,6 +7,9 @@ holds only what configuration cannot say:
   codes (docs.github.com, "Authorizing OAuth apps", error table); they are
   mapped onto the RFC 6749 / RFC 8628 codes they mean. The ``interval`` of a
   ``slow_down`` answer is honoured by the device flow for every provider.
+- ``microsoft``: Entra ID's device flow says ``authorization_declined`` where
+  RFC 8628 says ``access_denied``, and ``bad_verification_code`` for an unknown
+  device code (learn.microsoft.com, "OAuth 2.0 device authorization grant").
 - ``anthropic``: the token request carries the ``state`` of the login, the
   half after ``#`` on Anthropic's code page (LLxprt anthropic-device-flow.ts,
   opencode-anthropic-auth ``exchange()``).
@@ -44,6 +47,12 @@ ADAPTERS: Final[dict[AdapterName, Adapter]] = {
             "bad_verification_code": "invalid_grant",
             "incorrect_client_credentials": "invalid_client",
             "device_flow_disabled": "unauthorized_client",
+        }
+    ),
+    "microsoft": Adapter(
+        error_aliases={
+            "authorization_declined": "access_denied",
+            "bad_verification_code": "invalid_grant",
         }
     ),
     "anthropic": Adapter(exchange_sends_state=True),

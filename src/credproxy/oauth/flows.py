@@ -177,6 +177,20 @@ def split_pasted_code(pasted: str) -> tuple[str, str | None]:
     return code, (state if sep else None)
 
 
+def _pasted_refusal(pasted: str) -> tuple[str, str | None] | None:
+    """The ``error`` and ``state`` of a pasted redirect URL that carries a refusal
+    (RFC 6749 section 4.1.2.1), e.g. the user declined on the provider's page."""
+    text = pasted.strip()
+    if not text.startswith(("https://", "http://")):
+        return None
+    query = parse_qs(urlsplit(text).query)
+    errors = query.get("error", [])
+    if len(errors) != 1:
+        return None
+    states = query.get("state", [])
+    return errors[0], (states[0] if len(states) == 1 else None)
+
+
 class _FlowBase:
     """What every flow holds: the provider, its endpoints, the HTTP client and the clock."""
 
@@ -275,6 +289,15 @@ class CodePasteFlow(_RedirectFlow):
         """Exchange the pasted code; a state that belongs to another login is refused
         before the provider is called."""
         name = self.provider.name
+        refusal = _pasted_refusal(pasted)
+        if refusal is not None:
+            error, state = refusal
+            if state is None or not self._state_matches(state):
+                raise OAuthFlowError(
+                    ErrorCode.EXCHANGE_FAILED,
+                    f"{name}: the pasted page belongs to another login (state mismatch)",
+                )
+            raise OAuthFlowError.from_provider(name, {"error": error})
         code, state = split_pasted_code(pasted)
         if not code or len(code) > MAX_PASTED_CODE or not code.isprintable() or " " in code:
             raise OAuthFlowError(ErrorCode.EXCHANGE_FAILED, f"{name}: the pasted code is malformed")

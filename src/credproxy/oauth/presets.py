@@ -65,6 +65,7 @@ PRESETS: Final[dict[str, Preset]] = {
     ),
     "microsoft": Preset(
         ProviderTable(
+            adapter="microsoft",
             flow="device_code",
             base_url="https://login.microsoftonline.com/organizations",
             authorization_endpoint="{base_url}/oauth2/v2.0/authorize",
