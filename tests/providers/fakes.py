@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -109,7 +109,7 @@ class FakeProvider:
         app.router.add_get(self.authorize_path, self._authorize)
         app.router.add_post(self.device_path, self._device)
 
-    def start(self) -> FakeProvider:
+    def start(self) -> Self:
         ready = threading.Event()
 
         def serve() -> None:
