@@ -172,3 +172,11 @@ def test_allow_warns_about_a_name_nothing_knows_and_names_the_nearest(tmp_path: 
     assert "did you mean 'github'?" in done.stderr
     known = cli("run", "--sandbox", "none", "--allow", "github", "--", "true", home=tmp_path)
     assert "warning" not in known.stderr
+
+
+def test_a_token_that_does_not_expire_is_shown_as_such() -> None:
+    from credproxy.cli.sandbox import describe_expiry
+    from credproxy.tokens import NO_EXPIRY
+
+    assert describe_expiry(NO_EXPIRY, 1_800_000_000) == "does not expire"
+    assert describe_expiry(1_800_000_060, 1_800_000_000) == "expires in 1m"

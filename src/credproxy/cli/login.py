@@ -92,9 +92,13 @@ def _report(provider: str, bucket: str, result: LoginResult, as_json: bool) -> N
         return
     expiry = result.token.get("expiry")
     until = ""
+    from credproxy.tokens import NO_EXPIRY
+
     if isinstance(expiry, int | float) and not isinstance(expiry, bool):
-        when = datetime.fromtimestamp(expiry, UTC)
+        when = datetime.fromtimestamp(min(expiry, NO_EXPIRY), UTC)
         until = f"; the access token is valid until {when:%Y-%m-%d %H:%M:%S} UTC"
+        if expiry >= NO_EXPIRY:
+            until = "; the access token does not expire"
     click.echo(f"Logged in to {provider} (bucket {bucket}){until}.")
 
 

@@ -250,6 +250,10 @@ def expiry_entry(expiry: object, now: float) -> dict[str, Any]:
 
 def describe_expiry(expiry: float, now: float) -> str:
     """``expires in 54m`` or ``expired 3m ago``, rounded down to the largest units."""
+    from credproxy.tokens import NO_EXPIRY
+
+    if expiry >= NO_EXPIRY:
+        return "does not expire"
     remaining = expiry - now
     if remaining >= 0:
         return f"expires in {_duration(remaining)}"
