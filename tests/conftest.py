@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.oidc",
     "tests.fixtures.daemon",
     "tests.fixtures.keyring",
+    "tests.fixtures.http",
 ]

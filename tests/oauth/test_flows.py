@@ -35,15 +35,6 @@ from tests.fixtures.settings import provider_config
 from tests.oauth.browser import HeadlessUser
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[OAuthHttp]:
-    client = OAuthHttp()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 def provider(server: OidcServer, flow: str, **extra: Any) -> ProviderConfig:
     return provider_config("test", server.provider_table(flow, **extra))
 

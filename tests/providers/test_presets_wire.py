@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,15 +16,6 @@ from credproxy.tokens import NO_EXPIRY
 from tests.fixtures.settings import provider_config
 from tests.providers import fakes
 from tests.providers.conftest import overrides
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[OAuthHttp]:
-    client = OAuthHttp()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture(scope="module")
