@@ -168,7 +168,12 @@ def _login_on_host(
         provider_config = registry.require(provider)
         credential_store = open_store(backend, settings)
     except ProxyError as exc:
-        raise LoginError(_sentence(exc.message, provider), code=exc.code) from None
+        message = exc.message
+        if registry.missing(provider) is not None:
+            from credproxy.settings import default_config_path
+
+            message += f" ({settings.path or default_config_path()})"
+        raise LoginError(_sentence(message, provider), code=exc.code) from None
     except (ConfigError, StoreError) as exc:
         raise LoginError(str(exc), code="CONFIG") from None
     return asyncio.run(_host_flow(registry, provider_config, bucket, credential_store, prompter))
