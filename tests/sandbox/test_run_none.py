@@ -129,7 +129,8 @@ def test_a_bad_providers_table_is_one_line_before_the_store_is_opened(run_host: 
     done = run_host.run("--sandbox", "none", "--", "touch", str(marker))
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
-        "Error: [providers.demo] client_id: must be a non-empty string of at most 1024 characters"
+        f"Error: config file {run_host.config}: [providers.demo] client_id: "
+        "expected `str`, got `int`"
     ]
     assert not marker.exists()
     assert run_host.sockets_left() == []
