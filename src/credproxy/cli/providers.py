@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from credproxy.cli import main
-from credproxy.cli._daemon_options import CONFIG_HELP, STORE_HELP
+from credproxy.cli._daemon_options import store_options
 
 if TYPE_CHECKING:
     from credproxy.settings import Settings
@@ -68,15 +68,9 @@ async def _stored(backend: str | None, settings: Settings) -> dict[str, list[str
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=CONFIG_HELP,
-)
-@click.option("--store", "store", metavar="BACKEND", help=STORE_HELP)
+@store_options
 @click.option("--no-store", is_flag=True, help="Do not open the store (token_stored is null).")
-def providers(as_json: bool, config: Path | None, store: str | None, no_store: bool) -> None:
+def providers(as_json: bool, config_path: Path | None, backend: str | None, no_store: bool) -> None:
     """List the built-in presets and configured providers.
 
     For each: its flow, where its settings come from (preset, config, or
@@ -89,14 +83,14 @@ def providers(as_json: bool, config: Path | None, store: str | None, no_store: b
     from credproxy.store.base import StoreError
 
     try:
-        settings = load_settings(config)
+        settings = load_settings(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     stored: dict[str, list[str]] | None = None
     store_error: str | None = None
     if not no_store:
         try:
-            stored = asyncio.run(_stored(store, settings))
+            stored = asyncio.run(_stored(backend, settings))
         except StoreError as exc:
             store_error = str(exc)
     rows = describe_providers(settings, stored)
