@@ -357,7 +357,7 @@ def test_host_token_get_prints_a_valid_token_and_refuses_a_dead_one_with_the_rea
     assert refused.exit_code == 1
     assert refused.stdout == ""
     assert refused.stderr.startswith("credproxy: the token gemini (bucket old) expired ")
-    assert "could not be refreshed: no OAuth provider configured as 'gemini'" in refused.stderr
+    assert "could not be refreshed: no OAuth provider 'gemini'" in refused.stderr
     assert_no_secret(refused)
 
     missing = run("token", "get", "absent")
