@@ -1,57 +1,84 @@
 """Audit trail and log hygiene: the one place where redaction is enforced.
 
-An audit line is built only through ``AuditEvent.build``, which accepts an
-allowlist of fields and keeps a value only when it has the shape of a name
-(provider, bucket, key, op, error code). A secret cannot reach the audit log
-by accident because nothing secret-shaped passes that gate: a value that is
-too long for a real name or matches a credential pattern is recorded as
-``<redacted>``, and an op is recorded only if it is one the protocol
-defines. The daemon's own log records go through ``SecretScrubber``, which
-rewrites anything that looks like a credential before it is formatted.
+An audit line is an ``AuditEvent`` (a msgspec struct) built from typed,
+already validated fields: the op comes from the op table, names passed the
+protocol's name schema. A name that is valid but shaped like a credential (a
+token pasted where a provider name goes) is still recorded as
+``<redacted>``; that verdict is computed once per distinct name and
+remembered, so the common case costs a dict lookup. Free text never enters an
+audit line; the daemon's own log records go through ``SecretScrubber``, the one
+redaction point for text.
+
+Lines are written by ``AuditLog``: the event loop appends encoded lines to a
+batch, hands the batch to a writer thread once per loop turn, and never waits
+for the disk. When the disk cannot keep up and the backlog passes
+``max_backlog_bytes``, the log says so (``accepting`` turns false) and the
+daemon refuses new operations until the writer catches up, rather than serve
+requests it cannot record; the refusals are counted and written as one line
+when it does. Files rotate by size (``max_bytes``), keeping ``keep`` old files
+(``audit.log.1`` the newest); a batch is never split across files, so nothing
+is lost at rotation.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
+import queue
 import re
 import stat
 import sys
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Final
 
-from credproxy.protocol.messages import OPERATIONS
+import msgspec
 
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
+from credproxy.protocol.messages import ALL_OPS
+
 _GRANT_RE: Final = re.compile(r"^[A-Za-z0-9._@:,*=+\[\] -]{1,1024}\Z")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 _REDACTED: Final = "<redacted>"
 
 MAX_AUDIT_NAME: Final = 32
-KNOWN_OPS: Final = frozenset({*OPERATIONS, "handshake", "connect", "invalid"})
+KNOWN_OPS: Final = frozenset({*(op.name for op in ALL_OPS), "connect", "invalid", "audit"})
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_KEEP: Final = 5
+DEFAULT_MAX_BACKLOG: Final = 16 * 1024 * 1024
+_NAME_CACHE_SIZE: Final = 4096
+
+_verdicts: dict[str, str] = {}
+
+
+def _judge(value: str) -> str:
+    if len(value) <= MAX_AUDIT_NAME and _NAME_RE.match(value) and scrub(value) == value:
+        return value
+    return _REDACTED
+
+
+def safe_name(value: str) -> str:
+    """``value`` if it is safe to record as a name, else ``<redacted>``.
+
+    Names come from the peer, and a confused or hostile peer may put a token
+    or key where a name goes. Real names are short and plain, so anything
+    longer than ``MAX_AUDIT_NAME`` or shaped like a credential is redacted.
+    """
+    verdict = _verdicts.get(value)
+    if verdict is None:
+        verdict = _judge(value)
+        if len(_verdicts) >= _NAME_CACHE_SIZE:
+            _verdicts.clear()
+        _verdicts[value] = verdict
+    return verdict
 
 
 def _name(value: object) -> str | None:
-    """A name as the peer sent it, unless it could be a credential sent in its place.
-
-    Names come from the peer, and a confused or hostile peer may put a token
-    or key where a name goes. Real provider, bucket and key names are short
-    and plain, so anything longer than ``MAX_AUDIT_NAME`` or shaped like a
-    credential is recorded as ``<redacted>``.
-    """
     if value is None:
         return None
-    if (
-        isinstance(value, str)
-        and len(value) <= MAX_AUDIT_NAME
-        and _NAME_RE.match(value)
-        and scrub(value) == value
-    ):
-        return value
-    return _REDACTED
+    return safe_name(value) if isinstance(value, str) else _REDACTED
 
 
 def _op(value: object) -> str | None:
@@ -65,21 +92,28 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """One line of the audit log. Construct it with ``build``."""
+def safe_grant(grant: object) -> str | None:
+    if grant is None:
+        return None
+    return grant if isinstance(grant, str) and _GRANT_RE.match(grant) else _REDACTED
+
+
+class AuditEvent(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One line of the audit log. From untrusted values, construct it with ``build``."""
 
     ts: float
-    op: str | None
-    outcome: str | None
-    provider: str | None
-    bucket: str | None
-    key: str | None
-    flow_type: str | None
-    peer_uid: int | None
-    peer_pid: int | None
-    grant: str | None
-    duration_ms: float | None
+    op: str | None = None
+    outcome: str | None = None
+    provider: str | None = None
+    bucket: str | None = None
+    key: str | None = None
+    flow_type: str | None = None
+    peer_uid: int | None = None
+    peer_pid: int | None = None
+    grant: str | None = None
+    duration_ms: float | None = None
+    refused: int | None = None
+    """On an ``audit`` line: operations refused while the writer was behind."""
 
     @classmethod
     def build(
@@ -96,10 +130,7 @@ class AuditEvent:
     ) -> AuditEvent:
         """Keep only allowlisted fields with name-shaped values; anything else
         becomes ``<redacted>`` (present but unsafe) or is dropped (not allowed)."""
-        fields = dict(names or {})
-        grant_text: str | None = None
-        if grant is not None:
-            grant_text = grant if isinstance(grant, str) and _GRANT_RE.match(grant) else _REDACTED
+        fields = names or {}
         return cls(
             ts=round(time.time() if ts is None else ts, 3),
             op=_op(op),
@@ -110,72 +141,245 @@ class AuditEvent:
             flow_type=_name(fields.get("flow_type")),
             peer_uid=_int(peer_uid),
             peer_pid=_int(peer_pid),
-            grant=grant_text,
+            grant=safe_grant(grant),
             duration_ms=None if duration_ms is None else round(float(duration_ms), 3),
         )
 
     def to_json(self) -> str:
-        """Fields are flat scalars, so read them directly: ``asdict`` deep-copies
-        each one and cost a fifth of the daemon's CPU per request."""
-        present = {}
-        for name in _EVENT_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                present[name] = value
-        return json.dumps(present, separators=(",", ":"))
+        return _encoder.encode(self).decode("utf-8")
 
 
-_EVENT_FIELDS: Final = tuple(f.name for f in fields(AuditEvent))
+_encoder: Final = msgspec.json.Encoder()
+_PREFIX: Final = b"audit "
 
 
 class AuditLogError(Exception):
     """The audit log cannot be opened; the message names the path and the reason."""
 
 
+class _Rotation(msgspec.Struct, frozen=True):
+    max_bytes: int
+    keep: int
+
+
 class AuditLog:
-    """Writes one JSON line per event to a stream or an append-only 0600 file."""
+    """One JSON line per event, prefixed ``audit ``.
+
+    ``AuditLog(stream)`` writes synchronously to a text stream (embedding,
+    tests); ``to_file`` and ``to_stderr`` write through the background writer.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-        self._owned = False
+        self._stream: IO[str] | None = stream
+        self._writer: _Writer | None = None
+        self._batch: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refused = 0
 
     @classmethod
     def to_stderr(cls) -> AuditLog:
-        return cls(sys.stderr)
-
-    @classmethod
-    def to_file(cls, path: Path) -> AuditLog:
-        """Open ``path`` for appending, created 0600; an existing file must be ours."""
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as exc:
-            raise AuditLogError(
-                f"cannot open audit log {path}: {exc.strerror} (a symlink is refused)"
-            ) from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-                raise AuditLogError(f"audit log {path} must be a regular file owned by us")
-            os.fchmod(fd, 0o600)
-            stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
-        except BaseException:
-            os.close(fd)
-            raise
-        log = cls(stream)
-        log._owned = True
+        log = cls.__new__(cls)
+        log._init_writer(_Writer(None, sys.stderr.fileno(), None, DEFAULT_MAX_BACKLOG))
         return log
 
+    @classmethod
+    def to_file(
+        cls,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int = DEFAULT_KEEP,
+        max_backlog_bytes: int = DEFAULT_MAX_BACKLOG,
+    ) -> AuditLog:
+        """Append to ``path`` (created 0600; an existing file must be ours),
+        rotating past ``max_bytes`` and keeping ``keep`` old files (0 keeps none:
+        the file is cut back to empty, the only mode in which lines are dropped
+        on purpose, so it is refused)."""
+        if keep < 1:
+            raise AuditLogError("the audit log must keep at least one rotated file")
+        fd = _open_owned(path)
+        log = cls.__new__(cls)
+        log._init_writer(_Writer(path, fd, _Rotation(max_bytes, keep), max_backlog_bytes))
+        return log
+
+    def _init_writer(self, writer: _Writer) -> None:
+        self._stream = None
+        self._writer = writer
+        self._batch = []
+        self._loop = None
+        self._refused = 0
+
+    @property
+    def accepting(self) -> bool:
+        """False while the writer is more than its backlog bound behind."""
+        writer = self._writer
+        return writer is None or writer.backlog < writer.max_backlog
+
+    def refused(self) -> None:
+        """Count one operation refused because the log was behind."""
+        self._refused += 1
+
     def record(self, event: AuditEvent) -> None:
+        line = _PREFIX + _encoder.encode(event) + b"\n"
+        if self._writer is None:
+            self._write_stream(line)
+            return
+        batch = self._batch
+        batch.append(line)
+        if len(batch) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._hand_over()
+                return
+            loop.call_soon(self._hand_over)
+
+    def _write_stream(self, line: bytes) -> None:
+        assert self._stream is not None
         try:
-            self._stream.write("audit " + event.to_json() + "\n")
+            self._stream.write(line.decode("utf-8"))
             self._stream.flush()
         except (OSError, ValueError):
             logging.getLogger("credproxy.audit").error("cannot write the audit log")
 
+    def _hand_over(self) -> None:
+        """Once per loop turn: the turn's lines go to the writer as one batch."""
+        writer = self._writer
+        if writer is None or not self._batch:
+            return
+        if self._refused and self.accepting:
+            note = AuditEvent(ts=round(time.time(), 3), op="audit", outcome="BEHIND")
+            note = msgspec.structs.replace(note, refused=self._refused)
+            self._batch.append(_PREFIX + _encoder.encode(note) + b"\n")
+            self._refused = 0
+        data = b"".join(self._batch)
+        self._batch.clear()
+        writer.submit(data)
+
+    def flush(self) -> None:
+        """Block until every line recorded so far is in the file (tests, shutdown)."""
+        if self._writer is not None:
+            self._hand_over()
+            self._writer.drain()
+
     def close(self) -> None:
+        """Write what is queued, then close the file (not stderr or a caller's stream)."""
+        if self._writer is not None:
+            self._hand_over()
+            self._writer.close()
+
+
+def _open_owned(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise AuditLogError(
+            f"cannot open audit log {path}: {exc.strerror} (a symlink is refused)"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            raise AuditLogError(f"audit log {path} must be a regular file owned by us")
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class _Writer:
+    """The thread that owns the audit file: writes batches, rotates by size."""
+
+    def __init__(
+        self, path: Path | None, fd: int, rotation: _Rotation | None, max_backlog: int
+    ) -> None:
+        self._path = path
+        self._fd = fd
+        self._owned = path is not None
+        self._rotation = rotation
+        self.max_backlog = max_backlog
+        self._size = os.fstat(fd).st_size if path is not None else 0
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.backlog = 0
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, name="credproxy-audit", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes) -> None:
+        with self._lock:
+            self.backlog += len(data)
+        self._queue.put(data)
+
+    def drain(self) -> None:
+        while self._thread.is_alive():
+            with self._lock:
+                if self.backlog == 0:
+                    return
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
         if self._owned:
-            self._stream.close()
+            os.close(self._fd)
+            self._owned = False
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            self._write(data)
+            with self._lock:
+                self.backlog -= len(data)
+
+    def _write(self, data: bytes) -> None:
+        rotation = self._rotation
+        if rotation is not None and self._size and self._size + len(data) > rotation.max_bytes:
+            self._rotate(rotation)
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                # The writer cannot drop lines quietly; it keeps the daemon's
+                # log informed and retries, holding the backlog, which makes the
+                # daemon refuse new operations until the disk takes lines again.
+                if not self._failed:
+                    logging.getLogger("credproxy.audit").error(
+                        "cannot write the audit log: %s; retrying", exc.strerror
+                    )
+                    self._failed = True
+                time.sleep(0.5)
+                continue
+            view = view[written:]
+            self._size += written
+        self._failed = False
+
+    def _rotate(self, rotation: _Rotation) -> None:
+        """audit.log -> audit.log.1 -> ... -> audit.log.KEEP; the oldest goes."""
+        path = self._path
+        assert path is not None
+        try:
+            for index in range(rotation.keep - 1, 0, -1):
+                older = path.with_name(f"{path.name}.{index}")
+                if older.exists():
+                    os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
+            os.replace(path, path.with_name(f"{path.name}.1"))
+            fd = _open_owned(path)
+        except (OSError, AuditLogError) as exc:
+            logging.getLogger("credproxy.audit").error(
+                "cannot rotate the audit log: %s; appending to the current file", exc
+            )
+            return
+        os.close(self._fd)
+        self._fd = fd
+        self._size = 0
 
 
 _SECRET_PATTERNS: Final[tuple[re.Pattern[str], ...]] = (

@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.protocol.limits import LARGE_FRAME_BYTES
 
 Token = dict[str, Any]
 
@@ -33,8 +34,9 @@ NO_EXPIRY: Final = 253_402_300_799
 LLxprt's client, like ours, refreshes only near ``expiry``, so it never tries; nor does
 the host, since such a token has no refresh token."""
 MAX_TOKEN_FIELDS: Final = 64
-MAX_TOKEN_BYTES: Final = 32_768
-"""Encoded size of a token that crosses the socket; leaves room in a 64 KiB frame."""
+MAX_TOKEN_BYTES: Final = LARGE_FRAME_BYTES - 4096
+"""Encoded size of a token that crosses the socket: what fits a version 2 frame
+with room for the envelope. Tokens above 64 KiB can be read over version 2 only."""
 
 
 def validate_token(raw: Mapping[str, Any]) -> Token:

@@ -48,7 +48,8 @@ def ready_core(version: int = 2) -> ClientCore:
 
 
 def answer(request_id: str, data: dict[str, Any], version: int = 2) -> bytes:
-    return encode_frame({"v": version, "id": request_id, "ok": True, "data": data})
+    message = {"v": version, "id": request_id, "ok": True, "data": data}
+    return encode_frame(message, max_frame_bytes=4 * 1024 * 1024)
 
 
 def refuse(request_id: str | None, code: str, message: str, **extra: Any) -> bytes:
@@ -265,11 +266,24 @@ def test_malformed_responses_are_violations(body: dict[str, Any]) -> None:
         core.receive_data(encode_frame({"v": 2, "id": request_id, **body}))
 
 
-def test_oversize_length_header_is_a_violation_before_any_body_arrives() -> None:
-    core = ready_core()
+@pytest.mark.parametrize(
+    ("version", "length"), [(1, 65_537), (2, 4 * 1024 * 1024 + 1)], ids=["v1-64KiB", "v2-4MiB"]
+)
+def test_oversize_length_header_is_a_violation_before_any_body_arrives(
+    version: int, length: int
+) -> None:
+    core = ready_core(version)
     with pytest.raises(ProtocolViolationError):
-        core.receive_data((70_000).to_bytes(4, "big"))
+        core.receive_data(length.to_bytes(4, "big"))
     assert core.state is State.CLOSED
+
+
+def test_a_version_2_answer_may_exceed_64_kib() -> None:
+    core = ready_core(2)
+    request_id, _ = core.send_request("list_providers")
+    big = {"providers": ["p" * 60_000, "q" * 60_000]}
+    (event,) = core.receive_data(answer(request_id, big))
+    assert isinstance(event, ResponseReceived) and event.data == big
 
 
 def test_non_object_frame_is_a_violation() -> None:

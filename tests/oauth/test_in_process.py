@@ -26,7 +26,7 @@ from credproxy.client.login import EXPIRED_MESSAGE, LoginError, Prompter, run_lo
 from credproxy.grants import CapabilityTable, Grant
 from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.http import HttpResponse, OAuthHttp
-from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime
+from credproxy.oauth.runtime import OAuthRuntime
 from credproxy.server.app import Daemon
 from credproxy.server.context import ServerState
 from credproxy.sessions import OAuthSessionManager
@@ -97,7 +97,7 @@ async def in_process(oidc_server: OidcServer) -> AsyncIterator[InProcess]:
         ),
         http=http,
     )
-    state.extensions[EXTENSION_KEY] = runtime
+    state.oauth = runtime
     table = CapabilityTable()
     tokens = {
         "alice": table.issue(Grant("alice", providers=frozenset({"paste", "device"}))),

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from credproxy.protocol.errors import ProxyError
+from credproxy.protocol.limits import MAX_ID_LENGTH
 from credproxy.protocol.messages import (
     DEFAULT_BUCKET,
-    MAX_ID_LENGTH,
     OPERATIONS,
     Cancel,
     Empty,

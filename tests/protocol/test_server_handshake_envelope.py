@@ -12,7 +12,7 @@ import pytest
 
 from credproxy.grants import Grant
 from credproxy.protocol.framing import FrameDecoder, encode_frame
-from credproxy.protocol.server import HandshakeAccepted, HandshakeRejected, ServerConnection
+from credproxy.protocol.server import HandshakeOffered, HandshakeRejected, ServerConnection
 
 
 @pytest.mark.parametrize("envelope_v", [1.0, 2.0, True, False, "1", None, [1], 3, -1])
@@ -24,7 +24,8 @@ def test_unusable_envelope_version_gets_an_unknown_version_reply_in_version_1(
     assert len(events) == 1
     event = events[0]
     assert isinstance(event, HandshakeRejected)
-    [reply] = FrameDecoder().feed(event.response)
+    connection.send_rejection()
+    [reply] = FrameDecoder().feed(connection.data_to_send())
     assert reply["v"] == 1
     assert type(reply["v"]) is int
     assert reply["code"] == "UNKNOWN_VERSION"
@@ -38,6 +39,7 @@ def test_non_integer_envelope_version_with_valid_bounds_is_answered_in_the_chose
     connection = ServerConnection(lambda token: Grant.full())
     frame = {"v": envelope_v, "op": "handshake", "payload": {"minVersion": 1, "maxVersion": 2}}
     [event] = connection.receive_data(encode_frame(frame), 0.0)
-    assert isinstance(event, HandshakeAccepted)
+    assert isinstance(event, HandshakeOffered)
     assert event.version == 2
-    assert FrameDecoder().feed(event.response)[0]["v"] == 2
+    connection.admit()
+    assert FrameDecoder().feed(connection.data_to_send())[0]["v"] == 2

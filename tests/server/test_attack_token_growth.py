@@ -47,10 +47,15 @@ def test_saves_cannot_merge_the_stored_token_past_what_a_frame_can_carry(
 ) -> None:
     daemon = credproxy_daemon("--allow", "p", "--allow-save", tokens={("p", "default"): STORED})
     with daemon.client() as client:
+        # Each save fits a v2 frame (4 MiB); together they would not.
         for round_ in range(3):
-            client.request("save_token", {"provider": "p", "token": _token(f"r{round_}-", 20, 900)})
+            saved = client.request(
+                "save_token", {"provider": "p", "token": _token(f"r{round_}-", 4, 300_000)}
+            )
+            assert saved["ok"] is True, saved
         stored = client.request("get_token", {"provider": "p"})
-        assert stored["ok"] is True, stored
-        refused = client.request("save_token", {"provider": "p", "token": _token("z", 1, 40_000)})
+        assert stored["ok"] is True
+        refused = client.request("save_token", {"provider": "p", "token": _token("z", 1, 600_000)})
         assert refused["code"] == "INVALID_REQUEST"
         assert "bytes" in refused["error"]
+        assert client.request("get_token", {"provider": "p"})["ok"] is True

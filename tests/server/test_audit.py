@@ -17,9 +17,10 @@ import pytest
 
 from credproxy.audit import AuditEvent, AuditLog, SecretScrubber
 from credproxy.protocol.framing import FrameDecoder, encode_frame
+from credproxy.protocol.messages import GET_TOKEN, LIST_PROVIDERS, Empty, ProviderBucket
 from credproxy.server.app import Daemon
 from credproxy.server.context import RequestContext, ServerState
-from credproxy.server.handlers import CORE_HANDLERS
+from credproxy.server.handlers import HANDLERS
 from credproxy.store.memory import MemoryStore
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle, RawClient
 from tests.server.material import KEY_SECRETS, SEEDED_TOKENS, all_secrets
@@ -157,18 +158,21 @@ def test_log_scrubber_rewrites_credential_shaped_text() -> None:
 
 
 @pytest.fixture
-async def embedded() -> AsyncIterator[tuple[Path, Path, io.StringIO]]:
+async def embedded() -> AsyncIterator[tuple[Path, Path, io.StringIO, AuditLog]]:
     """An in-process daemon whose handler table has deliberately broken handlers:
     a real store cannot be made to raise an arbitrary exception or return a
     refresh token, so these two handlers are fakes standing in for such bugs."""
 
-    async def explode(ctx: RequestContext, payload: Any) -> dict[str, Any]:
+    handlers = HANDLERS.without(GET_TOKEN.name, LIST_PROVIDERS.name)
+
+    @handlers.handles(GET_TOKEN)
+    async def explode(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
         raise RuntimeError("boom with access-SECRET-in-exception-1")
 
-    async def leak(ctx: RequestContext, payload: Any) -> dict[str, Any]:
+    @handlers.handles(LIST_PROVIDERS)
+    async def leak(ctx: RequestContext, payload: Empty) -> dict[str, Any]:
         return {"access_token": "a", "refresh_token": "refresh-SECRET-in-return-2"}
 
-    handlers = dict(CORE_HANDLERS, get_token=explode, list_providers=leak)
     directory = Path(tempfile.mkdtemp(prefix="cpa-", dir="/tmp"))
     audit_path = directory / "audit.log"
     audit = AuditLog.to_file(audit_path)
@@ -185,7 +189,7 @@ async def embedded() -> AsyncIterator[tuple[Path, Path, io.StringIO]]:
         handlers=handlers,
     )
     try:
-        yield await daemon.start(), audit_path, logs
+        yield await daemon.start(), audit_path, logs, audit
     finally:
         await daemon.stop()
         audit.close()
@@ -194,9 +198,9 @@ async def embedded() -> AsyncIterator[tuple[Path, Path, io.StringIO]]:
 
 
 async def test_handler_bugs_answer_a_generic_internal_error_and_log_no_secret(
-    embedded: tuple[Path, Path, io.StringIO],
+    embedded: tuple[Path, Path, io.StringIO, AuditLog],
 ) -> None:
-    path, audit_path, logs = embedded
+    path, audit_path, logs, audit = embedded
     reader, writer = await asyncio.open_unix_connection(path)
     decoder = FrameDecoder()
     received = bytearray()
@@ -215,6 +219,7 @@ async def test_handler_bugs_answer_a_generic_internal_error_and_log_no_secret(
     exploded = await roundtrip({"v": 2, "id": "1", "op": "get_token", "payload": {"provider": "p"}})
     leaked = await roundtrip({"v": 2, "id": "2", "op": "list_providers", "payload": {}})
     writer.close()
+    audit.flush()
     for reply in (exploded, leaked):
         assert reply["code"] == "INTERNAL_ERROR"
         assert reply["error"] == "the host could not complete the operation; see the daemon log"

@@ -99,6 +99,7 @@ async def test_connections_past_the_limit_are_closed_and_audited_once(
         extra.writer.close()
     reply = await first.roundtrip({"v": 2, "id": "a", "op": "list_providers", "payload": {}})
     assert reply["ok"] is True
+    daemon.audit.flush()
     assert audit_path.read_text().count('"outcome":"RESOURCE_EXHAUSTED"') == 1
 
     second.writer.write_eof()

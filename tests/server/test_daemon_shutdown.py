@@ -1,4 +1,4 @@
-"""Stopping an embedded ``Daemon`` ends even when an extension will not close."""
+"""Stopping an embedded ``Daemon`` ends even when its OAuth runtime will not close."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
@@ -14,6 +15,9 @@ from credproxy.audit import AuditLog
 from credproxy.server.app import Daemon
 from credproxy.server.context import ServerState
 from credproxy.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from credproxy.oauth.runtime import OAuthRuntime
 
 
 class _StuckExtension:
@@ -46,7 +50,8 @@ async def test_stop_gives_up_on_an_extension_that_never_closes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     stuck = _StuckExtension()
-    state = ServerState(MemoryStore(), extensions={"stuck": stuck})
+    # Stands in for the OAuth runtime, the subsystem the daemon closes last.
+    state = ServerState(MemoryStore(), oauth=cast("OAuthRuntime", stuck))
     audit = AuditLog.to_file(tmp_path / "audit.log")
     socket_dir = Path(tempfile.mkdtemp(prefix="cps-", dir="/tmp"))
     daemon = Daemon(
@@ -63,7 +68,7 @@ async def test_stop_gives_up_on_an_extension_that_never_closes(
             # The outer bound only turns a regression into a failure instead of a hang.
             async with asyncio.timeout(30):
                 await daemon.stop(grace_s=0.05)
-        assert "closing extension stuck did not finish" in caplog.text
+        assert "closing the OAuth runtime did not finish" in caplog.text
         assert not (socket_dir / "s.sock").exists()
     finally:
         stuck.release.set()

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
 from credproxy.grants import Grant
-from credproxy.protocol.framing import FrameDecoder, encode_frame
+from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.protocol.framing import FrameBudget, FrameDecoder, encode_frame
+from credproxy.protocol.limits import LARGE_FRAME_BYTES, SMALL_FRAME_BYTES, Limits
 from credproxy.protocol.server import (
+    CancelRequested,
     ConnectionState,
-    HandshakeAccepted,
+    ConnectionTimedOut,
+    HandshakeOffered,
     HandshakeRejected,
     ProtocolViolation,
     RequestReceived,
+    RequestTimedOut,
     ServerConnection,
     TokenBucket,
 )
@@ -26,39 +32,72 @@ def _auth(token: object) -> Grant | None:
     return GRANT if token == TOKEN else None
 
 
-def _decode(data: bytes | None) -> dict[str, Any]:
-    assert data is not None
-    (frame,) = FrameDecoder().feed(data)
+def _sent(conn: ServerConnection) -> list[dict[str, Any]]:
+    """Every frame the core queued since the last call, decoded."""
+    return FrameDecoder(LARGE_FRAME_BYTES).feed(conn.data_to_send())
+
+
+def _one(conn: ServerConnection) -> dict[str, Any]:
+    (frame,) = _sent(conn)
     return frame
 
 
-def _hello(**payload: Any) -> bytes:
-    return encode_frame({"v": 2, "op": "handshake", "payload": payload})
+def _hello(v: int = 2, **payload: Any) -> bytes:
+    return encode_frame({"v": v, "op": "handshake", "payload": payload})
 
 
-def _ready() -> ServerConnection:
-    conn = ServerConnection(_auth)
+def _ready(**kwargs: Any) -> ServerConnection:
+    conn = ServerConnection(_auth, **kwargs)
     (event,) = conn.receive_data(_hello(minVersion=1, maxVersion=2, capabilityToken=TOKEN), 0.0)
-    assert isinstance(event, HandshakeAccepted)
+    assert isinstance(event, HandshakeOffered)
+    conn.admit()
+    assert _one(conn)["ok"] is True
+    conn.written()
     return conn
 
 
 def _req(rid: str, op: str = "get_token", **payload: Any) -> bytes:
-    return encode_frame({"v": 2, "id": rid, "op": op, "payload": payload or {"provider": "p"}})
+    message = {"v": 2, "id": rid, "op": op, "payload": payload or {"provider": "p"}}
+    return encode_frame(message, max_frame_bytes=LARGE_FRAME_BYTES)
+
+
+def _answer(conn: ServerConnection, rid: str) -> None:
+    conn.respond(rid, {})
+    conn.data_to_send()
+    conn.written()
 
 
 def test_handshake_picks_highest_common_version_and_grant() -> None:
     conn = ServerConnection(_auth)
     (event,) = conn.receive_data(_hello(minVersion=1, maxVersion=7, capabilityToken=TOKEN), 0.0)
-    assert isinstance(event, HandshakeAccepted)
+    assert isinstance(event, HandshakeOffered)
     assert event.version == 2 and event.grant is GRANT
-    assert _decode(event.response) == {
-        "v": 2,
-        "op": "handshake",
-        "ok": True,
-        "data": {"version": 2},
-    }
+    assert conn.data_to_send() == b"", "nothing is answered before admission"
+    conn.admit()
+    assert _one(conn) == {"v": 2, "op": "handshake", "ok": True, "data": {"version": 2}}
     assert conn.state is ConnectionState.READY
+
+
+def test_refused_admission_answers_resource_exhausted_and_closes() -> None:
+    conn = ServerConnection(_auth)
+    hello = _hello(minVersion=1, maxVersion=2, capabilityToken=TOKEN)
+    (event,) = conn.receive_data(hello + _req("1"), 0.0)
+    assert isinstance(event, HandshakeOffered)
+    conn.refuse("this sandbox already has 128 connections open")
+    reply = _one(conn)
+    assert reply["code"] == "RESOURCE_EXHAUSTED" and reply["op"] == "handshake"
+    assert conn.close_after_write and conn.closed
+    assert conn.receive_data(b"", 0.0) == []
+
+
+def test_frames_after_the_handshake_wait_for_admission() -> None:
+    conn = ServerConnection(_auth)
+    hello = _hello(minVersion=1, maxVersion=2, capabilityToken=TOKEN)
+    (event,) = conn.receive_data(hello + _req("1"), 0.0)
+    assert isinstance(event, HandshakeOffered)
+    conn.admit()
+    (request,) = conn.receive_data(b"", 0.0)
+    assert isinstance(request, RequestReceived) and request.request.id == "1"
 
 
 def test_first_frame_other_than_handshake_is_refused_and_closes() -> None:
@@ -67,8 +106,8 @@ def test_first_frame_other_than_handshake_is_refused_and_closes() -> None:
     assert len(events) == 1
     (event,) = events
     assert isinstance(event, ProtocolViolation) and event.close
-    assert _decode(event.response)["code"] == "INVALID_REQUEST"
-    assert conn.state is ConnectionState.CLOSED
+    assert _one(conn)["code"] == "INVALID_REQUEST"
+    assert conn.state is ConnectionState.CLOSED and conn.close_after_write
 
 
 def test_wrong_token_is_rejected_as_unauthorized_and_later_frames_ignored() -> None:
@@ -76,7 +115,9 @@ def test_wrong_token_is_rejected_as_unauthorized_and_later_frames_ignored() -> N
     events = conn.receive_data(_hello(capabilityToken="b" * 64) + _req("1"), 0.0)
     (event,) = events
     assert isinstance(event, HandshakeRejected) and event.unauthorized
-    assert _decode(event.response)["code"] == "UNAUTHORIZED"
+    assert conn.data_to_send() == b"", "the shell throttles before the answer goes out"
+    conn.send_rejection()
+    assert _one(conn)["code"] == "UNAUTHORIZED"
     assert conn.receive_data(_req("2"), 0.0) == []
 
 
@@ -84,7 +125,8 @@ def test_version_is_checked_before_the_token() -> None:
     conn = ServerConnection(_auth)
     (event,) = conn.receive_data(_hello(minVersion=3, maxVersion=4, capabilityToken="x"), 0.0)
     assert isinstance(event, HandshakeRejected) and not event.unauthorized
-    assert _decode(event.response)["code"] == "UNKNOWN_VERSION"
+    conn.send_rejection()
+    assert _one(conn)["code"] == "UNKNOWN_VERSION"
 
 
 def test_duplicate_in_flight_id_is_invalid_until_the_first_is_answered() -> None:
@@ -92,8 +134,8 @@ def test_duplicate_in_flight_id_is_invalid_until_the_first_is_answered() -> None
     first, second = conn.receive_data(_req("x") + _req("x"), 0.0)
     assert isinstance(first, RequestReceived)
     assert isinstance(second, ProtocolViolation) and not second.close
-    assert _decode(second.response)["code"] == "INVALID_REQUEST"
-    conn.send_success("x", {})
+    assert _one(conn)["code"] == "INVALID_REQUEST"
+    conn.respond("x", {})
     (third,) = conn.receive_data(_req("x"), 0.0)
     assert isinstance(third, RequestReceived)
 
@@ -105,17 +147,130 @@ def test_seventeenth_request_in_flight_is_resource_exhausted() -> None:
     assert all(isinstance(e, RequestReceived) for e in events[:16])
     last = events[16]
     assert isinstance(last, ProtocolViolation)
-    reply = _decode(last.response)
+    reply = _one(conn)
     assert reply["code"] == "RESOURCE_EXHAUSTED" and reply["id"] == "16"
-    conn.send_failure("0", _cancelled())
+    conn.fail("0", ProxyError(ErrorCode.CANCELLED, "cancelled"))
+    conn.data_to_send()
+    conn.written()
     (again,) = conn.receive_data(_req("17"), 0.0)
     assert isinstance(again, RequestReceived)
 
 
-def _cancelled() -> Any:
-    from credproxy.protocol.errors import ErrorCode, ProxyError
+def test_an_answer_counts_in_flight_until_it_is_written() -> None:
+    conn = _ready()
+    events = conn.receive_data(b"".join(_req(str(i)) for i in range(16)), 0.0)
+    assert len(events) == 16
+    for i in range(16):
+        conn.respond(str(i), {})
+    conn.data_to_send()
+    conn.write_blocked(1.0)
+    (refused,) = conn.receive_data(_req("late"), 1.0)
+    assert isinstance(refused, ProtocolViolation)
+    reply = _one(conn)
+    assert reply["code"] == "RESOURCE_EXHAUSTED" and "not yet read" in reply["error"]
+    conn.written()
+    (accepted,) = conn.receive_data(_req("later"), 1.0)
+    assert isinstance(accepted, RequestReceived)
 
-    return ProxyError(ErrorCode.CANCELLED, "cancelled")
+
+def test_a_write_that_does_not_drain_closes_after_the_write_limit() -> None:
+    conn = _ready(limits=Limits(write_s=30.0))
+    conn.write_blocked(10.0)
+    assert conn.next_deadline() == 40.0
+    assert conn.expire(39.9) == []
+    (event,) = conn.expire(40.0)
+    assert isinstance(event, ConnectionTimedOut) and conn.closed
+
+
+def test_answers_of_one_turn_leave_as_one_write() -> None:
+    conn = _ready()
+    conn.receive_data(_req("a") + _req("b") + _req("c"), 0.0)
+    for rid in "abc":
+        conn.respond(rid, {"n": rid})
+    assert [frame["id"] for frame in _sent(conn)] == ["a", "b", "c"]
+    assert conn.data_to_send() == b""
+
+
+def test_cancel_of_a_running_request_asks_the_shell_and_reports_its_outcome() -> None:
+    conn = _ready()
+    conn.receive_data(_req("t"), 0.0)
+    (event,) = conn.receive_data(_req("c", "cancel", targetId="t"), 0.0)
+    assert event == CancelRequested("c", "t")
+    assert conn.is_cancelling("t")
+    conn.cancel_outcome("c", "t", True)
+    conn.fail("t", ProxyError(ErrorCode.CANCELLED, "the request was cancelled"))
+    replies = {frame["id"]: frame for frame in _sent(conn)}
+    assert replies["c"]["data"] == {"cancelled": True}
+    assert replies["t"]["code"] == "CANCELLED"
+    assert not conn.is_cancelling("t")
+
+
+def test_cancel_of_an_unknown_or_finished_request_answers_false_itself() -> None:
+    conn = _ready()
+    conn.receive_data(_req("t"), 0.0)
+    _answer(conn, "t")
+    assert conn.receive_data(_req("c", "cancel", targetId="t"), 0.0) == []
+    assert _one(conn) == {"v": 2, "id": "c", "ok": True, "data": {"cancelled": False}}
+
+
+def test_a_request_past_the_call_limit_times_out_once() -> None:
+    conn = _ready(limits=Limits(call_s=15.0))
+    conn.receive_data(_req("slow"), 100.0)
+    assert conn.next_deadline() == 115.0
+    assert conn.expire(114.0) == []
+    assert conn.expire(115.0) == [RequestTimedOut("slow")]
+    assert conn.is_timed_out("slow")
+    assert conn.expire(200.0) == []
+    conn.fail("slow", ProxyError(ErrorCode.INTERNAL_ERROR, "timed out"))
+    assert conn.next_deadline() == float("inf")
+
+
+def test_a_partial_frame_times_out_from_its_last_progress() -> None:
+    conn = _ready(limits=Limits(partial_frame_s=5.0))
+    assert conn.receive_data(_req("p")[:6], 10.0) == []
+    assert conn.next_deadline() == 15.0
+    (event,) = conn.expire(15.0)
+    assert event == ConnectionTimedOut("partial frame timeout")
+
+
+def test_handshake_must_come_within_the_handshake_limit() -> None:
+    conn = ServerConnection(_auth, limits=Limits(handshake_s=30.0), now=5.0)
+    assert conn.next_deadline() == 35.0
+    (event,) = conn.expire(35.0)
+    assert event == ConnectionTimedOut("no handshake")
+
+
+def test_frame_limit_is_64k_before_the_handshake_and_on_v1_and_4m_on_v2() -> None:
+    early = ServerConnection(_auth)
+    (event,) = early.receive_data(struct.pack(">I", SMALL_FRAME_BYTES + 1), 0.0)
+    assert isinstance(event, ProtocolViolation) and event.close
+    v1 = ServerConnection(_auth)
+    v1.receive_data(_hello(1, capabilityToken=TOKEN), 0.0)
+    v1.admit()
+    (event,) = v1.receive_data(struct.pack(">I", SMALL_FRAME_BYTES + 1), 0.0)
+    assert isinstance(event, ProtocolViolation) and event.close
+    assert _ready().receive_data(struct.pack(">I", LARGE_FRAME_BYTES), 0.0) == []
+    (event,) = _ready().receive_data(struct.pack(">I", LARGE_FRAME_BYTES + 1), 0.0)
+    assert isinstance(event, ProtocolViolation) and event.close
+
+
+def test_large_partial_frames_wait_for_the_daemons_budget() -> None:
+    budget = FrameBudget(LARGE_FRAME_BYTES + 100)
+    first, second = _ready(budget=budget), _ready(budget=budget)
+    big = _req("big", "save_token", provider="p", token={"x": "y" * (LARGE_FRAME_BYTES - 200)})
+    assert first.receive_data(big[:100_000], 0.0) == []
+    assert budget.used == len(big) - 4
+    assert second.receive_data(big[:100_000], 0.0) == []
+    assert second.waiting_for_budget and budget.used == len(big) - 4
+    woken: list[str] = []
+    budget.wait(2, lambda: woken.append("second"))
+    (event,) = first.receive_data(big[100_000:], 0.0)
+    assert isinstance(event, RequestReceived)
+    assert budget.used == 0 and woken == ["second"]
+    (event,) = second.receive_data(big[100_000:], 0.0)
+    assert isinstance(event, RequestReceived) and not second.waiting_for_budget
+    second.close()
+    assert budget.used == 0
 
 
 def test_rate_limit_allows_sixty_then_answers_rate_limited_with_retry_after() -> None:
@@ -123,10 +278,10 @@ def test_rate_limit_allows_sixty_then_answers_rate_limited_with_retry_after() ->
     for i in range(60):
         (event,) = conn.receive_data(_req(str(i)), 0.0)
         assert isinstance(event, RequestReceived)
-        conn.send_success(str(i), {})
+        _answer(conn, str(i))
     (limited,) = conn.receive_data(_req("61"), 0.0)
     assert isinstance(limited, ProtocolViolation)
-    reply = _decode(limited.response)
+    reply = _one(conn)
     assert reply["code"] == "RATE_LIMITED" and reply["id"] == "61"
     assert 0 < reply["retryAfter"] <= 1 / 60 + 0.001
     (later,) = conn.receive_data(_req("62"), 1 / 60)
@@ -146,7 +301,7 @@ def test_invalid_payload_is_answered_without_closing() -> None:
     conn = _ready()
     (event,) = conn.receive_data(_req("1", provider=5), 0.0)
     assert isinstance(event, ProtocolViolation) and not event.close
-    reply = _decode(event.response)
+    reply = _one(conn)
     assert reply["code"] == "INVALID_REQUEST" and reply["id"] == "1"
     assert "provider" in reply["error"]
     assert conn.state is ConnectionState.READY
@@ -156,19 +311,21 @@ def test_framing_error_closes_without_a_response() -> None:
     conn = _ready()
     (event,) = conn.receive_data(b"\x00\x00\x00\x02\xff\xfe", 0.0)
     assert isinstance(event, ProtocolViolation)
-    assert event.close and event.response is None
+    assert event.close and conn.data_to_send() == b""
     assert conn.state is ConnectionState.CLOSED
 
 
 def test_cancel_is_unknown_in_version_1() -> None:
     conn = ServerConnection(_auth)
     hello = encode_frame({"v": 1, "op": "handshake", "payload": {"capabilityToken": TOKEN}})
-    (accepted,) = conn.receive_data(hello, 0.0)
-    assert isinstance(accepted, HandshakeAccepted) and accepted.version == 1
+    (offered,) = conn.receive_data(hello, 0.0)
+    assert isinstance(offered, HandshakeOffered) and offered.version == 1
+    conn.admit()
+    conn.data_to_send()
     cancel = encode_frame({"v": 1, "id": "c", "op": "cancel", "payload": {"targetId": "x"}})
     (event,) = conn.receive_data(cancel, 0.0)
     assert isinstance(event, ProtocolViolation)
-    assert _decode(event.response)["code"] == "INVALID_REQUEST"
+    assert _one(conn)["code"] == "INVALID_REQUEST"
 
 
 async def test_handshake_throttle_doubles_per_uid_and_never_delays_other_uids() -> None:

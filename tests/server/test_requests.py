@@ -47,7 +47,7 @@ async def test_declared_op_without_a_handler_is_not_available(tmp_path: Path) ->
     from credproxy.protocol.framing import FrameDecoder, encode_frame
     from credproxy.server.app import Daemon
     from credproxy.server.context import ServerState
-    from credproxy.server.handlers import CORE_HANDLERS
+    from credproxy.server.handlers import HANDLERS
     from credproxy.store.memory import MemoryStore
 
     audit_path = tmp_path / "audit.log"
@@ -58,7 +58,7 @@ async def test_declared_op_without_a_handler_is_not_available(tmp_path: Path) ->
         capabilities=None,
         socket_path=socket_dir / "e.sock",
         audit=audit,
-        handlers=CORE_HANDLERS,
+        handlers=HANDLERS.without("oauth_initiate"),
     )
     try:
         path = await daemon.start()

@@ -247,6 +247,7 @@ async def _run(opts: _Options, credential_store: CredentialStore, settings: Sett
     from credproxy.audit import AuditLog, configure_daemon_logging
     from credproxy.grants import CapabilityTable
     from credproxy.oauth.runtime import install as install_oauth
+    from credproxy.protocol.limits import Limits
     from credproxy.server.app import Daemon
     from credproxy.server.context import ServerState
     from credproxy.server.testing import HeldStore
@@ -274,8 +275,11 @@ async def _run(opts: _Options, credential_store: CredentialStore, settings: Sett
         socket_path=opts.socket,
         allowed_uids=frozenset(opts.allow_uid),
         audit=audit,
-        frame_timeout_s=opts.frame_timeout,
-        rate_per_second=opts.rate_limit,
+        limits=Limits(
+            partial_frame_s=opts.frame_timeout,
+            rate_per_second=opts.rate_limit,
+            call_s=opts.call_timeout,
+        ),
     )
     token_file: Path | None = None
     try:

@@ -151,6 +151,9 @@ class AsyncProxyClient(BaseClient):
     async def has_api_key(self, name: str) -> bool:
         return await self._call(_core.has_api_key(name))
 
+    async def get_bucket_stats(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        return await self._call(_core.get_bucket_stats(provider, bucket))
+
     async def refresh_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
         return await self._call(_core.refresh_token(provider, bucket))
 

@@ -28,6 +28,7 @@ from credproxy.client._exceptions import (
 )
 from credproxy.protocol.errors import ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
+from credproxy.protocol.limits import DEFAULT_LIMITS
 from credproxy.protocol.messages import DEFAULT_BUCKET, OPERATIONS, convert_payload
 from credproxy.tokens import sanitize
 
@@ -145,7 +146,10 @@ class ClientCore:
                 raise InvalidRequestError(exc.code, exc.message) from None
         request_id = str(uuid.uuid4())
         try:
-            frame = encode_frame({"v": self._version, "id": request_id, "op": op, "payload": body})
+            frame = encode_frame(
+                {"v": self._version, "id": request_id, "op": op, "payload": body},
+                max_frame_bytes=frame_limit(self._version),
+            )
         except FrameError as exc:
             raise InvalidRequestError("INVALID_REQUEST", str(exc)) from None
         self._pending.add(request_id)
@@ -191,14 +195,17 @@ class ClientCore:
         """
         if self._state is State.CLOSED:
             return []
-        try:
-            frames = self._decoder.feed(data)
-        except FrameError as exc:
-            self._state = State.CLOSED
-            raise protocol_violation(f"the credential proxy sent a bad frame: {exc}") from None
+        decoder = self._decoder
+        decoder.receive(data)
         events: list[Event] = []
-        for frame in frames:
-            if self._is_closed():
+        while not self._is_closed():
+            # One frame at a time: the frame limit grows once version 2 is agreed.
+            try:
+                frame = decoder.next_frame()
+            except FrameError as exc:
+                self._state = State.CLOSED
+                raise protocol_violation(f"the credential proxy sent a bad frame: {exc}") from None
+            if frame is None:
                 break
             event = self._handle_frame(frame)
             if event is not None:
@@ -255,6 +262,7 @@ class ClientCore:
                     f"outside {self._min}..{self._max}"
                 )
             self._version = version
+            self._decoder.max_frame_bytes = frame_limit(version)
             self._state = State.READY
             return HandshakeComplete(version)
         error = _error_of(frame)
@@ -385,6 +393,11 @@ def has_api_key(name: str) -> Call[bool]:
     return Call("has_api_key", {"name": name}, lambda data: bool_field(data, "exists"))
 
 
+def get_bucket_stats(provider: str, bucket: str = DEFAULT_BUCKET) -> Call[dict[str, Any]]:
+    """Requests served from one bucket since the daemon started (LLxprt's client asks)."""
+    return Call("get_bucket_stats", {"provider": provider, "bucket": bucket}, dict)
+
+
 def refresh_token(provider: str, bucket: str = DEFAULT_BUCKET) -> Call[dict[str, Any]]:
     return Call("refresh_token", {"provider": provider, "bucket": bucket}, token_result)
 
@@ -403,3 +416,8 @@ def oauth_poll(session_id: str) -> Call[dict[str, Any]]:
 
 def oauth_cancel(session_id: str) -> Call[None]:
     return Call("oauth_cancel", {"session_id": session_id}, _nothing)
+
+
+def frame_limit(version: int) -> int:
+    """The frame body limit both sides keep on a connection of ``version``."""
+    return DEFAULT_LIMITS.frame_limit(version)

@@ -135,6 +135,9 @@ class ProxyClient(BaseClient):
     def has_api_key(self, name: str) -> bool:
         return self._call(_core.has_api_key(name))
 
+    def get_bucket_stats(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
+        return self._call(_core.get_bucket_stats(provider, bucket))
+
     def refresh_token(self, provider: str, bucket: str = DEFAULT_BUCKET) -> dict[str, Any]:
         return self._call(_core.refresh_token(provider, bucket))
 

@@ -1,6 +1,6 @@
 """The daemon's OAuth state: providers, the HTTP client, login sessions, refresh.
 
-One ``OAuthRuntime`` lives in ``ServerState.extensions["oauth"]``; the server
+One ``OAuthRuntime`` lives in ``ServerState.oauth``; the server
 creates it with ``install`` at start-up and awaits ``aclose`` at shutdown, so
 background logins, loopback listeners and the HTTP session end with the daemon.
 """
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from credproxy.server.context import ServerState
     from credproxy.settings import Settings
 
-EXTENSION_KEY: Final = "oauth"
 
 
 class OAuthRuntime:
@@ -81,19 +80,18 @@ def install(state: ServerState, settings: Settings) -> OAuthRuntime:
             max_sessions=settings.oauth.max_sessions,
         ),
     )
-    state.extensions[EXTENSION_KEY] = runtime
+    state.oauth = runtime
     return runtime
 
 
 def optional_runtime(state: ServerState) -> OAuthRuntime | None:
     """The daemon's OAuth runtime, if it has one (a daemon without providers may not)."""
-    runtime = state.extensions.get(EXTENSION_KEY)
-    return runtime if isinstance(runtime, OAuthRuntime) else None
+    return state.oauth
 
 
 def runtime_of(state: ServerState, provider: str) -> OAuthRuntime:
     """The daemon's OAuth runtime; a daemon without one has no provider of that name."""
-    runtime = state.extensions.get(EXTENSION_KEY)
-    if not isinstance(runtime, OAuthRuntime):
+    runtime = state.oauth
+    if runtime is None:
         raise provider_not_found(provider)
     return runtime

@@ -9,13 +9,16 @@ buffered, so a hostile peer cannot make us allocate more than the limit.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import msgspec
 
-MAX_FRAME_BYTES: Final = 65_536
-HEADER_BYTES: Final = 4
+from credproxy.protocol.limits import FRAME_HEADER_BYTES, SMALL_FRAME_BYTES
+
+MAX_FRAME_BYTES: Final = SMALL_FRAME_BYTES
+"""The limit before the handshake and on version 1; see ``limits.Limits.frame_limit``."""
+HEADER_BYTES: Final = FRAME_HEADER_BYTES
 _HEADER = struct.Struct(">I")
 _FORBIDDEN_KEY: Final = "refresh_token"
 # The encoder never escapes ASCII letters, so an object key of that name
@@ -47,7 +50,12 @@ def _contains_forbidden_key(value: Any) -> bool:
     return False
 
 
-def encode_frame(message: Mapping[str, Any], *, allow_refresh_token: bool = False) -> bytes:
+def encode_frame(
+    message: Mapping[str, Any],
+    *,
+    allow_refresh_token: bool = False,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> bytes:
     """Serialize one message as a frame.
 
     The encoder is the second, independent guard of the secret boundary: a frame
@@ -65,44 +73,143 @@ def encode_frame(message: Mapping[str, Any], *, allow_refresh_token: bool = Fals
         and _contains_forbidden_key(_json_decoder.decode(body))
     ):
         raise SecretLeakError("refusing to encode a frame that carries a refresh_token")
-    if len(body) > MAX_FRAME_BYTES:
+    if len(body) > max_frame_bytes:
         raise FrameError(
-            f"frame body of {len(body)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"
+            f"frame body of {len(body)} bytes exceeds the {max_frame_bytes}-byte limit"
         )
     return _HEADER.pack(len(body)) + body
 
 
-class FrameDecoder:
-    """Incremental decoder; feed it whatever the socket produced."""
+class FrameBudget:
+    """Bytes that all decoders of one daemon may hold for frames above the small limit.
 
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
-        self._max = max_frame_bytes
+    A version 2 peer may announce frames up to 4 MiB; without a shared budget
+    256 connections each holding one half-sent large frame would pin a
+    gigabyte. A decoder reserves a large frame's whole length when its header
+    arrives and returns it when the frame is decoded or the decoder is closed;
+    a decoder that cannot reserve waits (``FrameDecoder.blocked``) and is told
+    through its ``wake`` callback when bytes come back. Frames up to the small
+    limit never touch the budget.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: dict[int, Callable[[], None]] = {}
+
+    def reserve(self, size: int) -> bool:
+        if self.used + size > self.capacity:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        if self._waiters:
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
+            for wake in waiters:
+                wake()
+
+    def wait(self, key: int, wake: Callable[[], None]) -> None:
+        self._waiters[key] = wake
+
+    def forget(self, key: int) -> None:
+        self._waiters.pop(key, None)
+
+
+class FrameDecoder:
+    """Incremental decoder; feed it whatever the socket produced.
+
+    ``receive`` buffers bytes and ``next_frame`` takes one frame at a time, so a
+    caller can change ``max_frame_bytes`` between frames (the limit grows once
+    version 2 is agreed). ``feed`` does both for callers that need no pause.
+    """
+
+    def __init__(
+        self, max_frame_bytes: int = MAX_FRAME_BYTES, budget: FrameBudget | None = None
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._budget = budget
+        self._reserved = 0
         self._buffer = bytearray()
+        self._start = 0
         self._expected: int | None = None
+        self.blocked = False
+        """A large frame waits for room in the daemon's budget; read nothing more."""
 
     @property
     def has_partial_frame(self) -> bool:
         """True while some bytes of a frame (header included) wait for the rest."""
-        return bool(self._buffer) or self._expected is not None
+        return len(self._buffer) > self._start or self._expected is not None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) - self._start
+
+    def receive(self, data: bytes) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    def next_frame(self) -> dict[str, Any] | None:
+        """The next complete frame, or ``None`` until more bytes (or budget) arrive."""
+        buffer = self._buffer
+        if self._expected is None:
+            start = self._start
+            if len(buffer) - start < HEADER_BYTES:
+                return None
+            (length,) = _HEADER.unpack_from(buffer, start)
+            if length > self.max_frame_bytes:
+                raise FrameError(
+                    f"frame length {length} exceeds the {self.max_frame_bytes}-byte limit"
+                )
+            self._start = start + HEADER_BYTES
+            self._expected = length
+        if not self._reserve(self._expected):
+            return None
+        end = self._start + self._expected
+        if len(buffer) < end:
+            return None
+        body = bytes(memoryview(buffer)[self._start : end])
+        self._start = end
+        self._expected = None
+        self._give_back()
+        if end == len(buffer):
+            buffer.clear()
+            self._start = 0
+        return _decode_body(body)
+
+    def _reserve(self, length: int) -> bool:
+        if self._budget is None or length <= SMALL_FRAME_BYTES or self._reserved:
+            self.blocked = False
+            return True
+        if self._budget.reserve(length):
+            self._reserved = length
+            self.blocked = False
+            return True
+        self.blocked = True
+        return False
+
+    def _give_back(self) -> None:
+        if self._reserved and self._budget is not None:
+            reserved, self._reserved = self._reserved, 0
+            self._budget.release(reserved)
+
+    def close(self) -> None:
+        """Drop buffered bytes and return any reservation to the budget."""
+        self._buffer = bytearray()
+        self._start = 0
+        self._expected = None
+        self._give_back()
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
+        self.receive(data)
         frames: list[dict[str, Any]] = []
-        while True:
-            if self._expected is None:
-                if len(self._buffer) < HEADER_BYTES:
-                    return frames
-                (length,) = _HEADER.unpack_from(self._buffer)
-                if length > self._max:
-                    raise FrameError(f"frame length {length} exceeds the {self._max}-byte limit")
-                del self._buffer[:HEADER_BYTES]
-                self._expected = length
-            if len(self._buffer) < self._expected:
-                return frames
-            body = bytes(self._buffer[: self._expected])
-            del self._buffer[: self._expected]
-            self._expected = None
-            frames.append(_decode_body(body))
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
+        return frames
 
 
 def _decode_body(body: bytes) -> dict[str, Any]:

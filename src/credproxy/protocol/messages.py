@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, Final, Generic, TypeVar
 
 import msgspec
 
 from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.protocol.limits import MAX_ID_LENGTH, MAX_OP_ECHO
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9._@-]{1,64}\Z"
-MAX_ID_LENGTH: Final = 128
 DEFAULT_BUCKET: Final = "default"
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
@@ -74,29 +75,135 @@ class Handshake(Payload, frozen=True):
     capabilityToken: Any = None
 
 
+class GrantRule(StrEnum):
+    """What part of a grant an op needs; the op's handler enforces it."""
+
+    NONE = "none"
+    """Connection-level (handshake, cancel): no credential is touched."""
+    TOKEN = "token"
+    """Read one provider:bucket."""
+    TOKEN_SAVE = "token+save"
+    TOKEN_REMOVE = "token+remove"
+    PROVIDER = "provider"
+    """Listing: only what the grant allows is shown."""
+    KEY = "key"
+    SESSION = "session"
+    """A login session bound to the identity that opened it."""
+
+
+class Result(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Base of the ``data`` schemas of successful answers; extra fields pass through."""
+
+
+class TokenResult(Result, frozen=True):
+    access_token: str
+    expiry: float
+    token_type: str
+
+
+class Done(Result, frozen=True):
+    pass
+
+
+class ProvidersResult(Result, frozen=True):
+    providers: list[str]
+
+
+class BucketsResult(Result, frozen=True):
+    buckets: list[str]
+
+
+class KeyResult(Result, frozen=True):
+    key: str
+
+
+class KeysResult(Result, frozen=True):
+    keys: list[str]
+
+
+class ExistsResult(Result, frozen=True):
+    exists: bool
+
+
+class BucketStatsResult(Result, frozen=True):
+    bucket: str
+    requestCount: int
+    percentage: float
+
+
+class LoginStarted(Result, frozen=True):
+    session_id: str
+    flow_type: str
+
+
+class PollResult(Result, frozen=True):
+    status: str
+
+
+class VersionResult(Result, frozen=True):
+    version: int
+
+
+class CancelResult(Result, frozen=True):
+    cancelled: bool
+
+
+P = TypeVar("P", bound=Payload)
+
+
 @dataclass(frozen=True, slots=True)
-class OpSpec:
-    payload: type[Payload]
+class Op(Generic[P]):
+    """One operation, declared once: the daemon's handler table, the client's
+    schema check, the audit's op names and the docs test all read it."""
+
+    name: str
+    payload: type[P]
+    result: type[Result]
+    grant: GrantRule
     min_version: int = 1
+    connection_level: bool = False
+    """Answered by the protocol core itself (handshake, cancel), not by a handler."""
 
 
-OPERATIONS: Final[dict[str, OpSpec]] = {
-    "get_token": OpSpec(ProviderBucket),
-    "save_token": OpSpec(SaveToken),
-    "remove_token": OpSpec(ProviderBucket),
-    "list_providers": OpSpec(Empty),
-    "list_buckets": OpSpec(ProviderOnly),
-    "get_api_key": OpSpec(KeyName),
-    "list_api_keys": OpSpec(Empty),
-    "has_api_key": OpSpec(KeyName),
-    "get_bucket_stats": OpSpec(ProviderBucket),
-    "refresh_token": OpSpec(ProviderBucket),
-    "oauth_initiate": OpSpec(ProviderBucket),
-    "oauth_exchange": OpSpec(Exchange),
-    "oauth_poll": OpSpec(SessionRef),
-    "oauth_cancel": OpSpec(SessionRef),
-    "cancel": OpSpec(Cancel, min_version=2),
-}
+HANDSHAKE: Final = Op("handshake", Handshake, VersionResult, GrantRule.NONE, connection_level=True)
+CANCEL: Final = Op("cancel", Cancel, CancelResult, GrantRule.NONE, 2, connection_level=True)
+GET_TOKEN: Final = Op("get_token", ProviderBucket, TokenResult, GrantRule.TOKEN)
+SAVE_TOKEN: Final = Op("save_token", SaveToken, Done, GrantRule.TOKEN_SAVE)
+REMOVE_TOKEN: Final = Op("remove_token", ProviderBucket, Done, GrantRule.TOKEN_REMOVE)
+LIST_PROVIDERS: Final = Op("list_providers", Empty, ProvidersResult, GrantRule.PROVIDER)
+LIST_BUCKETS: Final = Op("list_buckets", ProviderOnly, BucketsResult, GrantRule.PROVIDER)
+GET_API_KEY: Final = Op("get_api_key", KeyName, KeyResult, GrantRule.KEY)
+LIST_API_KEYS: Final = Op("list_api_keys", Empty, KeysResult, GrantRule.KEY)
+HAS_API_KEY: Final = Op("has_api_key", KeyName, ExistsResult, GrantRule.KEY)
+GET_BUCKET_STATS: Final = Op("get_bucket_stats", ProviderBucket, BucketStatsResult, GrantRule.TOKEN)
+REFRESH_TOKEN: Final = Op("refresh_token", ProviderBucket, TokenResult, GrantRule.TOKEN)
+OAUTH_INITIATE: Final = Op("oauth_initiate", ProviderBucket, LoginStarted, GrantRule.TOKEN)
+OAUTH_EXCHANGE: Final = Op("oauth_exchange", Exchange, TokenResult, GrantRule.SESSION)
+OAUTH_POLL: Final = Op("oauth_poll", SessionRef, PollResult, GrantRule.SESSION)
+OAUTH_CANCEL: Final = Op("oauth_cancel", SessionRef, Done, GrantRule.SESSION)
+
+ALL_OPS: Final[tuple[Op[Any], ...]] = (
+    HANDSHAKE,
+    CANCEL,
+    GET_TOKEN,
+    SAVE_TOKEN,
+    REMOVE_TOKEN,
+    LIST_PROVIDERS,
+    LIST_BUCKETS,
+    GET_API_KEY,
+    LIST_API_KEYS,
+    HAS_API_KEY,
+    GET_BUCKET_STATS,
+    REFRESH_TOKEN,
+    OAUTH_INITIATE,
+    OAUTH_EXCHANGE,
+    OAUTH_POLL,
+    OAUTH_CANCEL,
+)
+"""The op table. Adding an op is one declaration here plus one handler."""
+
+OPERATIONS: Final[dict[str, Op[Any]]] = {op.name: op for op in ALL_OPS if op is not HANDSHAKE}
+"""Ops valid after the handshake, by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +223,26 @@ class RequestError(ProxyError):
         self.request_id = request_id
 
 
-def _request_id(frame: dict[str, Any]) -> str | None:
+def request_id_of(frame: dict[str, Any]) -> str | None:
+    """The frame's id when it is a well-formed id, else ``None``."""
     raw = frame.get("id")
     if isinstance(raw, str) and 0 < len(raw) <= MAX_ID_LENGTH:
         return raw
     return None
 
 
-def parse_request(frame: dict[str, Any], version: int) -> Request:
-    """Validate one post-handshake frame against the envelope and its op's schema."""
-    request_id = _request_id(frame)
+_UNSET: Final = object()
+
+
+def parse_request(frame: dict[str, Any], version: int, request_id: object = _UNSET) -> Request:
+    """Validate one post-handshake frame against the envelope and its op's schema.
+
+    A caller that already took the id with ``request_id_of`` passes it in.
+    """
+    if request_id is _UNSET:
+        request_id = request_id_of(frame)
+    if not isinstance(request_id, str):
+        request_id = None
     if request_id is None:
         if "id" not in frame:
             raise RequestError("missing field `id`")
@@ -135,14 +252,11 @@ def parse_request(frame: dict[str, Any], version: int) -> Request:
         raise RequestError("missing or non-string field `op`", request_id)
     spec = OPERATIONS.get(op)
     if spec is None or version < spec.min_version:
-        raise RequestError(f"unknown op {_printable(op)!r}", request_id)
+        raise RequestError(f"unknown op {printable(op)!r}", request_id)
     raw_payload = frame.get("payload", {})
     if not isinstance(raw_payload, dict):
         raise RequestError("field `payload` must be an object", request_id)
     return Request(request_id, op, convert_payload(raw_payload, spec.payload, request_id))
-
-
-P = TypeVar("P", bound=Payload)
 
 
 def convert_payload(raw: dict[str, Any], schema: type[P], request_id: str | None = None) -> P:
@@ -160,9 +274,11 @@ def _describe(exc: msgspec.ValidationError) -> str:
 _REGEX_IN_MESSAGE: Final = re.compile(r"matching regex '.*?'(?= - at|$)")
 
 
-def _printable(op: str) -> str:
-    """Op names are echoed in errors; keep them short and plain."""
-    clipped = op[:32]
+def printable(op: object) -> str | None:
+    """Op names are echoed in errors and audit lines; keep them short and plain."""
+    if not isinstance(op, str):
+        return None
+    clipped = op[:MAX_OP_ECHO]
     return "".join(ch if ch.isprintable() else "?" for ch in clipped)
 
 

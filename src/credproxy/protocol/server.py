@@ -1,86 +1,129 @@
-"""The server side of one connection as a sans-IO state machine (``protocol.md``).
+"""The server side of one connection as a sans-IO state machine (``docs/protocol.md``).
 
-In the manner of h11: bytes go in through ``receive_data``, events come out,
-and response bytes are built by methods that keep the in-flight table right.
-No sockets, no asyncio, no clock: the caller passes ``now`` (monotonic
-seconds) for the rate limiter and decides who a capability token belongs to
-through the ``authenticate`` callable, so tests and fuzzers can drive every
-rule here without I/O.
+In the manner of h11, this owns the whole life of a request: bytes go in
+through ``receive_data``, events come out, answers go in through
+``respond``/``fail``, and the bytes to write come out of ``data_to_send``. A
+request counts against the in-flight limit from the frame that carried it
+until its answer has been handed to the peer's socket (``written``), so a peer
+that does not read cannot make the daemon build answers without end.
+
+Admission is a question back to the caller (``HandshakeOffered``), answered
+with ``admit`` or ``refuse``; cancel bookkeeping, the rate limit and every
+deadline (partial frame, handshake, each request's call limit, a write that
+does not drain) live here too, with ``now`` passed in, so the shell needs one
+timer per connection set to ``next_deadline``. No sockets, no asyncio, no
+clock, no domain imports: a grant is an opaque value returned by
+``authenticate``.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from credproxy.grants import Grant
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.framing import MAX_FRAME_BYTES, FrameDecoder, FrameError, encode_frame
+from credproxy.protocol.framing import FrameBudget, FrameDecoder, FrameError, encode_frame
+from credproxy.protocol.limits import DEFAULT_LIMITS, Limits
 from credproxy.protocol.messages import (
-    MAX_ID_LENGTH,
+    HANDSHAKE,
+    Cancel,
     Handshake,
     Request,
     RequestError,
     convert_payload,
     failure,
     parse_request,
+    printable,
+    request_id_of,
     success,
 )
-from credproxy.protocol.version import negotiate
+from credproxy.protocol.version import SUPPORTED_VERSIONS, negotiate
 
-MAX_IN_FLIGHT: Final = 16
-RATE_PER_SECOND: Final = 60.0
-HANDSHAKE_OP: Final = "handshake"
+HANDSHAKE_OP: Final = HANDSHAKE.name
+MAX_IN_FLIGHT: Final = DEFAULT_LIMITS.max_in_flight
+RATE_PER_SECOND: Final = DEFAULT_LIMITS.rate_per_second
 
-Authenticate = Callable[[object], Grant | None]
+Authenticate = Callable[[object], object | None]
+"""Maps a presented capability token to an opaque grant, ``None`` to refuse."""
 
 
 class ConnectionState(enum.Enum):
     AWAIT_HANDSHAKE = "await_handshake"
+    AWAIT_ADMISSION = "await_admission"
     READY = "ready"
     CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeAccepted:
-    """The peer is in; ``response`` must be written before any other response."""
+class HandshakeOffered:
+    """Version and token check out; answer with ``admit()`` or ``refuse(message)``."""
 
     version: int
-    grant: Grant
-    response: bytes
+    grant: object
 
 
 @dataclass(frozen=True, slots=True)
 class HandshakeRejected:
-    """Write ``response`` completely, then close. ``unauthorized`` marks a token
-    failure, which the caller throttles per peer."""
+    """The handshake failed. ``unauthorized`` marks a token failure, which the
+    caller throttles per peer before it calls ``send_rejection`` (or just closes)."""
 
     error: ProxyError
-    response: bytes
     unauthorized: bool
 
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
+    """Run the op; answer with ``respond`` or ``fail``."""
+
     request: Request
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """Stop the work of ``target_id``; report with ``cancel_outcome``."""
+
+    request_id: str
+    target_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimedOut:
+    """``request_id`` ran past the call limit; stop its work, then ``fail`` it."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolViolation:
-    """A frame the peer got wrong. ``response`` (if any) goes out first; when
-    ``close`` is set the connection ends after it. ``op`` is a printable op
-    name for the audit line, or ``None`` when the frame carried none."""
+    """A frame the peer got wrong, answered already (if it can be). When
+    ``close`` is set the connection ends once the answer is written. ``op`` is
+    a printable op name for the audit line, or ``None``."""
 
     error: ProxyError
-    response: bytes | None
     close: bool
     op: str | None = None
 
 
-Event = HandshakeAccepted | HandshakeRejected | RequestReceived | ProtocolViolation
+@dataclass(frozen=True, slots=True)
+class ConnectionTimedOut:
+    """A partial frame, the handshake or a write took too long: close now."""
+
+    reason: str
+
+
+Event = (
+    HandshakeOffered
+    | HandshakeRejected
+    | RequestReceived
+    | CancelRequested
+    | RequestTimedOut
+    | ProtocolViolation
+    | ConnectionTimedOut
+)
 
 
 class TokenBucket:
@@ -105,6 +148,9 @@ class TokenBucket:
         return math.ceil(wait * 1000.0) / 1000.0
 
 
+_NO_DEADLINE: Final = math.inf
+
+
 class ServerConnection:
     """Protocol rules of one accepted connection, from first byte to close."""
 
@@ -112,62 +158,143 @@ class ServerConnection:
         self,
         authenticate: Authenticate,
         *,
-        max_in_flight: int = MAX_IN_FLIGHT,
-        rate_per_second: float = RATE_PER_SECOND,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
+        limits: Limits = DEFAULT_LIMITS,
+        budget: FrameBudget | None = None,
+        now: float = 0.0,
     ) -> None:
         self._authenticate = authenticate
-        self._decoder = FrameDecoder(max_frame_bytes)
-        self._max_in_flight = max_in_flight
-        self._bucket = TokenBucket(rate_per_second)
-        self._in_flight: set[str] = set()
+        self.limits = limits
+        self._decoder = FrameDecoder(limits.frame_limit(None), budget)
+        self._budget = budget
+        self._out_queued = 0
+        """Budget bytes held by large answers queued, not yet handed to the socket."""
+        self._out_flushed = 0
+        """Budget bytes held by large answers handed over, not yet written."""
+        self._bucket = TokenBucket(limits.rate_per_second)
+        self._running: dict[str, str] = {}
+        """Request id -> op, from the request's frame until its answer is built."""
+        self._cancelling: set[str] = set()
+        self._timed_out: set[str] = set()
+        self._deadlines: list[tuple[float, str]] = []
+        self._unwritten = 0
+        """Answers built and queued, not yet handed to the socket."""
+        self._unacknowledged = 0
+        """Answers handed to the socket that still sit in its buffer past the high-water mark."""
+        self._outgoing: list[bytes] = []
+        self._close_after_write = False
+        self._opened = now
+        self._partial_since: float | None = None
+        self._write_blocked_since: float | None = None
         self.state = ConnectionState.AWAIT_HANDSHAKE
         self.version = 1
-        self.grant: Grant | None = None
+        self.grant: object | None = None
+        self._offered: tuple[int, object] | None = None
+        self._rejection: bytes | None = None
+
+    # --- state the shell reads ---------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ConnectionState.CLOSED
+
+    @property
+    def close_after_write(self) -> bool:
+        """The connection ends once what ``data_to_send`` returns is written."""
+        return self._close_after_write
 
     @property
     def has_partial_frame(self) -> bool:
         return self._decoder.has_partial_frame
 
     @property
-    def in_flight(self) -> frozenset[str]:
-        return frozenset(self._in_flight)
+    def buffered(self) -> int:
+        """Input bytes held for a frame not yet complete."""
+        return self._decoder.buffered
+
+    @property
+    def waiting_for_budget(self) -> bool:
+        """A large frame waits for room in the daemon's frame budget: stop reading."""
+        return self._decoder.blocked
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running) + self._unwritten + self._unacknowledged
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    def next_deadline(self) -> float:
+        """The earliest moment ``expire`` has something to do (``inf`` for never)."""
+        deadline = _NO_DEADLINE
+        if self._partial_since is not None:
+            deadline = self._partial_since + self.limits.partial_frame_s
+        if self.state in (ConnectionState.AWAIT_HANDSHAKE, ConnectionState.AWAIT_ADMISSION):
+            deadline = min(deadline, self._opened + self.limits.handshake_s)
+        if self._write_blocked_since is not None:
+            deadline = min(deadline, self._write_blocked_since + self.limits.write_s)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._running:
+            heapq.heappop(deadlines)
+        if deadlines:
+            deadline = min(deadline, deadlines[0][0])
+        return deadline
+
+    # --- input ---------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Decode ``data`` and apply the connection rules to each complete frame.
 
-        After an event that closes the connection no further frames are looked
-        at: the peer cannot be trusted to be in sync any more.
+        Stops at a handshake that waits for admission (call again with ``b""``
+        once answered) and after any event that closes the connection: the
+        peer cannot be trusted to be in sync any more.
         """
         if self.state is ConnectionState.CLOSED:
             return []
-        try:
-            frames = self._decoder.feed(data)
-        except FrameError as exc:
-            self.state = ConnectionState.CLOSED
-            return [ProtocolViolation(ProxyError(ErrorCode.INVALID_REQUEST, str(exc)), None, True)]
+        decoder = self._decoder
+        if data:
+            decoder.receive(data)
         events: list[Event] = []
-        for frame in frames:
-            if self.state is ConnectionState.AWAIT_HANDSHAKE:
-                events.append(self._handshake(frame))
-            elif self.state is ConnectionState.READY:
-                events.append(self._request(frame, now))
-            if self.closed:
-                break
+        had_partial = self._partial_since is not None
+        progressed = False
+        try:
+            while self.state is ConnectionState.READY or (
+                self.state is ConnectionState.AWAIT_HANDSHAKE
+            ):
+                frame = decoder.next_frame()
+                if frame is None:
+                    break
+                progressed = True
+                if self.state is ConnectionState.READY:
+                    event = self._request(frame, now)
+                else:
+                    event = self._handshake(frame)
+                if event is not None:
+                    events.append(event)
+        except FrameError as exc:
+            self._close_now()
+            error = ProxyError(ErrorCode.INVALID_REQUEST, str(exc))
+            events.append(ProtocolViolation(error, True))
+            return events
+        if not decoder.has_partial_frame:
+            self._partial_since = None
+        elif progressed or not had_partial:
+            self._partial_since = now
         return events
 
     def _handshake(self, frame: dict[str, Any]) -> Event:
         envelope_version = frame.get("v")
         # ``in`` alone would let 1.0 and True through (they compare equal to 1).
         reply_version = envelope_version if type(envelope_version) is int else 1
-        if reply_version not in (1, 2):
+        if reply_version not in SUPPORTED_VERSIONS:
             reply_version = 1
-        if frame.get("op") != HANDSHAKE_OP:
-            self.state = ConnectionState.CLOSED
+        op = frame.get("op")
+        if op != HANDSHAKE_OP:
             error = ProxyError(ErrorCode.INVALID_REQUEST, "the first message must be the handshake")
-            op = frame.get("op")
-            response = self._encode(failure(_safe_id(frame), reply_version, HANDSHAKE_OP, error))
-            return ProtocolViolation(error, response, True, _printable(op))
+            self._queue(failure(request_id_of(frame), reply_version, HANDSHAKE_OP, error))
+            self._close_after_write = True
+            self.state = ConnectionState.CLOSED
+            return ProtocolViolation(error, True, printable(op))
         raw_payload = frame.get("payload", {})
         try:
             if not isinstance(raw_payload, dict):
@@ -180,20 +307,47 @@ class ServerConnection:
         if grant is None:
             error = ProxyError(ErrorCode.UNAUTHORIZED, "missing or invalid capability token")
             return self._reject(error, version, unauthorized=True)
-        self.state = ConnectionState.READY
-        self.version = version
-        self.grant = grant
-        response = self._encode(success(None, version, HANDSHAKE_OP, {"version": version}))
-        return HandshakeAccepted(version, grant, response)
+        self.state = ConnectionState.AWAIT_ADMISSION
+        self._offered = (version, grant)
+        return HandshakeOffered(version, grant)
 
     def _reject(self, error: ProxyError, version: int, *, unauthorized: bool) -> Event:
         self.state = ConnectionState.CLOSED
-        response = self._encode(failure(None, version, HANDSHAKE_OP, error))
-        return HandshakeRejected(error, response, unauthorized)
+        self._rejection = encode_frame(failure(None, version, HANDSHAKE_OP, error))
+        return HandshakeRejected(error, unauthorized)
 
-    def _request(self, frame: dict[str, Any], now: float) -> Event:
-        request_id = _safe_id(frame)
-        op = _printable(frame.get("op"))
+    def send_rejection(self) -> None:
+        """Queue the answer to a rejected handshake; the connection ends after it."""
+        if self._rejection is not None:
+            self._outgoing.append(self._rejection)
+            self._rejection = None
+            self._close_after_write = True
+
+    def admit(self) -> None:
+        """The daemon takes the peer in: answer the handshake, raise the frame limit."""
+        if self._offered is None or self.state is not ConnectionState.AWAIT_ADMISSION:
+            raise RuntimeError("no handshake waits for admission")
+        version, grant = self._offered
+        self._offered = None
+        self.state = ConnectionState.READY
+        self.version = version
+        self.grant = grant
+        self._decoder.max_frame_bytes = self.limits.frame_limit(version)
+        self._queue(success(None, version, HANDSHAKE_OP, {"version": version}))
+
+    def refuse(self, message: str) -> None:
+        """The daemon will not take one more connection of this grant."""
+        if self._offered is None or self.state is not ConnectionState.AWAIT_ADMISSION:
+            raise RuntimeError("no handshake waits for admission")
+        version, _ = self._offered
+        self._offered = None
+        error = ProxyError(ErrorCode.RESOURCE_EXHAUSTED, message)
+        self._queue(failure(None, version, HANDSHAKE_OP, error))
+        self._close_after_write = True
+        self.state = ConnectionState.CLOSED
+
+    def _request(self, frame: dict[str, Any], now: float) -> Event | None:
+        request_id = request_id_of(frame)
         retry_after = self._bucket.take(now)
         if retry_after is not None:
             error = ProxyError(
@@ -201,60 +355,183 @@ class ServerConnection:
                 "too many requests on this connection",
                 retry_after=retry_after,
             )
-            return self._violation(error, request_id, op)
+            return self._violation(error, request_id, frame)
         try:
-            request = parse_request(frame, self.version)
+            request = parse_request(frame, self.version, request_id)
         except RequestError as exc:
-            return self._violation(exc, exc.request_id, op)
-        if request.id in self._in_flight:
+            return self._violation(exc, exc.request_id, frame)
+        rid = request.id
+        if rid in self._running:
             error = ProxyError(
                 ErrorCode.INVALID_REQUEST, "field `id` repeats the id of a request still in flight"
             )
-            return self._violation(error, None, op)
-        if len(self._in_flight) >= self._max_in_flight:
+            return self._violation(error, None, frame)
+        limit = self.limits.max_in_flight
+        if self._write_blocked_since is not None:
             error = ProxyError(
                 ErrorCode.RESOURCE_EXHAUSTED,
-                f"more than {self._max_in_flight} requests in flight on this connection",
+                "answers not yet read fill this connection; read them before sending more",
             )
-            return self._violation(error, request.id, op)
-        self._in_flight.add(request.id)
+            return self._violation(error, rid, frame)
+        if self.in_flight >= limit:
+            detail = " (answers not yet read count too)" if len(self._running) < limit else ""
+            error = ProxyError(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                f"more than {limit} requests in flight on this connection{detail}",
+            )
+            return self._violation(error, rid, frame)
+        if request.op == "cancel":
+            return self._cancel(request)
+        self._running[rid] = request.op
+        heapq.heappush(self._deadlines, (now + self.limits.call_s, rid))
         return RequestReceived(request)
 
-    def _violation(self, error: ProxyError, request_id: str | None, op: str | None) -> Event:
-        response = self._encode(failure(request_id, self.version, None, error))
-        return ProtocolViolation(error, response, False, op)
+    def _cancel(self, request: Request) -> Event | None:
+        payload = request.payload
+        assert isinstance(payload, Cancel)
+        target = payload.targetId
+        if target in self._running and target not in self._cancelling:
+            self._running[request.id] = request.op
+            self._cancelling.add(target)
+            return CancelRequested(request.id, target)
+        self._queue(success(request.id, self.version, None, {"cancelled": False}))
+        return None
 
-    def send_success(self, request_id: str, data: dict[str, Any]) -> bytes:
-        """The response that ends request ``request_id``; it leaves the in-flight table."""
-        self._in_flight.discard(request_id)
-        return encode_frame(success(request_id, self.version, None, data))
+    def cancel_outcome(self, request_id: str, target_id: str, cancelled: bool) -> None:
+        """Answer the ``cancel`` request; a target that could not be stopped
+        (it had just finished) is no longer cancelling."""
+        if not cancelled:
+            self._cancelling.discard(target_id)
+        self.respond(request_id, {"cancelled": cancelled})
 
-    def send_failure(self, request_id: str, error: ProxyError) -> bytes:
-        self._in_flight.discard(request_id)
-        return self._encode(failure(request_id, self.version, None, error))
+    def is_cancelling(self, request_id: str) -> bool:
+        return request_id in self._cancelling
 
-    @property
-    def closed(self) -> bool:
-        return self.state is ConnectionState.CLOSED
+    def is_timed_out(self, request_id: str) -> bool:
+        return request_id in self._timed_out
+
+    def _violation(self, error: ProxyError, request_id: str | None, frame: dict[str, Any]) -> Event:
+        self._queue(failure(request_id, self.version, None, error))
+        return ProtocolViolation(error, False, printable(frame.get("op")))
+
+    # --- time ------------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Event]:
+        """Events for every deadline at or before ``now``."""
+        if self.state is ConnectionState.CLOSED and not self._running:
+            return []
+        if self._write_blocked_since is not None and (
+            now >= self._write_blocked_since + self.limits.write_s
+        ):
+            self._close_now()
+            return [ConnectionTimedOut("the peer stopped reading its answers")]
+        if self._partial_since is not None and now >= (
+            self._partial_since + self.limits.partial_frame_s
+        ):
+            self._close_now()
+            return [ConnectionTimedOut("partial frame timeout")]
+        if self.state in (ConnectionState.AWAIT_HANDSHAKE, ConnectionState.AWAIT_ADMISSION) and (
+            now >= self._opened + self.limits.handshake_s
+        ):
+            self._close_now()
+            return [ConnectionTimedOut("no handshake")]
+        events: list[Event] = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, rid = heapq.heappop(deadlines)
+            if rid in self._running and rid not in self._timed_out:
+                self._timed_out.add(rid)
+                events.append(RequestTimedOut(rid))
+        return events
+
+    # --- output ----------------------------------------------------------------------
+
+    def respond(self, request_id: str, data: dict[str, Any]) -> None:
+        """The successful answer that ends ``request_id``.
+
+        Raises ``FrameError`` (the request stays running, to be ``fail``ed)
+        when the answer cannot be encoded: too large, or carrying a refresh token.
+        """
+        if request_id not in self._running:
+            return
+        frame = encode_frame(
+            success(request_id, self.version, None, data), max_frame_bytes=self._out_limit()
+        )
+        if len(frame) > self.limits.small_frame_bytes and self._budget is not None:
+            if not self._budget.reserve(len(frame)):
+                error = ProxyError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    "the host is busy with other large answers; try again shortly",
+                )
+                self.fail(request_id, error)
+                return
+            self._out_queued += len(frame)
+        if self._finish(request_id):
+            self._outgoing.append(frame)
+
+    def fail(self, request_id: str, error: ProxyError) -> None:
+        if request_id not in self._running:
+            return
+        frame = encode_frame(
+            failure(request_id, self.version, None, error), max_frame_bytes=self._out_limit()
+        )
+        if self._finish(request_id):
+            self._outgoing.append(frame)
+
+    def _finish(self, request_id: str) -> bool:
+        del self._running[request_id]
+        self._cancelling.discard(request_id)
+        self._timed_out.discard(request_id)
+        if self.state is ConnectionState.CLOSED:
+            return False
+        self._unwritten += 1
+        return True
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        self._outgoing.append(encode_frame(message, max_frame_bytes=self._out_limit()))
+
+    def _out_limit(self) -> int:
+        return self.limits.frame_limit(
+            self.version if self.state is ConnectionState.READY else None
+        )
+
+    def data_to_send(self) -> bytes:
+        """Everything answered since the last call, as one write."""
+        outgoing = self._outgoing
+        if not outgoing:
+            return b""
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        outgoing.clear()
+        self._unacknowledged += self._unwritten
+        self._unwritten = 0
+        self._out_flushed += self._out_queued
+        self._out_queued = 0
+        return data
+
+    def written(self) -> None:
+        """What ``data_to_send`` returned left our buffers (or sits below the
+        high-water mark): those answers stop counting as in flight."""
+        self._unacknowledged = 0
+        self._write_blocked_since = None
+        if self._out_flushed and self._budget is not None:
+            held, self._out_flushed = self._out_flushed, 0
+            self._budget.release(held)
+
+    def write_blocked(self, now: float) -> None:
+        """The socket buffer is past the high-water mark; the write timer starts."""
+        if self._write_blocked_since is None:
+            self._write_blocked_since = now
+
+    def _close_now(self) -> None:
+        self.state = ConnectionState.CLOSED
+        self._decoder.close()
+        self._partial_since = None
 
     def close(self) -> None:
-        self.state = ConnectionState.CLOSED
-
-    @staticmethod
-    def _encode(message: dict[str, Any]) -> bytes:
-        return encode_frame(message)
-
-
-def _safe_id(frame: dict[str, Any]) -> str | None:
-    """The id to echo in an error reply, only when it is a well-formed id."""
-    raw = frame.get("id")
-    if isinstance(raw, str) and 0 < len(raw) <= MAX_ID_LENGTH:
-        return raw
-    return None
-
-
-def _printable(op: object) -> str | None:
-    if not isinstance(op, str):
-        return None
-    clipped = op[:32]
-    return "".join(ch if ch.isprintable() else "?" for ch in clipped)
+        """The transport is gone: drop buffered input and output, give back their budget."""
+        self._close_now()
+        self._outgoing.clear()
+        held = self._out_queued + self._out_flushed
+        self._out_queued = self._out_flushed = 0
+        if held and self._budget is not None:
+            self._budget.release(held)

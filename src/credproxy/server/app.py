@@ -8,25 +8,19 @@ signal handlers unless asked, so the embedding program stays in charge.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
 from credproxy.audit import AuditEvent, AuditLog
 from credproxy.grants import CapabilityTable, Grant
-from credproxy.protocol.server import RATE_PER_SECOND
-from credproxy.server.connection import (
-    PARTIAL_FRAME_TIMEOUT_S,
-    Connection,
-    ConnectionSettings,
-    HandshakeThrottle,
-)
-from credproxy.server.context import Handler, PeerCredentials, ServerState
-from credproxy.server.handlers import HANDLERS
+from credproxy.protocol.framing import FrameBudget
+from credproxy.protocol.limits import DEFAULT_LIMITS, LARGE_FRAME_BUDGET_BYTES, Limits
+from credproxy.server.connection import Connection, ConnectionSettings, HandshakeThrottle
+from credproxy.server.context import HandlerTable, PeerCredentials, ServerState
 from credproxy.server.listener import (
     bind_socket,
     default_socket_path,
@@ -77,10 +71,10 @@ class Daemon:
         socket_path: Path | None = None,
         allowed_uids: frozenset[int] = frozenset(),
         audit: AuditLog | None = None,
-        handlers: Mapping[str, Handler] | None = None,
-        frame_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S,
+        handlers: HandlerTable | None = None,
+        limits: Limits | None = None,
         throttle: HandshakeThrottle | None = None,
-        rate_per_second: float = RATE_PER_SECOND,
+        frame_budget_bytes: int = LARGE_FRAME_BUDGET_BYTES,
         extension_close_timeout_s: float = EXTENSION_CLOSE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
@@ -99,14 +93,22 @@ class Daemon:
         self._saturated = False
         self._refusals_noted: dict[int | None, float] = {}
         self._audit = audit or AuditLog.to_stderr()
+        if handlers is None:
+            from credproxy.server.oauth_handlers import ALL_HANDLERS
+
+            handlers = ALL_HANDLERS
+        limits = limits or DEFAULT_LIMITS
+        if limits.call_s != state.call_timeout_s and limits is DEFAULT_LIMITS:
+            limits = replace(limits, call_s=state.call_timeout_s)
+        self.limits = limits
         self._settings = ConnectionSettings(
             state=state,
-            handlers=handlers if handlers is not None else HANDLERS,
+            handlers=handlers,
             authenticate=self._authenticate,
             audit=self._audit,
             throttle=throttle or HandshakeThrottle(),
-            frame_timeout_s=frame_timeout_s,
-            rate_per_second=rate_per_second,
+            limits=limits,
+            budget=FrameBudget(frame_budget_bytes),
             admit=self._admit_grant,
         )
         self._path: Path | None = None
@@ -115,6 +117,21 @@ class Daemon:
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
+
+    @property
+    def audit(self) -> AuditLog:
+        return self._audit
+
+    @property
+    def frame_budget(self) -> FrameBudget:
+        """Bytes held for large frames, in and out, across all connections."""
+        assert self._settings.budget is not None
+        return self._settings.budget
+
+    @property
+    def buffered_input(self) -> int:
+        """Input bytes all connections hold for frames not yet complete."""
+        return sum(connection.buffered_input for connection in self._connections)
 
     @property
     def socket_path(self) -> Path:
@@ -159,7 +176,8 @@ class Daemon:
         sock = bind_socket(path, mode=mode)
         self._path = path
         try:
-            self._server = await asyncio.start_unix_server(self._accept, sock=sock)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(self._new_connection, sock=sock)
         except BaseException:
             sock.close()
             unlink_socket(path)
@@ -171,30 +189,25 @@ class Daemon:
         return path
 
     def _start_extensions(self) -> None:
-        """Subsystems in ``state.extensions`` with a ``start()`` (the OAuth runtime's
-        session sweep) start with the daemon, inside its loop."""
-        for extension in self._state.extensions.values():
-            starter = getattr(extension, "start", None)
-            if callable(starter):
-                starter()
+        """The OAuth runtime's session sweep starts with the daemon, inside its loop."""
+        if self._state.oauth is not None:
+            self._state.oauth.start()
 
     async def _close_extensions(self) -> None:
-        """Their ``aclose()`` runs once connections are done: background logins end,
-        loopback listeners close, HTTP sessions close."""
-        for name, extension in self._state.extensions.items():
-            closer = getattr(extension, "aclose", None)
-            if callable(closer):
-                try:
-                    async with asyncio.timeout(self._extension_close_timeout_s):
-                        await closer()
-                except TimeoutError:
-                    log.error(
-                        "closing extension %s did not finish within %.1f s; stopping anyway",
-                        name,
-                        self._extension_close_timeout_s,
-                    )
-                except Exception as exc:
-                    log.error("closing extension %s failed: %s", name, type(exc).__name__)
+        """Once connections are done: background logins end, loopback listeners
+        close, HTTP sessions close, and queued audit lines are handed over."""
+        if self._state.oauth is None:
+            return
+        try:
+            async with asyncio.timeout(self._extension_close_timeout_s):
+                await self._state.oauth.aclose()
+        except TimeoutError:
+            log.error(
+                "closing the OAuth runtime did not finish within %.1f s; stopping anyway",
+                self._extension_close_timeout_s,
+            )
+        except Exception as exc:
+            log.error("closing the OAuth runtime failed: %s", type(exc).__name__)
 
     async def serve_forever(self) -> None:
         """Return once ``stop`` has finished."""
@@ -245,33 +258,22 @@ class Daemon:
             self._stopped.set()
             log.info("stopped")
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connection_tasks.add(task)
-        try:
-            await self._serve_connection(reader, writer)
-        except Exception as exc:
-            log.error("connection handler failed: %s", type(exc).__name__)
-            writer.transport.abort()
-        finally:
-            if task is not None:
-                self._connection_tasks.discard(task)
+    def _new_connection(self) -> Connection:
+        return Connection(self._settings, self._open, self._connections.discard)
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        sock = writer.get_extra_info("socket")
-        peer = peer_credentials(sock)
+    def _open(self, connection: Connection, transport: asyncio.Transport) -> PeerCredentials | None:
+        """Admit a freshly accepted socket, or ``None`` to close it at once."""
+        try:
+            peer = peer_credentials(transport.get_extra_info("socket"))
+        except OSError:
+            return None
         if self._stopping:
-            await _refuse(writer)
-            return
+            return None
         if not peer_allowed(peer, self._allowed_uids):
             if self._first_refusal_in_window(peer.uid):
                 self._audit_connect("UNAUTHORIZED", peer)
                 log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
-            await _refuse(writer)
-            return
+            return None
         if len(self._connections) >= self._max_connections:
             if not self._saturated:
                 self._saturated = True
@@ -282,16 +284,11 @@ class Daemon:
                     peer.uid,
                     peer.pid,
                 )
-            await _refuse(writer)
-            return
+            return None
+        self._saturated = False
         self._make_room_before_handshake()
-        connection = Connection(self._settings, reader, writer, peer)
         self._connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)
-            self._saturated = False
+        return peer
 
     def _first_refusal_in_window(self, uid: int | None) -> bool:
         """Whether to note a refused peer: once per uid per minute, so another
@@ -309,9 +306,3 @@ class Daemon:
         self._audit.record(
             AuditEvent.build(op="connect", outcome=outcome, peer_uid=peer.uid, peer_pid=peer.pid)
         )
-
-
-async def _refuse(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()

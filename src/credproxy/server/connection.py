@@ -1,51 +1,54 @@
-"""One accepted connection: asyncio I/O around ``protocol.server.ServerConnection``.
+"""One accepted connection: the I/O shell around ``protocol.server.ServerConnection``.
 
-The sans-IO core decides what each frame means; this module adds what needs a
-clock or a task: the 5 s partial-frame timeout, the handshake throttle, one
-task per request (at most 16) each bounded by the call timeout, ``cancel``,
-and whole-frame writes under one lock. Each outcome is audited before its
-response is written, so the audit line exists by the time the peer sees the
-answer. A misbehaving peer can only lose its own connection; nothing here
-lets its bytes take down the daemon.
+The sans-IO core decides what every frame means and when every deadline
+falls; this shell only reads, feeds the core, starts or cancels handler work,
+and writes what the core emits. Everything answered during one turn of the
+event loop leaves in one write. One timer per connection is set to the core's
+earliest deadline. A handler that finishes without waiting (a store call on a
+fast backend) runs inline and needs no task; one that waits continues in a
+task. Each outcome is audited before its answer is queued, so the audit line
+is on its way by the time the peer sees the answer. A misbehaving peer can
+only lose its own connection; nothing here lets its bytes take down the
+daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-from credproxy.audit import AuditEvent, AuditLog
+from credproxy.audit import KNOWN_OPS, AuditEvent, AuditLog, safe_grant, safe_name
 from credproxy.grants import Grant
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.framing import MAX_FRAME_BYTES, FrameError, encode_frame
-from credproxy.protocol.messages import Cancel, Request, failure
+from credproxy.protocol.framing import FrameBudget, FrameError, SecretLeakError
+from credproxy.protocol.limits import DEFAULT_LIMITS, Limits
+from credproxy.protocol.messages import Request
 from credproxy.protocol.server import (
-    MAX_IN_FLIGHT,
-    RATE_PER_SECOND,
     Authenticate,
-    HandshakeAccepted,
+    CancelRequested,
+    ConnectionTimedOut,
+    Event,
+    HandshakeOffered,
     HandshakeRejected,
     ProtocolViolation,
     RequestReceived,
+    RequestTimedOut,
     ServerConnection,
 )
-from credproxy.server.context import Handler, PeerCredentials, RequestContext, ServerState
+from credproxy.server.context import HandlerTable, PeerCredentials, RequestContext, ServerState
 from credproxy.server.handlers import not_available
 from credproxy.store.base import StoreError
 
-READ_CHUNK: Final = 65_536
-PARTIAL_FRAME_TIMEOUT_S: Final = 5.0
-WRITE_TIMEOUT_S: Final = 30.0
-HANDSHAKE_TIMEOUT_S: Final = 30.0
-"""An unauthenticated connection holds a file descriptor; it gets this long to handshake."""
+PARTIAL_FRAME_TIMEOUT_S: Final = DEFAULT_LIMITS.partial_frame_s
+HANDSHAKE_TIMEOUT_S: Final = DEFAULT_LIMITS.handshake_s
 
 _GENERIC_FAILURE: Final = "the host could not complete the operation; see the daemon log"
 _TIMEOUT_FAILURE: Final = "the operation timed out on the host"
+_AUDIT_BEHIND: Final = "the host's audit log is behind; try again shortly"
 
 log = logging.getLogger("credproxy.server")
 
@@ -114,14 +117,12 @@ class ConnectionSettings:
     """What every connection of one daemon shares."""
 
     state: ServerState
-    handlers: Mapping[str, Handler]
+    handlers: HandlerTable
     authenticate: Authenticate
     audit: AuditLog
     throttle: HandshakeThrottle
-    frame_timeout_s: float = PARTIAL_FRAME_TIMEOUT_S
-    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
-    max_in_flight: int = MAX_IN_FLIGHT
-    rate_per_second: float = RATE_PER_SECOND
+    limits: Limits = DEFAULT_LIMITS
+    budget: FrameBudget | None = None
     admit: Callable[[Grant], str | None] | None = None
     """Asked once the token checks out; a message refuses the connection with
     ``RESOURCE_EXHAUSTED`` (the daemon's per-grant connection cap)."""
@@ -130,48 +131,84 @@ class ConnectionSettings:
 _SHUTTING_DOWN: Final = ProxyError(
     ErrorCode.INTERNAL_ERROR, "the daemon shut down before the operation finished"
 )
+_CANCELLED: Final = ProxyError(ErrorCode.CANCELLED, "the request was cancelled")
 
 
-def _cancelled() -> ProxyError:
-    return ProxyError(ErrorCode.CANCELLED, "the request was cancelled")
+class _Resume:
+    """Continues a coroutine whose first step ran inline, inside a task.
+
+    The inline step returned the future the coroutine waits on; yielding that
+    same future hands the wait to the task, and every later step is passed
+    straight through, cancellation included.
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, dict[str, Any]], first: object) -> None:
+        self._coro = coro
+        self._first = first
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, dict[str, Any]]:
+        coro = self._coro
+        pending = self._first
+        while True:
+            try:
+                yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    pending = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
 
 
-class _Close(Exception):
-    """Internal: the read loop ends and in-flight requests are dropped."""
+class Connection(asyncio.Protocol):
+    """The shell of one accepted connection."""
 
-
-class Connection:
     def __init__(
         self,
         settings: ConnectionSettings,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: PeerCredentials,
+        on_open: Callable[[Connection, asyncio.Transport], PeerCredentials | None],
+        on_close: Callable[[Connection], None],
     ) -> None:
         self._settings = settings
-        self._reader = reader
-        self._writer = writer
-        self.peer = peer
-        self._proto = ServerConnection(
+        self.peer = PeerCredentials(None, None, None)
+        self._on_open = on_open
+        self._on_close = on_close
+        self._admitted = False
+        self._loop = asyncio.get_running_loop()
+        self.opened = self._loop.time()
+        self._core = ServerConnection(
             settings.authenticate,
-            max_in_flight=settings.max_in_flight,
-            rate_per_second=settings.rate_per_second,
-            max_frame_bytes=MAX_FRAME_BYTES,
+            limits=settings.limits,
+            budget=settings.budget,
+            now=self.opened,
         )
+        self._transport: asyncio.Transport | None = None
         self._grant: Grant | None = None
-        self._write_lock = asyncio.Lock()
+        self._grant_text: str | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancellable: set[str] = set()
-        self._cancel_requested: set[str] = set()
-        self._writers: set[asyncio.Task[None]] = set()
-        self._live: set[asyncio.Task[None]] = set()
-        """Every request task until its response is written, reused ids included."""
-        self._reader_task: asyncio.Task[bool] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._write_paused = False
+        self._paused_at = 0
+        self._reading_paused = False
         self._stopping = False
-        self._grace_s = 0.0
+        self._eof = False
         self._broken = False
         self._rate_limited = False
-        self.opened = asyncio.get_running_loop().time()
         self.closed = asyncio.Event()
 
     @property
@@ -180,282 +217,437 @@ class Connection:
         return self._grant
 
     @property
+    def buffered_input(self) -> int:
+        return self._core.buffered
+
+    @property
     def shutting_down(self) -> bool:
         return self._stopping
 
-    async def run(self) -> None:
-        """Serve until EOF, a fatal protocol error, or ``begin_shutdown``."""
-        self._reader_task = asyncio.create_task(self._read_loop())
-        drop_in_flight = True
-        try:
-            drop_in_flight = await self._reader_task
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-        finally:
-            if self._stopping:
-                await self._settle(self._grace_s)
-            elif drop_in_flight:
-                await self._settle(0.0)
-            else:
-                await self._settle(self._settings.state.call_timeout_s + 1.0)
-            await self._close_transport()
+    # --- transport callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = self._on_open(self, transport)
+        if peer is None:
+            self._broken = True
+            transport.close()
+            return
+        self._admitted = True
+        self.peer = peer
+        self._transport = transport
+        high = self._settings.limits.write_high_water
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        core = self._core
+        self._handle(core.receive_data(data, self._loop.time()))
+        if core.waiting_for_budget:
+            self._wait_for_budget()
+        self._flush()
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: requests in flight may still finish."""
+        self._eof = True
+        if not self._tasks:
+            self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._broken = True
+        self._drop_work()
+        self._core.close()
+        if self._settings.budget is not None:
+            self._settings.budget.forget(id(self))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.closed.is_set():
             self.closed.set()
+            if self._admitted:
+                self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._transport is not None:
+            self._paused_at = self._transport.get_write_buffer_size()
+        self._core.write_blocked(self._loop.time())
+        self._arm_timer()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._core.written()
+        if self._reading_paused and not self._core.waiting_for_budget and not self._stopping:
+            self._resume_reading()
+
+    # --- events from the core ---------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, RequestReceived):
+                self._rate_limited = False
+                self._start(event.request)
+            elif isinstance(event, ProtocolViolation):
+                self._violation(event)
+            elif isinstance(event, CancelRequested):
+                task = self._tasks.get(event.target_id)
+                cancelled = task is not None and task.cancel()
+                self._core.cancel_outcome(event.request_id, event.target_id, cancelled)
+                self._audit("cancel", "ok", None, 0.0)
+            elif isinstance(event, RequestTimedOut):
+                task = self._tasks.get(event.request_id)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(event, HandshakeOffered):
+                self._offered(event)
+            elif isinstance(event, HandshakeRejected):
+                self._rejected(event)
+            elif isinstance(event, ConnectionTimedOut):
+                if event.reason != "the peer stopped reading its answers":
+                    self._audit("invalid", "TIMEOUT", None, None)
+                log.info("closing connection of uid %s: %s", self.peer.uid, event.reason)
+                self._abort()
+
+    def _offered(self, event: HandshakeOffered) -> None:
+        grant = event.grant
+        assert isinstance(grant, Grant)
+        refusal = self._settings.admit(grant) if self._settings.admit else None
+        if refusal is not None:
+            self._audit("handshake", ErrorCode.RESOURCE_EXHAUSTED, None, None)
+            self._core.refuse(refusal)
+            return
+        self._grant = grant
+        self._grant_text = safe_grant(grant.describe())
+        self._audit("handshake", "ok", None, None)
+        self._core.admit()
+        self._handle(self._core.receive_data(b"", self._loop.time()))
+
+    def _rejected(self, event: HandshakeRejected) -> None:
+        self._audit("handshake", event.error.code, None, None)
+        if not event.unauthorized:
+            self._core.send_rejection()
+            return
+        self._pause_reading()
+        self._spawn(self._answer_after_penalty())
+
+    async def _answer_after_penalty(self) -> None:
+        if await self._settings.throttle.penalize(self.peer.uid):
+            self._core.send_rejection()
+            self._flush()
+        else:
+            self._abort()
+
+    def _violation(self, event: ProtocolViolation) -> None:
+        limited = event.error.code == ErrorCode.RATE_LIMITED
+        if not (limited and self._rate_limited):  # a flood is audited once, not per frame
+            self._audit(event.op or "invalid", event.error.code, None, None)
+        self._rate_limited = limited
+        if event.close:
+            log.info("closing connection of uid %s: %s", self.peer.uid, event.error.message)
+            self._drop_work()
+
+    # --- running ops -------------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        settings = self._settings
+        bound = settings.handlers.get(request.op)
+        if bound is None:
+            self._finish(request, None, self._loop.time(), error=not_available(request.op))
+            return
+        if not settings.audit.accepting:
+            settings.audit.refused()
+            self._core.fail(request.id, ProxyError(ErrorCode.INTERNAL_ERROR, _AUDIT_BEHIND))
+            return
+        assert self._grant is not None
+        ctx = RequestContext(
+            settings.state, self._grant, self.peer, self._core.version, request.id, request.op
+        )
+        started = self._loop.time()
+        coro = bound.run(ctx, request.payload)
+        if not bound.eager:
+            self._track(request, ctx, started, coro)
+            return
+        try:
+            first = coro.send(None)
+        except StopIteration as stop:
+            self._finish(request, ctx, started, data=stop.value)
+            return
+        except Exception as exc:
+            self._finish(request, ctx, started, error=self._error_for(request.op, exc))
+            return
+        self._track(request, ctx, started, _Resume(coro, first))
+
+    def _track(
+        self,
+        request: Request,
+        ctx: RequestContext,
+        started: float,
+        work: Coroutine[Any, Any, dict[str, Any]] | _Resume,
+    ) -> None:
+        task = self._loop.create_task(self._run_task(request, ctx, started, work))
+        self._tasks[request.id] = task
+        task.add_done_callback(lambda _: self._task_done(request, ctx, started, task, work))
+
+    def _task_done(
+        self,
+        request: Request,
+        ctx: RequestContext,
+        started: float,
+        task: asyncio.Task[None],
+        work: Coroutine[Any, Any, dict[str, Any]] | _Resume,
+    ) -> None:
+        request_id = request.id
+        if self._tasks.get(request_id) is task:
+            del self._tasks[request_id]
+        if task.cancelled():
+            # Cancelled before its first step: the handler never ran, so
+            # nothing answered it yet.
+            work.close()
+            error = self._cancel_reason(request_id)
+            if error is not None:
+                self._finish(request, ctx, started, error=error)
+        if self._eof and not self._tasks:
+            self._close()
+        self._schedule_flush()
+
+    async def _run_task(
+        self,
+        request: Request,
+        ctx: RequestContext,
+        started: float,
+        work: Coroutine[Any, Any, dict[str, Any]] | _Resume,
+    ) -> None:
+        try:
+            data = await work
+        except asyncio.CancelledError:
+            error = self._cancel_reason(request.id)
+            if error is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._finish(request, ctx, started, error=error)
+        except Exception as exc:
+            self._finish(request, ctx, started, error=self._error_for(request.op, exc))
+        else:
+            self._finish(request, ctx, started, data=data)
+
+    def _cancel_reason(self, request_id: str) -> ProxyError | None:
+        if self._broken:
+            return None
+        if self._core.is_timed_out(request_id):
+            log.warning("request timed out after %.1f s", self._settings.limits.call_s)
+            return ProxyError(ErrorCode.INTERNAL_ERROR, _TIMEOUT_FAILURE)
+        if self._core.is_cancelling(request_id):
+            return _CANCELLED
+        if self._stopping:
+            return _SHUTTING_DOWN
+        return None
+
+    @staticmethod
+    def _error_for(op: str, exc: Exception) -> ProxyError:
+        if isinstance(exc, ProxyError):
+            return exc
+        if isinstance(exc, StoreError):
+            log.error("%s failed in the credential store: %s", op, exc)
+        elif isinstance(exc, TimeoutError):
+            log.warning("%s timed out on the host", op)
+            return ProxyError(ErrorCode.INTERNAL_ERROR, _TIMEOUT_FAILURE)
+        else:
+            log.error("%s failed unexpectedly: %s", op, type(exc).__name__)
+        return ProxyError(ErrorCode.INTERNAL_ERROR, _GENERIC_FAILURE)
+
+    def _finish(
+        self,
+        request: Request,
+        ctx: RequestContext | None,
+        started: float,
+        *,
+        data: dict[str, Any] | None = None,
+        error: ProxyError | None = None,
+    ) -> None:
+        """Audit the outcome, then queue the answer."""
+        core = self._core
+        if error is None:
+            assert data is not None
+            try:
+                core.respond(request.id, data)
+            except SecretLeakError as exc:
+                log.error(
+                    "%s produced a response that cannot be sent: %s",
+                    request.op,
+                    type(exc).__name__,
+                )
+                error = ProxyError(ErrorCode.INTERNAL_ERROR, _GENERIC_FAILURE)
+            except FrameError:
+                error = ProxyError(
+                    ErrorCode.RESOURCE_EXHAUSTED,
+                    f"the answer is larger than a protocol version {core.version} frame "
+                    "allows; connect with protocol version 2",
+                )
+        names = ctx.audit if ctx is not None else None
+        duration = (self._loop.time() - started) * 1000.0
+        self._audit(request.op, "ok" if error is None else error.code, names, duration)
+        if error is not None:
+            core.fail(request.id, error)
+
+    # --- output and time ----------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write everything the core answered since the last flush, in one write."""
+        self._flush_scheduled = False
+        transport = self._transport
+        if transport is None or self._broken:
+            return
+        core = self._core
+        data = core.data_to_send()
+        if data:
+            transport.write(data)
+            if not self._write_paused:
+                core.written()
+            elif (
+                transport.get_write_buffer_size()
+                > self._paused_at + self._settings.limits.write_high_water
+            ):
+                # Answers the peer does not read are built no further than
+                # this: refusals still go out, but past one high-water mark
+                # more the peer is not read either until it reads.
+                self._pause_reading()
+        if core.close_after_write or (core.closed and not self._tasks and not self._side_tasks):
+            self._close()
+            return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """One timer per connection, at the core's earliest deadline. A timer that
+        fires early (the deadline it was set for has gone) just re-arms."""
+        deadline = self._core.next_deadline()
+        if deadline >= self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline != float("inf"):
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self._handle(self._core.expire(self._loop.time()))
+        self._flush()
+
+    def _wait_for_budget(self) -> None:
+        budget = self._settings.budget
+        assert budget is not None
+        self._pause_reading()
+        budget.wait(id(self), self._budget_freed)
+
+    def _budget_freed(self) -> None:
+        if self._broken:
+            return
+        self._handle(self._core.receive_data(b"", self._loop.time()))
+        if self._core.waiting_for_budget:
+            self._wait_for_budget()
+        elif not self._write_paused and not self._stopping:
+            self._resume_reading()
+        self._flush()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._broken:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # --- ending ----------------------------------------------------------------------
+
+    def _drop_work(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._side_tasks):
+            task.cancel()
+
+    def _close(self) -> None:
+        """Close once what is queued is written; a peer that will not read it
+        loses the connection when the write timer runs out."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._loop.call_later(self._settings.limits.write_s, transport.abort)
+
+    def _abort(self) -> None:
+        self._broken = True
+        self._drop_work()
+        if self._transport is not None:
+            self._transport.abort()
 
     def begin_shutdown(self, grace_s: float) -> None:
         """Stop reading; requests already in flight get ``grace_s`` to finish."""
+        if self._stopping:
+            return
         self._stopping = True
-        self._grace_s = grace_s
-        if self._reader_task is not None and not self._reader_task.done():
-            self._reader_task.cancel()
+        self._pause_reading()
+        self._spawn(self._shutdown(grace_s))
 
-    async def _read_loop(self) -> bool:
-        """Returns whether in-flight requests must be dropped (fatal error) or
-        may finish (the peer closed its side)."""
-        loop = asyncio.get_running_loop()
-        opened = loop.time()
-        partial_since: float | None = None
-        try:
-            while True:
-                deadline = self._read_deadline(opened, partial_since)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        data = await self._reader.read(READ_CHUNK)
-                except TimeoutError:
-                    reason = (
-                        "partial frame timeout" if partial_since is not None else "no handshake"
-                    )
-                    self._audit_violation(None, "TIMEOUT")
-                    log.info("closing connection of uid %s: %s", self.peer.uid, reason)
-                    return True
-                except (ConnectionError, OSError):
-                    return True
-                if not data:
-                    return False
-                now = loop.time()
-                was_partial = partial_since is not None
-                events = self._proto.receive_data(data, now)
-                if not self._proto.has_partial_frame:
-                    partial_since = None
-                elif events or not was_partial:
-                    partial_since = now
-                for event in events:
-                    await self._dispatch(event)
-        except _Close:
-            return True
-
-    def _read_deadline(self, opened: float, partial_since: float | None) -> float | None:
-        deadlines: list[float] = []
-        if partial_since is not None:
-            deadlines.append(partial_since + self._settings.frame_timeout_s)
-        if self._grant is None:
-            deadlines.append(opened + self._settings.handshake_timeout_s)
-        return min(deadlines) if deadlines else None
-
-    async def _dispatch(
-        self, event: HandshakeAccepted | HandshakeRejected | RequestReceived | ProtocolViolation
-    ) -> None:
-        if isinstance(event, HandshakeAccepted):
-            refusal = self._settings.admit(event.grant) if self._settings.admit else None
-            if refusal is not None:
-                self._audit_handshake(ErrorCode.RESOURCE_EXHAUSTED)
-                error = ProxyError(ErrorCode.RESOURCE_EXHAUSTED, refusal)
-                await self._write(encode_frame(failure(None, event.version, "handshake", error)))
-                raise _Close
-            self._grant = event.grant
-            self._audit_handshake("ok")
-            await self._write(event.response)
-        elif isinstance(event, HandshakeRejected):
-            self._audit_handshake(event.error.code)
-            if event.unauthorized and not await self._settings.throttle.penalize(self.peer.uid):
-                raise _Close
-            await self._write(event.response)
-            raise _Close
-        elif isinstance(event, ProtocolViolation):
-            limited = event.error.code == ErrorCode.RATE_LIMITED
-            if not (limited and self._rate_limited):  # a flood is audited once, not per frame
-                self._audit_violation(event.op, event.error.code)
-            self._rate_limited = limited
-            if event.response is not None:
-                await self._write(event.response)
-            if event.close:
-                log.info("closing connection of uid %s: %s", self.peer.uid, event.error.message)
-                raise _Close
-        else:
-            self._rate_limited = False
-            if event.request.op == "cancel":
-                await self._cancel(event.request)
-            elif len(self._live) + len(self._writers) >= self._settings.max_in_flight:
-                await self._refuse_busy(event.request)
-            else:
-                self._start(event.request)
-
-    async def _refuse_busy(self, request: Request) -> None:
-        """The sans-IO core counts a request until its answer is built; this counts it
-        until the answer is written. A peer that never reads would otherwise have
-        every answer built and parked behind the write lock, 16 at a time without
-        end, and grow the daemon's memory by a response per request. Refusing here
-        awaits the write, so such a peer also stops being read."""
-        error = ProxyError(
-            ErrorCode.RESOURCE_EXHAUSTED,
-            f"more than {self._settings.max_in_flight} requests in flight on this connection"
-            " (answers not yet read count too)",
-        )
-        self._audit_violation(request.op, error.code)
-        await self._write(self._proto.send_failure(request.id, error))
-
-    def _start(self, request: Request) -> None:
-        task = asyncio.create_task(self._serve(request))
-        self._tasks[request.id] = task
-        self._live.add(task)
-        task.add_done_callback(self._live.discard)
-        self._cancellable.add(request.id)
-        task.add_done_callback(functools.partial(self._forget, request.id, request.op))
-
-    def _forget(self, request_id: str, op: str, task: asyncio.Task[None]) -> None:
-        """Clean up after ``task``, unless its id was already reused by a newer request.
-
-        A task cancelled before its first step never ran ``_serve``, so nothing
-        answered it; a requested cancel is answered here instead.
-        """
-        if self._tasks.get(request_id) is not task:
-            return
-        del self._tasks[request_id]
-        self._cancellable.discard(request_id)
-        if task.cancelled() and request_id in self._cancel_requested:
-            frame = self._proto.send_failure(request_id, _cancelled())
-            self._audit(op, ErrorCode.CANCELLED, {}, None)
-            writer = asyncio.get_running_loop().create_task(self._write(frame))
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
-        self._cancel_requested.discard(request_id)
-
-    async def _cancel(self, request: Request) -> None:
-        payload = request.payload
-        assert isinstance(payload, Cancel)
-        target = self._tasks.get(payload.targetId)
-        cancelled = False
-        if target is not None and payload.targetId in self._cancellable:
-            self._cancel_requested.add(payload.targetId)
-            target.cancel()
-            cancelled = True
-        self._audit(request.op, "ok", {}, 0.0)
-        await self._write(self._proto.send_success(request.id, {"cancelled": cancelled}))
-
-    async def _serve(self, request: Request) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        assert self._grant is not None
-        ctx = RequestContext(
-            state=self._settings.state,
-            grant=self._grant,
-            peer=self.peer,
-            version=self._proto.version,
-            request_id=request.id,
-            op=request.op,
-        )
-        try:
-            frame, outcome = await self._call(ctx, request)
-        except asyncio.CancelledError:
-            requested = request.id in self._cancel_requested
-            if not (requested or self._stopping) or self._broken:
-                raise
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
-            self._cancel_requested.discard(request.id)
-            error = _cancelled() if requested else _SHUTTING_DOWN
-            frame, outcome = self._proto.send_failure(request.id, error), error.code
-        self._cancellable.discard(request.id)
-        self._audit(request.op, outcome, ctx.audit, (loop.time() - started) * 1000.0)
-        await self._write(frame)
-
-    async def _call(self, ctx: RequestContext, request: Request) -> tuple[bytes, str]:
-        handler = self._settings.handlers.get(request.op)
-        try:
-            if handler is None:
-                raise not_available(request.op)
-            async with asyncio.timeout(self._settings.state.call_timeout_s):
-                data = await handler(ctx, request.payload)
-            self._cancellable.discard(request.id)
-            return self._proto.send_success(request.id, data), "ok"
-        except ProxyError as exc:
-            return self._proto.send_failure(request.id, exc), exc.code
-        except TimeoutError:
-            log.warning(
-                "%s timed out after %.1f s", request.op, self._settings.state.call_timeout_s
-            )
-            error = ProxyError(ErrorCode.INTERNAL_ERROR, _TIMEOUT_FAILURE)
-        except StoreError as exc:
-            log.error("%s failed in the credential store: %s", request.op, exc)
-            error = ProxyError(ErrorCode.INTERNAL_ERROR, _GENERIC_FAILURE)
-        except FrameError as exc:
-            log.error(
-                "%s produced a response that cannot be sent: %s", request.op, type(exc).__name__
-            )
-            error = ProxyError(ErrorCode.INTERNAL_ERROR, _GENERIC_FAILURE)
-        except Exception as exc:
-            log.error("%s failed unexpectedly: %s", request.op, type(exc).__name__)
-            error = ProxyError(ErrorCode.INTERNAL_ERROR, _GENERIC_FAILURE)
-        return self._proto.send_failure(request.id, error), error.code
-
-    async def _write(self, frame: bytes) -> None:
-        """Write one whole frame. A peer that stops reading for ``WRITE_TIMEOUT_S``
-        loses the connection instead of pinning its requests and buffers."""
-        if self._broken:
-            return
-        async with self._write_lock:
-            if self._broken:
-                return
-            try:
-                self._writer.write(frame)
-                async with asyncio.timeout(WRITE_TIMEOUT_S):
-                    await self._writer.drain()
-            except (ConnectionError, OSError, TimeoutError):
-                self._broken = True
-                self._writer.transport.abort()
-
-    def abort(self) -> None:
-        """Drop everything now: the daemon is past its grace period."""
-        self._broken = True
-        for task in (*self._live, *self._writers):
-            task.cancel()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-        self._writer.transport.abort()
-
-    async def _settle(self, grace_s: float) -> None:
-        pending = [task for task in (*self._live, *self._writers) if not task.done()]
+    async def _shutdown(self, grace_s: float) -> None:
+        pending = list(self._tasks.values())
         if pending and grace_s > 0:
             await asyncio.wait(pending, timeout=grace_s)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        self._flush()
+        self._close()
 
-    async def _close_transport(self) -> None:
-        self._proto.close()
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+    def abort(self) -> None:
+        """Drop everything now: the daemon is past its grace period."""
+        self._abort()
 
-    def _audit_handshake(self, outcome: str) -> None:
-        self._audit("handshake", outcome, {}, None)
-
-    def _audit_violation(self, op: str | None, outcome: str) -> None:
-        self._audit(op or "invalid", outcome, {}, None)
+    # --- audit -------------------------------------------------------------------------
 
     def _audit(
-        self, op: str, outcome: str, names: Mapping[str, object], duration_ms: float | None
+        self, op: str, outcome: str, names: dict[str, str] | None, duration_ms: float | None
     ) -> None:
-        self._settings.audit.record(
-            AuditEvent.build(
-                op=op,
-                outcome=outcome,
-                names=names,
-                peer_uid=self.peer.uid,
-                peer_pid=self.peer.pid,
-                grant=self._grant.describe() if self._grant is not None else None,
-                duration_ms=duration_ms,
-            )
+        """Every value here is typed and validated already; names that could be a
+        credential are redacted through ``safe_name``'s remembered verdicts."""
+        event = AuditEvent(
+            ts=round(time.time(), 3),
+            op=op if op in KNOWN_OPS else "unknown",
+            outcome=safe_name(outcome),
+            provider=_maybe(names, "provider"),
+            bucket=_maybe(names, "bucket"),
+            key=_maybe(names, "key"),
+            flow_type=_maybe(names, "flow_type"),
+            peer_uid=self.peer.uid,
+            peer_pid=self.peer.pid,
+            grant=self._grant_text,
+            duration_ms=None if duration_ms is None else round(duration_ms, 3),
         )
+        self._settings.audit.record(event)
+
+
+def _maybe(names: dict[str, str] | None, field_name: str) -> str | None:
+    if not names:
+        return None
+    value = names.get(field_name)
+    return None if value is None else safe_name(value)

@@ -1,4 +1,4 @@
-"""One plain async function per operation, in one table (``protocol.md``, "Operations").
+"""One plain async function per op, registered in ``HANDLERS`` (docs/protocol.md, "Operations").
 
 Each handler checks the connection's grant before it touches the store, and
 answers ``UNAUTHORIZED`` with the same message whether or not the credential
@@ -12,16 +12,27 @@ from typing import Any, Final
 
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.messages import (
-    OPERATIONS,
+    GET_API_KEY,
+    GET_BUCKET_STATS,
+    GET_TOKEN,
+    HAS_API_KEY,
+    LIST_API_KEYS,
+    LIST_BUCKETS,
+    LIST_PROVIDERS,
+    REMOVE_TOKEN,
+    SAVE_TOKEN,
     Empty,
     KeyName,
     ProviderBucket,
     ProviderOnly,
     SaveToken,
 )
-from credproxy.server.context import Handler, RequestContext
+from credproxy.server.context import HandlerTable, RequestContext
 from credproxy.store.writepath import BucketLimitError, write_path
 from credproxy.tokens import sanitize
+
+HANDLERS: Final = HandlerTable()
+"""Every op's handler; ``server.oauth_handlers`` adds the login ops."""
 
 _OUTSIDE_GRANT: Final = "not permitted by this connection's grant"
 MAX_BUCKETS_PER_PROVIDER: Final = 256
@@ -40,6 +51,7 @@ def _require_token_access(ctx: RequestContext, provider: str, bucket: str) -> No
         raise _deny()
 
 
+@HANDLERS.handles(GET_TOKEN, eager=True)
 async def get_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     _require_token_access(ctx, payload.provider, payload.bucket)
     token = await ctx.state.store.get_token(payload.provider, payload.bucket)
@@ -62,6 +74,7 @@ def _token_seen(ctx: RequestContext, provider: str, bucket: str, token: dict[str
         runtime.token_seen(provider, bucket, token)
 
 
+@HANDLERS.handles(GET_BUCKET_STATS, eager=True)
 async def get_bucket_stats(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     """Usage of one bucket since the daemon started; LLxprt's client asks for it."""
     _require_token_access(ctx, payload.provider, payload.bucket)
@@ -73,6 +86,7 @@ async def get_bucket_stats(ctx: RequestContext, payload: ProviderBucket) -> dict
     return ctx.state.usage.stats(payload.provider, payload.bucket)
 
 
+@HANDLERS.handles(SAVE_TOKEN)
 async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
     """Merge the sandbox's token into the freshest stored one, under the record's lock.
 
@@ -96,6 +110,7 @@ async def save_token(ctx: RequestContext, payload: SaveToken) -> dict[str, Any]:
     return {}
 
 
+@HANDLERS.handles(REMOVE_TOKEN)
 async def remove_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     """Logout is idempotent: removing what is not there succeeds too."""
     _require_token_access(ctx, payload.provider, payload.bucket)
@@ -110,11 +125,13 @@ async def remove_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str
     return {}
 
 
+@HANDLERS.handles(LIST_PROVIDERS, eager=True)
 async def list_providers(ctx: RequestContext, payload: Empty) -> dict[str, Any]:
     providers = await ctx.state.store.list_providers()
     return {"providers": sorted(p for p in providers if ctx.grant.allows_provider(p))}
 
 
+@HANDLERS.handles(LIST_BUCKETS, eager=True)
 async def list_buckets(ctx: RequestContext, payload: ProviderOnly) -> dict[str, Any]:
     ctx.audit["provider"] = payload.provider
     if not ctx.grant.allows_provider(payload.provider):
@@ -130,6 +147,7 @@ def _require_key_access(ctx: RequestContext, name: str) -> None:
         raise _deny()
 
 
+@HANDLERS.handles(GET_API_KEY, eager=True)
 async def get_api_key(ctx: RequestContext, payload: KeyName) -> dict[str, Any]:
     _require_key_access(ctx, payload.name)
     value = await ctx.state.store.get_key(payload.name)
@@ -138,46 +156,16 @@ async def get_api_key(ctx: RequestContext, payload: KeyName) -> dict[str, Any]:
     return {"key": value}
 
 
+@HANDLERS.handles(LIST_API_KEYS, eager=True)
 async def list_api_keys(ctx: RequestContext, payload: Empty) -> dict[str, Any]:
     keys = await ctx.state.store.list_keys()
     return {"keys": sorted(k for k in keys if ctx.grant.allows_key(k))}
 
 
+@HANDLERS.handles(HAS_API_KEY, eager=True)
 async def has_api_key(ctx: RequestContext, payload: KeyName) -> dict[str, Any]:
     _require_key_access(ctx, payload.name)
     return {"exists": await ctx.state.store.get_key(payload.name) is not None}
-
-
-CORE_HANDLERS: Final[dict[str, Handler]] = {
-    "get_token": get_token,
-    "save_token": save_token,
-    "remove_token": remove_token,
-    "list_providers": list_providers,
-    "list_buckets": list_buckets,
-    "get_bucket_stats": get_bucket_stats,
-    "get_api_key": get_api_key,
-    "list_api_keys": list_api_keys,
-    "has_api_key": has_api_key,
-}
-
-
-def build_handlers() -> dict[str, Handler]:
-    """The daemon's operation table; other subsystems merge their handlers here.
-
-    ``cancel`` is not in the table: it acts on the connection's own in-flight
-    tasks, so ``server.connection`` answers it.
-    """
-    from credproxy.server.oauth_handlers import OAUTH_HANDLERS
-
-    table: dict[str, Handler] = dict(CORE_HANDLERS)
-    table.update(OAUTH_HANDLERS)
-    unknown = set(table) - set(OPERATIONS)
-    if unknown:
-        raise RuntimeError(f"handlers for undeclared operations: {sorted(unknown)}")
-    return table
-
-
-HANDLERS: Final[dict[str, Handler]] = build_handlers()
 
 
 def not_available(op: str) -> ProxyError:

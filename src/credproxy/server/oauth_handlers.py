@@ -21,10 +21,20 @@ from typing import Any, Final
 
 from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.flows import BackgroundFlow, CodePasteFlow, start_flow
-from credproxy.oauth.runtime import EXTENSION_KEY, OAuthRuntime, runtime_of
+from credproxy.oauth.runtime import OAuthRuntime, runtime_of
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.messages import Exchange, ProviderBucket, SessionRef
-from credproxy.server.context import Handler, RequestContext
+from credproxy.protocol.messages import (
+    OAUTH_CANCEL,
+    OAUTH_EXCHANGE,
+    OAUTH_INITIATE,
+    OAUTH_POLL,
+    REFRESH_TOKEN,
+    Exchange,
+    ProviderBucket,
+    SessionRef,
+)
+from credproxy.server.context import RequestContext
+from credproxy.server.handlers import HANDLERS
 from credproxy.sessions import OAuthSession, PeerIdentity
 from credproxy.tokens import sanitize
 
@@ -47,8 +57,8 @@ def _own_session(ctx: RequestContext, session_id: str) -> tuple[OAuthRuntime, OA
 
     A daemon without OAuth has no sessions either: the id is simply unknown.
     """
-    runtime = ctx.state.extensions.get(EXTENSION_KEY)
-    if not isinstance(runtime, OAuthRuntime):
+    runtime = ctx.state.oauth
+    if runtime is None:
         raise ProxyError(ErrorCode.SESSION_NOT_FOUND, "no login session with that id")
     session = runtime.sessions.get_session(session_id, _identity(ctx))
     ctx.audit["provider"] = session.provider
@@ -63,6 +73,7 @@ def _wrong_op(op: str, flow_type: str, use: str) -> ProxyError:
     )
 
 
+@HANDLERS.handles(OAUTH_INITIATE)
 async def oauth_initiate(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     _require_login_access(ctx, payload.provider, payload.bucket)
     runtime = runtime_of(ctx.state, payload.provider)
@@ -116,6 +127,7 @@ async def _complete_in_background(
     session.complete(stored)
 
 
+@HANDLERS.handles(OAUTH_EXCHANGE)
 async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, Any]:
     runtime, session = _own_session(ctx, payload.session_id)
     flow = session.flow
@@ -131,6 +143,7 @@ async def oauth_exchange(ctx: RequestContext, payload: Exchange) -> dict[str, An
     return sanitize(stored)
 
 
+@HANDLERS.handles(OAUTH_POLL)
 async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
     runtime, session = _own_session(ctx, payload.session_id)
     flow = session.flow
@@ -152,6 +165,7 @@ async def oauth_poll(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]
     return answer
 
 
+@HANDLERS.handles(OAUTH_CANCEL)
 async def oauth_cancel(ctx: RequestContext, payload: SessionRef) -> dict[str, Any]:
     """Idempotent: an unknown, expired or already used session is already over."""
     try:
@@ -164,6 +178,7 @@ async def oauth_cancel(ctx: RequestContext, payload: SessionRef) -> dict[str, An
     return {}
 
 
+@HANDLERS.handles(REFRESH_TOKEN)
 async def refresh_token(ctx: RequestContext, payload: ProviderBucket) -> dict[str, Any]:
     _require_login_access(ctx, payload.provider, payload.bucket)
     runtime = runtime_of(ctx.state, payload.provider)
@@ -172,10 +187,5 @@ async def refresh_token(ctx: RequestContext, payload: ProviderBucket) -> dict[st
     return sanitize(token)
 
 
-OAUTH_HANDLERS: Final[dict[str, Handler]] = {
-    "oauth_initiate": oauth_initiate,
-    "oauth_exchange": oauth_exchange,
-    "oauth_poll": oauth_poll,
-    "oauth_cancel": oauth_cancel,
-    "refresh_token": refresh_token,
-}
+ALL_HANDLERS: Final = HANDLERS
+"""The daemon's full handler table: the store ops and, registered above, the login ops."""

@@ -1,25 +1,34 @@
-"""In-memory backend: for tests and throwaway daemons; nothing survives a restart."""
+"""In-memory backend: for tests and throwaway daemons; nothing survives a restart.
+
+Tokens are kept as encoded JSON, so every read hands out a fresh copy that a
+caller may change freely; decoding is several times cheaper than ``deepcopy``.
+"""
 
 from __future__ import annotations
 
-import copy
+from typing import Final
+
+import msgspec
 
 from credproxy.store.base import Token, validate_name
+
+_encode: Final = msgspec.json.Encoder().encode
+_decode: Final = msgspec.json.Decoder(dict).decode
 
 
 class MemoryStore:
     def __init__(self) -> None:
-        self._tokens: dict[tuple[str, str], Token] = {}
+        self._tokens: dict[tuple[str, str], bytes] = {}
         self._keys: dict[str, str] = {}
 
     async def get_token(self, provider: str, bucket: str) -> Token | None:
-        token = self._tokens.get((provider, bucket))
-        return copy.deepcopy(token) if token is not None else None
+        encoded = self._tokens.get((provider, bucket))
+        return _decode(encoded) if encoded is not None else None
 
     async def save_token(self, provider: str, bucket: str, token: Token) -> None:
         validate_name("provider", provider)
         validate_name("bucket", bucket)
-        self._tokens[(provider, bucket)] = copy.deepcopy(token)
+        self._tokens[(provider, bucket)] = _encode(token)
 
     async def remove_token(self, provider: str, bucket: str) -> bool:
         return self._tokens.pop((provider, bucket), None) is not None

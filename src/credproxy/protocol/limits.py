@@ -1,0 +1,56 @@
+"""Every limit of the protocol in one table (``docs/protocol.md``, "Limits and timeouts").
+
+The sans-IO core enforces the ones about bytes and counts; the I/O shell
+enforces the ones about time, reading the same table. Tests and operators
+override a field with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+FRAME_HEADER_BYTES: Final = 4
+SMALL_FRAME_BYTES: Final = 65_536
+"""Frame body limit before the handshake and on a version 1 connection."""
+LARGE_FRAME_BYTES: Final = 4 * 1024 * 1024
+"""Frame body limit on a version 2 connection, as LLxprt Code's v2 allows."""
+MAX_ID_LENGTH: Final = 128
+MAX_OP_ECHO: Final = 32
+"""At most this many characters of an unknown op name are echoed in an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may do. Sizes in bytes, times in seconds."""
+
+    small_frame_bytes: int = SMALL_FRAME_BYTES
+    large_frame_bytes: int = LARGE_FRAME_BYTES
+    max_in_flight: int = 16
+    """Requests running or answered but not yet written, per connection."""
+    rate_per_second: float = 60.0
+    """Requests per second per connection, bursts up to the same number."""
+    partial_frame_s: float = 5.0
+    handshake_s: float = 30.0
+    """An unauthenticated connection holds a descriptor; it gets this long to handshake."""
+    call_s: float = 15.0
+    """Host work of one operation (store or provider call)."""
+    write_s: float = 30.0
+    """A peer that does not read its answers for this long loses the connection."""
+    write_high_water: int = 256 * 1024
+    """Unwritten answer bytes past which a connection stops reading its peer."""
+
+    def frame_limit(self, version: int | None) -> int:
+        """The frame body limit: large only once version 2 is agreed."""
+        return (
+            self.large_frame_bytes
+            if version is not None and version >= 2
+            else (self.small_frame_bytes)
+        )
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+LARGE_FRAME_BUDGET_BYTES: Final = 64 * 1024 * 1024
+"""Bytes all connections of one daemon together may hold for frames larger than
+``SMALL_FRAME_BYTES`` while they arrive; see ``FrameBudget``."""
