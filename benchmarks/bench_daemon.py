@@ -605,18 +605,23 @@ def _ratio_table(cells: Sequence[Cell]) -> str:
 
 
 PROFILE_PARTS: Final = (
-    ("a request, from its task's start to its audit line", "connection.py", "_serve"),
-    ("  handler and call timeout", "connection.py", "_call"),
+    (
+        "reading: data_received, from the bytes to the answers queued",
+        "connection.py",
+        "data_received",
+    ),
+    ("  sans-IO core: decode, envelope, payload schema, limits", "server.py", "receive_data"),
+    ("    frame decode (msgspec)", "framing.py", "next_frame"),
+    ("    payload schema (msgspec.convert)", "messages.py", "parse_request"),
+    ("  starting the op (context, handler's first step inline)", "connection.py", "_start"),
     ("    get_token handler (grant check, store, sanitize)", "handlers.py", "get_token"),
-    ("      memory store get_token (deep copy)", "memory.py", "get_token"),
-    ("    response encoding (encode_frame)", "framing.py", "encode_frame"),
-    ("  response write (lock, write, drain)", "connection.py", "_write"),
-    ("    socket send, one per response", "~", "<method 'send' of '_socket.socket' objects>"),
-    ("  audit line (build, JSON, write, flush)", "connection.py", "_audit"),
-    ("    AuditLog.record (JSON, write, flush)", "audit.py", "record"),
-    ("      AuditEvent.to_json (dataclasses.asdict)", "audit.py", "to_json"),
-    ("reading and parsing requests (sans-IO core)", "server.py", "receive_data"),
-    ("starting one task per request", "connection.py", "_start"),
+    ("      memory store get_token (decode a copy)", "memory.py", "get_token"),
+    ("    audit and answer (_finish)", "connection.py", "_finish"),
+    ("      audit event (struct, names, encode, batch)", "connection.py", "_audit"),
+    ("      answer encoding (encode_frame)", "framing.py", "encode_frame"),
+    ("  the turn's one write (_flush)", "connection.py", "_flush"),
+    ("    socket send, one per loop turn", "~", "<method 'send' of '_socket.socket' objects>"),
+    ("audit hand-over to the writer thread", "audit.py", "_hand_over"),
 )
 """Functions whose cumulative time says where a request's time goes (they nest as indented)."""
 

@@ -10,8 +10,8 @@ audit line; the daemon's own log records go through ``SecretScrubber``, the one
 redaction point for text.
 
 Lines are written by ``AuditLog``: the event loop appends encoded lines to a
-batch, hands the batch to a writer thread once per loop turn, and never waits
-for the disk. When the disk cannot keep up and the backlog passes
+batch, hands the batch to a writer thread every few milliseconds (or sooner
+when it is large), and never waits for the disk. When the disk cannot keep up and the backlog passes
 ``max_backlog_bytes``, the log says so (``accepting`` turns false) and the
 daemon refuses new operations until the writer catches up, rather than serve
 requests it cannot record; the refusals are counted and written as one line
@@ -49,6 +49,10 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_KEEP: Final = 5
 DEFAULT_MAX_BACKLOG: Final = 16 * 1024 * 1024
 _NAME_CACHE_SIZE: Final = 4096
+HAND_OVER_DELAY_S: Final = 0.005
+"""Lines wait this long in the loop's batch, so one wake-up of the writer
+thread carries many of them even when requests come one at a time."""
+HAND_OVER_LINES: Final = 1024
 
 _verdicts: dict[str, str] = {}
 
@@ -232,7 +236,9 @@ class AuditLog:
             except RuntimeError:
                 self._hand_over()
                 return
-            loop.call_soon(self._hand_over)
+            loop.call_later(HAND_OVER_DELAY_S, self._hand_over)
+        elif len(batch) >= HAND_OVER_LINES:
+            self._hand_over()
 
     def _write_stream(self, line: bytes) -> None:
         assert self._stream is not None
@@ -243,7 +249,7 @@ class AuditLog:
             logging.getLogger("credproxy.audit").error("cannot write the audit log")
 
     def _hand_over(self) -> None:
-        """Once per loop turn: the turn's lines go to the writer as one batch."""
+        """The batch goes to the writer in one piece (every few milliseconds)."""
         writer = self._writer
         if writer is None or not self._batch:
             return

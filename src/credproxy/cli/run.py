@@ -175,12 +175,9 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     import logging
 
     from credproxy.audit import AuditLog, configure_daemon_logging
-    from credproxy.grants import CapabilityTable
-    from credproxy.oauth.runtime import install as install_oauth
     from credproxy.sandbox.launch import prepare, run_prepared
     from credproxy.sandbox.spec import SandboxError
-    from credproxy.server.app import Daemon
-    from credproxy.server.context import ServerState
+    from credproxy.server.daemon import DaemonSettings, build_daemon
     from credproxy.server.listener import ListenerError
     from credproxy.settings import ConfigError
 
@@ -192,17 +189,22 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
                 closing.callback(audit.close)
             else:
                 audit = AuditLog(closing.enter_context(_null_stream()))
-            state = ServerState(store=credential_store)
-            install_oauth(state, plan.settings)
             if plan.grant.providers:
                 allowed = tuple(sorted(plan.grant.providers))
                 stored = await credential_store.list_providers()
                 warn_unknown_providers(allowed, plan.settings, stored)
-            table = CapabilityTable()
-            token = table.issue(plan.grant)
-            daemon = Daemon(
-                state, capabilities=table, audit=audit, extension_close_timeout_s=STOP_GRACE_S
+            built = build_daemon(
+                DaemonSettings(
+                    store=credential_store,
+                    audit=audit,
+                    config=plan.settings,
+                    grant=plan.grant,
+                    close_timeout_s=STOP_GRACE_S,
+                )
             )
+            daemon, token = built.daemon, built.capability_token
+            del built
+            assert token is not None
             try:
                 path = await daemon.start()
                 spec = replace(plan.spec, socket_path=str(path))

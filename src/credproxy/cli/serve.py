@@ -8,9 +8,10 @@ import os
 import shlex
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,6 +29,7 @@ from credproxy.cli._daemon_options import (
 
 if TYPE_CHECKING:
     from credproxy.grants import Grant
+    from credproxy.protocol.limits import Limits
     from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
 
@@ -46,11 +48,10 @@ class _Options:
     capability_fd: int | None
     allow_uid: tuple[int, ...]
     audit_log: Path | None
+    audit_max_mb: int
+    audit_keep: int
     as_json: bool
     rate_limit: float
-    frame_timeout: float
-    call_timeout: float
-    hold_store: bool
 
 
 def _check_options(opts: _Options) -> None:
@@ -157,6 +158,24 @@ def write_capability_fd(fd: int, token: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append audit lines to this file (0600) instead of stderr.",
 )
+@click.option(
+    "--audit-log-max-mb",
+    "audit_max_mb",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    metavar="MB",
+    help="Rotate the --audit-log file when it would pass this size.",
+)
+@click.option(
+    "--audit-log-keep",
+    "audit_keep",
+    type=click.IntRange(min=1, max=1000),
+    default=5,
+    show_default=True,
+    metavar="N",
+    help="Rotated audit files kept (FILE.1 is the newest); older ones are deleted.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object when ready.")
 @click.option(
     "--rate-limit",
@@ -166,28 +185,7 @@ def write_capability_fd(fd: int, token: str) -> None:
     metavar="N",
     help="Requests per second allowed on one connection (bursts up to N).",
 )
-@click.option("--testing-frame-timeout", type=float, default=5.0, hidden=True)
-@click.option("--testing-call-timeout", type=float, default=15.0, hidden=True)
-@click.option("--testing-hold-store", is_flag=True, hidden=True)
-def serve(  # noqa: PLR0917  (click passes every option)
-    store: str | None,
-    config: Path | None,
-    socket_path: Path | None,
-    allow: tuple[str, ...],
-    allow_key: tuple[str, ...],
-    allow_save: bool,
-    allow_remove: bool,
-    no_capability: bool,
-    capability_file: Path | None,
-    capability_fd: int | None,
-    allow_uid: tuple[int, ...],
-    audit_log: Path | None,
-    as_json: bool,
-    rate_limit: float,
-    testing_frame_timeout: float,
-    testing_call_timeout: float,
-    testing_hold_store: bool,
-) -> None:
+def serve(**params: Any) -> None:
     """Run the credential daemon in the foreground until SIGINT or SIGTERM.
 
     \b
@@ -204,27 +202,44 @@ def serve(  # noqa: PLR0917  (click passes every option)
       LLXPRT_CAPABILITY_FD=3 COMMAND 3< TOKEN_FILE
     The token itself is never printed.
     """
+    run_serve(options_from(params))
+
+
+def options_from(params: Mapping[str, Any]) -> _Options:
+    """The command's options, checked, from click's parameters."""
+    socket_path, capability_file = params["socket_path"], params["capability_file"]
     opts = _Options(
-        store=store,
-        config=config,
+        store=params["store"],
+        config=params["config"],
         socket=socket_path.absolute() if socket_path else None,
-        allow=allow,
-        allow_key=allow_key,
-        allow_save=allow_save,
-        allow_remove=allow_remove,
-        no_capability=no_capability,
+        allow=params["allow"],
+        allow_key=params["allow_key"],
+        allow_save=params["allow_save"],
+        allow_remove=params["allow_remove"],
+        no_capability=params["no_capability"],
         capability_file=capability_file.absolute() if capability_file else None,
-        capability_fd=capability_fd,
-        allow_uid=allow_uid,
-        audit_log=audit_log,
-        as_json=as_json,
-        rate_limit=rate_limit,
-        frame_timeout=testing_frame_timeout,
-        call_timeout=testing_call_timeout,
-        hold_store=testing_hold_store,
+        capability_fd=params["capability_fd"],
+        allow_uid=params["allow_uid"],
+        audit_log=params["audit_log"],
+        audit_max_mb=params["audit_max_mb"],
+        audit_keep=params["audit_keep"],
+        as_json=params["as_json"],
+        rate_limit=params["rate_limit"],
     )
     _check_options(opts)
+    return opts
+
+
+def run_serve(
+    opts: _Options,
+    *,
+    limits: Limits | None = None,
+    wrap_store: Callable[[CredentialStore], CredentialStore] | None = None,
+) -> None:
+    """Run the daemon until a signal stops it. ``limits`` and ``wrap_store`` are for
+    programs that embed ``serve`` (the test suite holds store calls with them)."""
     from credproxy.audit import AuditLogError
+    from credproxy.protocol.limits import Limits
     from credproxy.server.listener import ListenerError
     from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
@@ -237,50 +252,48 @@ def serve(  # noqa: PLR0917  (click passes every option)
         raise click.ClickException(str(exc)) from None
     import asyncio
 
+    limits = replace(limits or Limits(), rate_per_second=opts.rate_limit)
     try:
-        asyncio.run(_run(opts, credential_store, settings))
+        asyncio.run(_run(opts, credential_store, settings, limits, wrap_store))
     except (ListenerError, StoreError, AuditLogError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
-async def _run(opts: _Options, credential_store: CredentialStore, settings: Settings) -> None:
+async def _run(
+    opts: _Options,
+    credential_store: CredentialStore,
+    settings: Settings,
+    limits: Limits,
+    wrap_store: Callable[[CredentialStore], CredentialStore] | None,
+) -> None:
     from credproxy.audit import AuditLog, configure_daemon_logging
-    from credproxy.grants import CapabilityTable
-    from credproxy.oauth.runtime import install as install_oauth
-    from credproxy.protocol.limits import Limits
-    from credproxy.server.app import Daemon
-    from credproxy.server.context import ServerState
-    from credproxy.server.testing import HeldStore
+    from credproxy.server.daemon import DaemonSettings, build_daemon
 
     configure_daemon_logging()
-    audit = AuditLog.to_file(opts.audit_log) if opts.audit_log else AuditLog.to_stderr()
-    store: CredentialStore = credential_store
-    if opts.hold_store:
-        held = HeldStore(credential_store)
-        held.install_signal_handler()
-        store = held
-    state = ServerState(store=store, call_timeout_s=opts.call_timeout)
-    install_oauth(state, settings)
+    audit = (
+        AuditLog.to_file(
+            opts.audit_log, max_bytes=opts.audit_max_mb * 1024 * 1024, keep=opts.audit_keep
+        )
+        if opts.audit_log
+        else AuditLog.to_stderr()
+    )
     if opts.allow:
         warn_unknown_providers(opts.allow, settings, await credential_store.list_providers())
     grant = _build_grant(opts)
-    table: CapabilityTable | None = None
-    token: str | None = None
-    if not opts.no_capability:
-        table = CapabilityTable()
-        token = table.issue(grant)
-    daemon = Daemon(
-        state,
-        capabilities=table,
-        socket_path=opts.socket,
-        allowed_uids=frozenset(opts.allow_uid),
-        audit=audit,
-        limits=Limits(
-            partial_frame_s=opts.frame_timeout,
-            rate_per_second=opts.rate_limit,
-            call_s=opts.call_timeout,
-        ),
+    built = build_daemon(
+        DaemonSettings(
+            store=credential_store,
+            audit=audit,
+            config=settings,
+            grant=None if opts.no_capability else grant,
+            socket_path=opts.socket,
+            allowed_uids=frozenset(opts.allow_uid),
+            limits=limits,
+            wrap_store=wrap_store,
+        )
     )
+    daemon, token = built.daemon, built.capability_token
+    del built
     token_file: Path | None = None
     try:
         path = await daemon.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.errors import provider_not_found
@@ -24,7 +24,6 @@ from credproxy.store.writepath import write_path
 if TYPE_CHECKING:
     from credproxy.server.context import ServerState
     from credproxy.settings import Settings
-
 
 
 class OAuthRuntime:
