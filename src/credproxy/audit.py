@@ -37,10 +37,9 @@ from typing import IO, Final
 
 import msgspec
 
-from credproxy.protocol.messages import ALL_OPS
+from credproxy.protocol.messages import ALL_OPS, NAME_RE
 
 _GRANT_RE: Final = re.compile(r"^[A-Za-z0-9._@:,*=+\[\] -]{1,1024}\Z")
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 _REDACTED: Final = "<redacted>"
 
 MAX_AUDIT_NAME: Final = 32
@@ -58,7 +57,7 @@ _verdicts: dict[str, str] = {}
 
 
 def _judge(value: str) -> str:
-    if len(value) <= MAX_AUDIT_NAME and _NAME_RE.match(value) and scrub(value) == value:
+    if len(value) <= MAX_AUDIT_NAME and NAME_RE.match(value) and scrub(value) == value:
         return value
     return _REDACTED
 

@@ -36,7 +36,6 @@ import errno
 import json
 import math
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from credproxy.protocol.errors import ProxyError
-from credproxy.protocol.messages import DEFAULT_BUCKET, NAME_PATTERN
+from credproxy.protocol.messages import DEFAULT_BUCKET, NAME_RE
 from credproxy.store.base import CredentialStore, StoreError
 from credproxy.store.secretservice import SecretService
 from credproxy.tokens import Token, validate_token
@@ -57,7 +56,6 @@ LLXPRT_PROBE_PREFIX: Final = "__securestore_probe__"
 MAX_SOURCE_BYTES: Final = 64 * 1024
 MAX_KEY_CHARS: Final = 4096
 MILLISECONDS_THRESHOLD: Final = 100_000_000_000  # seconds past this are the year 5138
-_NAME_RE: Final = re.compile(NAME_PATTERN)
 _EXPIRY_ALIASES: Final = ("expires_at", "expiry_date", "expires_in")
 
 
@@ -172,7 +170,7 @@ def split_token_file_name(stem: str, known_providers: Iterable[str]) -> tuple[st
                 "names may both contain '-'); name the provider with --provider"
             )
     for kind, value in (("provider", provider), ("bucket", bucket)):
-        if not _NAME_RE.match(value):
+        if not NAME_RE.match(value):
             raise MigrationError(f"{value!r} is not a valid {kind} name")
     return provider, bucket
 
@@ -186,7 +184,7 @@ def key_name_from_file_name(file_name: str) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             name = name[: -len(suffix)]
             break
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise MigrationError(f"{name!r} is not a valid key name")
     return name
 
@@ -299,7 +297,7 @@ def _keyring_candidates(
                 if kind == "token":
                     provider, _, bucket = username.partition(":")
                     for label, value in (("provider", provider), ("bucket", bucket)):
-                        if not _NAME_RE.match(value):
+                        if not NAME_RE.match(value):
                             raise MigrationError(f"{value!r} is not a valid {label} name")
                     item.name = f"{provider}/{bucket}"
                     candidate.provider, candidate.bucket = provider, bucket
@@ -309,7 +307,7 @@ def _keyring_candidates(
                         raise MigrationError("the keyring item is not token JSON") from None
                     candidate.value = normalize_token(raw)
                 else:
-                    if not _NAME_RE.match(username):
+                    if not NAME_RE.match(username):
                         raise MigrationError(f"{username!r} is not a valid key name")
                     item.name = username
                     candidate.value = _single_key(secret)

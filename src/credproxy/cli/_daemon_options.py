@@ -9,7 +9,6 @@ the first login.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -90,9 +89,8 @@ def store_options(function: F) -> F:
 
 def check_names(allow: tuple[str, ...], allow_key: tuple[str, ...]) -> None:
     """Refuse a malformed ``--allow`` or ``--allow-key`` before anything starts."""
-    from credproxy.protocol.messages import NAME_PATTERN
+    from credproxy.protocol.messages import NAME_RE as name
 
-    name = re.compile(NAME_PATTERN)
     for entry in allow:
         parts = entry.split(":")
         if len(parts) > 2 or not all(name.match(part) for part in parts):

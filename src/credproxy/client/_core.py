@@ -29,14 +29,13 @@ from credproxy.client._exceptions import (
 from credproxy.protocol.errors import ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
 from credproxy.protocol.limits import DEFAULT_LIMITS
-from credproxy.protocol.messages import DEFAULT_BUCKET, OPERATIONS, convert_payload
+from credproxy.protocol.messages import CANCEL, DEFAULT_BUCKET, OPERATIONS, convert_payload
+from credproxy.protocol.version import MAX_VERSION, MIN_VERSION
 from credproxy.tokens import sanitize
 
 T = TypeVar("T")
 
-MIN_VERSION: Final = 1
-MAX_VERSION: Final = 2
-CANCEL_MIN_VERSION: Final = 2
+CANCEL_MIN_VERSION: Final = CANCEL.min_version
 _MAX_DISCARDED: Final = 1024
 
 

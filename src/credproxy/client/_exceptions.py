@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from credproxy.protocol.errors import ErrorCode
+
 CONNECTION_LOST_MESSAGE: Final = "Credential proxy connection lost. Restart the session."
 MAX_MESSAGE_CHARS: Final = 300
 
@@ -135,20 +137,20 @@ CLIENT_CODES: Final = {
 }
 
 SERVER_CODES: Final[dict[str, type[ProxyClientError]]] = {
-    "INVALID_REQUEST": InvalidRequestError,
-    "UNKNOWN_VERSION": UnknownVersionError,
-    "UNAUTHORIZED": UnauthorizedError,
-    "NOT_FOUND": NotFoundError,
-    "RATE_LIMITED": RateLimitedError,
-    "INTERNAL_ERROR": InternalServerError,
-    "PROVIDER_NOT_FOUND": ProviderNotFoundError,
-    "SESSION_NOT_FOUND": SessionNotFoundError,
-    "SESSION_EXPIRED": SessionExpiredError,
-    "SESSION_ALREADY_USED": SessionAlreadyUsedError,
-    "EXCHANGE_FAILED": ExchangeFailedError,
-    "REAUTH_REQUIRED": ReauthRequiredError,
-    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
-    "CANCELLED": RequestCancelledError,
+    ErrorCode.INVALID_REQUEST: InvalidRequestError,
+    ErrorCode.UNKNOWN_VERSION: UnknownVersionError,
+    ErrorCode.UNAUTHORIZED: UnauthorizedError,
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.RATE_LIMITED: RateLimitedError,
+    ErrorCode.INTERNAL_ERROR: InternalServerError,
+    ErrorCode.PROVIDER_NOT_FOUND: ProviderNotFoundError,
+    ErrorCode.SESSION_NOT_FOUND: SessionNotFoundError,
+    ErrorCode.SESSION_EXPIRED: SessionExpiredError,
+    ErrorCode.SESSION_ALREADY_USED: SessionAlreadyUsedError,
+    ErrorCode.EXCHANGE_FAILED: ExchangeFailedError,
+    ErrorCode.REAUTH_REQUIRED: ReauthRequiredError,
+    ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    ErrorCode.CANCELLED: RequestCancelledError,
 }
 
 

@@ -18,6 +18,8 @@ from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.limits import MAX_ID_LENGTH, MAX_OP_ECHO
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9._@-]{1,64}\Z"
+NAME_RE: Final = re.compile(NAME_PATTERN)
+"""Provider, bucket and key names; the one compiled copy of the pattern."""
 DEFAULT_BUCKET: Final = "default"
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]

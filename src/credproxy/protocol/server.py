@@ -19,8 +19,8 @@ clock, no domain imports: a grant is an opaque value returned by
 from __future__ import annotations
 
 import enum
-import heapq
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -175,7 +175,9 @@ class ServerConnection:
         """Request id -> op, from the request's frame until its answer is built."""
         self._cancelling: set[str] = set()
         self._timed_out: set[str] = set()
-        self._deadlines: list[tuple[float, str]] = []
+        self._deadlines: deque[tuple[float, str]] = deque()
+        """(deadline, id) in arrival order, which is deadline order: every
+        request gets the same call limit and ``now`` never goes back."""
         self._unwritten = 0
         """Answers built and queued, not yet handed to the socket."""
         self._unacknowledged = 0
@@ -234,8 +236,9 @@ class ServerConnection:
         if self._write_blocked_since is not None:
             deadline = min(deadline, self._write_blocked_since + self.limits.write_s)
         deadlines = self._deadlines
-        while deadlines and deadlines[0][1] not in self._running:
-            heapq.heappop(deadlines)
+        running = self._running
+        while deadlines and deadlines[0][1] not in running:
+            deadlines.popleft()
         if deadlines:
             deadline = min(deadline, deadlines[0][0])
         return deadline
@@ -383,7 +386,7 @@ class ServerConnection:
         if request.op == "cancel":
             return self._cancel(request)
         self._running[rid] = request.op
-        heapq.heappush(self._deadlines, (now + self.limits.call_s, rid))
+        self._deadlines.append((now + self.limits.call_s, rid))
         return RequestReceived(request)
 
     def _cancel(self, request: Request) -> Event | None:
@@ -438,7 +441,7 @@ class ServerConnection:
         events: list[Event] = []
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, rid = heapq.heappop(deadlines)
+            _, rid = deadlines.popleft()
             if rid in self._running and rid not in self._timed_out:
                 self._timed_out.add(rid)
                 events.append(RequestTimedOut(rid))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from credproxy.placement import DIR_PREFIX
 from credproxy.sandbox.bwrap import build_bwrap_argv, bwrap_env
 from credproxy.sandbox.container import TOKEN_FIFO_NAME, build_container_argv
 from credproxy.sandbox.runtime import probe_layout
@@ -38,7 +39,6 @@ from credproxy.sandbox.spec import (
     SandboxKind,
     SandboxSpec,
 )
-from credproxy.server.listener import DIR_PREFIX
 
 INFO_FD: Final = 4
 """bwrap writes the sandbox's init pid here (``--info-fd``), for signal forwarding."""

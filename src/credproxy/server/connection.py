@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from credproxy.audit import KNOWN_OPS, AuditEvent, AuditLog, safe_grant, safe_name
 from credproxy.grants import Grant
@@ -48,6 +48,7 @@ HANDSHAKE_TIMEOUT_S: Final = DEFAULT_LIMITS.handshake_s
 
 _GENERIC_FAILURE: Final = "the host could not complete the operation; see the daemon log"
 _TIMEOUT_FAILURE: Final = "the operation timed out on the host"
+_OUTCOMES: Final = frozenset({"ok", "TIMEOUT", *ErrorCode})
 _AUDIT_BEHIND: Final = "the host's audit log is behind; try again shortly"
 
 log = logging.getLogger("credproxy.server")
@@ -227,7 +228,8 @@ class Connection(asyncio.Protocol):
     # --- transport callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        transport = cast(asyncio.Transport, transport)
         peer = self._on_open(self, transport)
         if peer is None:
             self._broken = True
@@ -628,12 +630,13 @@ class Connection(asyncio.Protocol):
     def _audit(
         self, op: str, outcome: str, names: dict[str, str] | None, duration_ms: float | None
     ) -> None:
-        """Every value here is typed and validated already; names that could be a
-        credential are redacted through ``safe_name``'s remembered verdicts."""
+        """Every value here is typed already: the op is checked against the op
+        table, the outcome is ``ok`` or an error code of ours, and names that could
+        be a credential are redacted through ``safe_name``'s remembered verdicts."""
         event = AuditEvent(
             ts=round(time.time(), 3),
             op=op if op in KNOWN_OPS else "unknown",
-            outcome=safe_name(outcome),
+            outcome=outcome if outcome in _OUTCOMES else safe_name(outcome),
             provider=_maybe(names, "provider"),
             bucket=_maybe(names, "bucket"),
             key=_maybe(names, "key"),

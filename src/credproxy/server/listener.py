@@ -22,12 +22,12 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
+from credproxy.placement import DIR_PREFIX
 from credproxy.server.context import PeerCredentials
 
 SUN_PATH_MAX: Final = 107
 """Usable bytes of ``sockaddr_un.sun_path`` on Linux (108 with the terminating NUL)."""
 NONCE_HEX: Final = 32
-DIR_PREFIX: Final = "credproxy-"
 _LEFTOVER_RE: Final = re.compile(r"^(\d+)-[0-9a-f]{32}\.(sock|token)\Z")
 _UCRED: Final = struct.Struct("3i")
 

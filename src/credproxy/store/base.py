@@ -8,14 +8,11 @@ again with ``validate_name`` since the host CLI calls them directly.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from credproxy.protocol.messages import NAME_PATTERN
+from credproxy.protocol.messages import NAME_RE
 
 Token = dict[str, Any]
-
-_NAME_RE: Final = re.compile(NAME_PATTERN)
 
 
 class StoreError(Exception):
@@ -27,7 +24,7 @@ class CorruptRecordError(StoreError):
 
 
 def validate_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.match(value):
         raise ValueError(f"invalid {kind} name: use 1 to 64 of A-Z a-z 0-9 . _ @ -")
     return value
 
