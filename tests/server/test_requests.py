@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,17 @@ def test_responses_are_matched_by_id_not_order(credproxy_daemon: DaemonFactory) 
         assert fast["code"] == "INVALID_REQUEST"
         daemon.send_signal(signal.SIGUSR1)
         assert client.recv_id(slow)["data"] == {"providers": []}
+
+
+def test_requests_in_flight_are_answered_after_the_peer_closes_its_side(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    daemon = _held(credproxy_daemon)
+    with daemon.client() as client:
+        client.send_request("has_api_key", {"name": "k"}, request_id="pending")
+        _sync_point(client)
+        client.sock.shutdown(socket.SHUT_WR)
+        daemon.send_signal(signal.SIGUSR1)
+        frames = client.wait_closed()
+        assert [frame["id"] for frame in frames] == ["pending"]
+        assert frames[0]["data"] == {"exists": False}

@@ -254,8 +254,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         """The peer closed its side: requests in flight may still finish."""
         self._eof = True
-        if not self._tasks:
-            self._close()
+        self._flush()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -411,8 +410,6 @@ class Connection(asyncio.Protocol):
             error = self._cancel_reason(request_id)
             if error is not None:
                 self._finish(request, ctx, started, error=error)
-        if self._eof and not self._tasks:
-            self._close()
         self._schedule_flush()
 
     async def _run_task(
@@ -523,7 +520,10 @@ class Connection(asyncio.Protocol):
                 # this: refusals still go out, but past one high-water mark
                 # more the peer is not read either until it reads.
                 self._pause_reading()
-        if core.close_after_write or (core.closed and not self._tasks and not self._side_tasks):
+        idle = not self._tasks and not self._side_tasks
+        if core.close_after_write or (idle and (core.closed or self._eof)):
+            # Closing waits for what was just written; after the peer's EOF
+            # the answers of requests still running went out first.
             self._close()
             return
         self._arm_timer()
