@@ -273,8 +273,8 @@ class OAuthSession:
     __slots__ = (
         "_closer",
         "_ended",
-        "_resources",
         "_result",
+        "_stack",
         "_used",
         "_used_ids",
         "bucket",
@@ -309,7 +309,9 @@ class OAuthSession:
         self._used = False
         self._ended = False
         self._result = _PENDING
-        self._resources: list[Resource] | None = None
+        self._stack: contextlib.ExitStack | None = None
+        """What the session owns, closed last attached first when it ends; made
+        on the first ``attach`` (a code-paste login owns nothing)."""
         self._closer = closer
         self._used_ids = used_ids
 
@@ -370,9 +372,9 @@ class OAuthSession:
         if self._ended:
             self._closer.close(resource)
             return
-        if self._resources is None:
-            self._resources = []
-        self._resources.append(resource)
+        if self._stack is None:
+            self._stack = contextlib.ExitStack()
+        self._stack.callback(self._closer.close, resource)
 
     def _on_task_done(self, task: asyncio.Future[Any]) -> None:
         if task.cancelled():
@@ -387,11 +389,13 @@ class OAuthSession:
             self.fail(ErrorCode.INTERNAL_ERROR, "the login failed on the host; start it again")
 
     def _end(self) -> None:
-        """Close owned resources, last attached first (like an exit stack)."""
+        """Close owned resources, last attached first. Ending is synchronous
+        (``remove_session`` is called from handlers and the sweep), so tasks are
+        cancelled at once and async closers run as tasks ``wait_closed`` awaits."""
         self._ended = True
-        resources, self._resources = self._resources, None
-        for resource in reversed(resources or ()):
-            self._closer.close(resource)
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
 
 
 class OAuthSessionManager:
@@ -426,10 +430,10 @@ class OAuthSessionManager:
         self._clock = clock
         self._sessions: OrderedDict[str, OAuthSession] = OrderedDict()
         self._used_ids: set[str] = set()
+        self._flow_owners: dict[int, str] = {}
         self._per_identity: dict[_IdentityKey, int] = {}
         """Open sessions plus held admissions, per identity."""
         self._admitted = 0
-        self._flow_owners: dict[int, str] = {}
         self._starts: dict[_IdentityKey, deque[float]] = {}
         """When each identity's recent logins were admitted, oldest first."""
         self._closer = _Closer()
