@@ -198,7 +198,8 @@ def check_store(backend: str | None, settings: Settings | None) -> Check:
 
 
 def check_socket_directory() -> Check:
-    from credproxy.server.listener import DIR_PREFIX, ListenerError, check_private_dir, runtime_base
+    from credproxy.placement import DIR_PREFIX
+    from credproxy.server.listener import ListenerError, check_private_dir, runtime_base
 
     base = runtime_base()
     directory = base / f"{DIR_PREFIX}{os.getuid()}"
