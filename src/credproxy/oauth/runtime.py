@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from credproxy.server.context import ServerState
     from credproxy.settings import Settings
 
-
 class OAuthRuntime:
     def __init__(
         self,
