@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from credproxy.server.context import ServerState
     from credproxy.settings import Settings
 
+
 class OAuthRuntime:
     def __init__(
         self,
