@@ -27,7 +27,9 @@ The policy, for a token with ``remaining`` seconds left by the wall clock:
   ``MAX_CONSECUTIVE_FAILURES`` failures in a row, or at once when the grant is
   gone (``REAUTH_REQUIRED``) or the provider no longer configured, give up
   with one WARNING line. Observing a token with a different expiry (a login,
-  or another daemon's refresh) starts afresh.
+  or another daemon's refresh) starts afresh. A token removed meanwhile by
+  another process (``NOT_FOUND``, also "removed during the refresh") is
+  forgotten at once, as ``forget`` would, with one INFO line.
 - Tokens without a refresh token or without a numeric expiry are never
   scheduled.
 
@@ -349,6 +351,13 @@ class ProactiveScheduler:
             entry.consecutive_failures = 0
             self._plan(entry, entry.expiry)
             return True
+        if isinstance(exc, ProxyError) and exc.code == ErrorCode.NOT_FOUND:
+            # Removed by another process (a host `logout` or `token rm`, maybe during
+            # this refresh): nothing is left to renew, and a later login observes anew.
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            self._log.info("token renewal for %s:%s stopped: the token was removed", *key)
+            return False
         entry.consecutive_failures += 1
         permanent = isinstance(exc, ProxyError) and exc.code in _PERMANENT_CODES
         if permanent or entry.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:

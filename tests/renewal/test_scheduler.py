@@ -318,6 +318,33 @@ async def test_a_refused_grant_gives_up_at_once_with_the_protocol_reason(
     await sched.aclose()
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "no token stored for provider 'acme' bucket 'work'",
+        "the token for provider 'acme' bucket 'work' was removed (logout) while it was "
+        "being refreshed; run `credproxy login acme` to use it again",
+    ],
+)
+async def test_a_token_removed_by_another_process_is_forgotten_after_one_attempt(
+    clock: FakeClock, refresh: Refresh, caplog: pytest.LogCaptureFixture, message: str
+) -> None:
+    """A host `credproxy logout` or `token rm` in another process: the refresh answers
+    NOT_FOUND, which no backoff can change, so the entry goes at once."""
+    caplog.set_level(logging.INFO, logger="credproxy.renewal")
+    sched = await fail_until_given_up(clock, refresh, ProxyError(ErrorCode.NOT_FOUND, message))
+    assert len(refresh.calls) == 1
+    assert sched.status("acme", "work") is None
+    assert renewal_tasks() == []
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "acme:work" in caplog.records[0].getMessage()
+
+    login_at = clock.time()  # a later login schedules it again
+    sched.observe("acme", "work", token(login_at + HOUR, refresh_token="rt-secret-new"))
+    assert status(sched).next_at == login_at + HOUR - HOUR_LEAD
+    await sched.aclose()
+
+
 async def test_a_new_token_after_giving_up_starts_renewal_again(
     clock: FakeClock, refresh: Refresh
 ) -> None:
