@@ -18,7 +18,9 @@ callers ask, in this process and across processes sharing the store:
 - the result is saved (and, in the file store, fsynced) before any caller gets
   it, so the rotated refresh token survives a daemon killed right after;
 - the save is a compare-and-set on the refresh token used: a logout or a new
-  login that happened during the provider call wins.
+  login that happened during the provider call wins;
+- every store call is bounded by the write path (``store.writepath``), so a
+  renewal with no request around it cannot hang on a stuck keyring.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 from credproxy.oauth.errors import OAuthFlowError, provider_not_found
 from credproxy.oauth.flows import Clock, request_token
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.store.writepath import WritePath, host_metadata, refresh_lock
+from credproxy.store.writepath import StoreTimeoutError, WritePath, host_metadata, refresh_lock
 from credproxy.tokens import REFRESH_TOKEN, Token
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ class RefreshCoordinator:
             if last is not None and self._monotonic() - last.at < self._cooldown_s:
                 if last.error is not None:
                     raise ProxyError(last.error.code, last.error.message)
-                token = await self._writes.store.get_token(provider, bucket)
+                token = await self._writes.read_token(provider, bucket)
                 if token is not None:
                     return token
             running = asyncio.get_running_loop().create_task(self._run(key))
@@ -117,6 +119,13 @@ class RefreshCoordinator:
             if called:
                 self._remember(key, exc)
             raise
+        except StoreTimeoutError:
+            failure = ProxyError(
+                ErrorCode.INTERNAL_ERROR, "the host's credential store did not answer in time"
+            )
+            if called:
+                self._remember(key, failure)
+            raise failure from None
         except Exception:
             failure = ProxyError(ErrorCode.INTERNAL_ERROR, "the refresh failed on the host")
             if called:
@@ -140,12 +149,13 @@ class RefreshCoordinator:
         config = self._providers.get(provider)
         if config is None:
             raise provider_not_found(provider)
-        store = self._writes.store
-        view = await store.get_token(provider, bucket)
+        view = await self._writes.read_token(provider, bucket)
         if view is None:
             raise _not_stored(provider, bucket)
         async with self._writes.locks.hold(refresh_lock(provider, bucket)):
-            current = await store.get_token(provider, bucket)
+            # Under the record lock too: a save that overran its time bound may still be
+            # writing the rotated refresh token, and the provider must never see an old one.
+            current = await self._writes.read_token_locked(provider, bucket)
             if current is None:
                 raise _not_stored(provider, bucket)
             used = current.get(REFRESH_TOKEN)

@@ -6,6 +6,7 @@ session manager's clock (``credproxy serve`` issues one token and uses the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import tempfile
 from collections.abc import AsyncIterator
@@ -31,8 +32,10 @@ from credproxy.server.app import Daemon
 from credproxy.server.context import ServerState
 from credproxy.sessions import OAuthSessionManager
 from credproxy.store.memory import MemoryStore
+from tests.fixtures.hanging_store import HangingStore
 from tests.fixtures.oidc import OidcServer
 from tests.fixtures.settings import providers_of
+from tests.oauth.browser import HeadlessUser
 
 
 class FakeClock:
@@ -85,13 +88,18 @@ class InProcess:
 
 @pytest.fixture
 async def in_process(oidc_server: OidcServer) -> AsyncIterator[InProcess]:
+    async with running(oidc_server, MemoryStore()) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running(oidc_server: OidcServer, store: MemoryStore) -> AsyncIterator[InProcess]:
     config = {
         "providers": {
             "paste": oidc_server.provider_table("pkce_redirect"),
             "device": oidc_server.provider_table("device_code"),
         }
     }
-    store = MemoryStore()
     clock = FakeClock()
     http = CountingHttp()
     state = ServerState(store=store)
@@ -209,3 +217,27 @@ async def test_concurrent_logins_beyond_the_cap_send_no_extra_provider_requests(
     assert len(started) == SESSION_CAP - 1
     assert len(refused) == 8 - len(started)
     assert in_process.http.requests == sent + len(started)
+
+
+async def test_a_device_login_whose_store_never_answers_ends_with_an_error_not_pending(
+    oidc_server: OidcServer,
+) -> None:
+    """The login's final save runs in the background, outside any request's time
+    limit: a hung store must end the session with an error the poll reports (the
+    host's log names the store timeout), not leave it pending until it expires."""
+    store = HangingStore("get_token")
+    async with running(oidc_server, store) as daemon, daemon.client("alice") as alice:
+        daemon.runtime.writes.store_timeout_s = 0.5
+        started = await alice.oauth_initiate("device")
+        with HeadlessUser() as user:
+            await asyncio.to_thread(
+                user.enter_device_code, started["verification_url"], started["user_code"]
+            )
+        async with asyncio.timeout(30.0):
+            while (reply := await alice.oauth_poll(started["session_id"]))["status"] == "pending":
+                await asyncio.sleep(0.05)
+        store.answer.set()
+    assert reply["status"] == "error"
+    assert reply["code"] == "INTERNAL_ERROR"
+    assert "start it again" in reply["error"]
+    assert store.stalled >= 1

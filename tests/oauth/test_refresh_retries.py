@@ -8,6 +8,7 @@ injected and recorded, so no test waits the real 1 s and 3 s.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.refresh import RefreshCoordinator
 from credproxy.store.memory import MemoryStore
 from credproxy.store.writepath import WritePath, host_metadata
+from tests.fixtures.hanging_store import HangingStore
 from tests.fixtures.settings import provider_config
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -35,6 +37,8 @@ STORED = {
 }
 GOOD: Answer = (200, {"access_token": "new-access", "token_type": "Bearer", "expires_in": 3600,
               "refresh_token": "rt-2"}, {})  # fmt: skip
+STORE_BOUND_S = 0.5
+"""How soon a hung store call fails here; real stores get 15 s."""
 UNAVAILABLE: Answer = (503, {"error": "temporarily_unavailable"}, {})
 
 
@@ -63,7 +67,7 @@ async def scripted_provider(script: Script) -> AsyncIterator[tuple[str, list[str
 
 
 class Refresher:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, store: MemoryStore | None = None) -> None:
         config = provider_config(
             "stand",
             {
@@ -73,13 +77,14 @@ class Refresher:
                 "device_authorization_endpoint": f"{base}/device",
             },
         )
-        self.store = MemoryStore()
+        self.store = store if store is not None else MemoryStore()
         self.http = OAuthHttp()
         self.sleeps: list[float] = []
+        self.providers = ProviderRegistry({"stand": config})
         self.coordinator = RefreshCoordinator(
-            ProviderRegistry({"stand": config}),
+            self.providers,
             self.http,
-            WritePath(self.store),
+            WritePath(self.store, store_timeout_s=STORE_BOUND_S),
             sleep=self._sleep,
         )
 
@@ -187,3 +192,26 @@ async def test_an_unreachable_provider_is_tried_three_times() -> None:
     assert "could not be reached" in caught.value.message
     assert "tried 3 times" in caught.value.message
     assert {k: v for k, v in stored.items() if k in STORED} == STORED
+
+
+async def test_a_renewal_whose_save_hangs_fails_in_time_and_its_rotated_token_survives() -> None:
+    """A scheduler-driven refresh has no request timeout around it. The hung save
+    of the rotated refresh token fails the caller with a clear error, still lands
+    once the store answers, and the next refresh uses it without a provider call."""
+    store = HangingStore()
+    async with scripted_provider([GOOD]) as (base, received), Refresher(base, store) as refresher:
+        store.hang.add("save_token")
+        async with asyncio.timeout(30.0):
+            with pytest.raises(ProxyError) as caught:
+                await refresher.refresh()
+            assert caught.value.code == ErrorCode.INTERNAL_ERROR
+            assert caught.value.message == "the host's credential store did not answer in time"
+            store.hang.clear()
+            store.answer.set()
+            refresher.coordinator = RefreshCoordinator(  # past the cooldown: a new daemon
+                refresher.providers, refresher.http, WritePath(store)
+            )
+            again = await refresher.refresh()
+        assert again["refresh_token"] == "rt-2"
+        assert received == ["rt-1"]
+        assert (await refresher.stored())["refresh_token"] == "rt-2"

@@ -16,7 +16,14 @@ from credproxy.store.base import StoreError
 from credproxy.store.file import FileStore
 from credproxy.store.keysource import KeySettings
 from credproxy.store.memory import MemoryStore
-from credproxy.store.writepath import RecordLocks, WritePath, token_lock, write_path
+from credproxy.store.writepath import (
+    RecordLocks,
+    StoreTimeoutError,
+    WritePath,
+    token_lock,
+    write_path,
+)
+from tests.fixtures.hanging_store import HangingStore
 
 TOKEN: dict[str, Any] = {
     "access_token": "a",
@@ -115,3 +122,58 @@ async def test_a_refresh_result_is_dropped_after_a_logout_or_a_new_login() -> No
     kept = await writes.apply_refresh("p", "b", "r-1", fresh, now=1.0)
     assert kept is not None and kept["refresh_token"] == "r-login"
     assert (await store.get_token("p", "b")) == kept
+
+
+# --- a store that stops answering -----------------------------------------------------
+
+BOUND_S = 0.2
+"""The store bound in these tests: how soon a hung call fails, not a speed expected."""
+NEVER_S = 30.0
+"""Only so that a regression fails the test instead of hanging the suite."""
+
+
+async def test_a_login_save_into_a_store_that_never_answers_fails_with_a_clear_error() -> None:
+    """A login finishing in the background has no request timeout around it."""
+    store = HangingStore("get_token")
+    writes = WritePath(store, store_timeout_s=BOUND_S)
+    async with asyncio.timeout(NEVER_S):
+        with pytest.raises(StoreTimeoutError) as caught:
+            await writes.save_login("p", "b", dict(TOKEN))
+    assert "did not answer within 0.2 s" in str(caught.value)
+    assert "r-1" not in str(caught.value)
+    store.answer.set()
+
+
+async def test_a_save_that_overran_its_bound_keeps_the_record_locked_until_its_late_write() -> None:
+    """The late write still lands under the lock: the next writer merges onto it
+    instead of having it overwrite its own update afterwards."""
+    store = HangingStore("save_token")
+    writes = WritePath(store, store_timeout_s=BOUND_S)
+    async with asyncio.timeout(NEVER_S):
+        with pytest.raises(StoreTimeoutError):
+            await writes.save_login("p", "b", dict(TOKEN))
+        store.hang.clear()  # the store works again, but the first save is still stuck
+        second = asyncio.create_task(
+            writes.update_token("p", "b", lambda t: {**(t or {}), "note": "second"})
+        )
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not second.done(), "the record was unlocked while a write to it was under way"
+        store.answer.set()
+        await second
+    stored = await store.get_token("p", "b")
+    assert stored == {**TOKEN, "note": "second"}
+
+
+async def test_a_read_for_a_refresh_waits_for_a_late_write_of_the_record() -> None:
+    store = HangingStore("save_token")
+    writes = WritePath(store, store_timeout_s=BOUND_S)
+    async with asyncio.timeout(NEVER_S):
+        with pytest.raises(StoreTimeoutError):
+            await writes.save_login("p", "b", dict(TOKEN))
+        read = asyncio.create_task(writes.read_token_locked("p", "b"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not read.done()
+        store.answer.set()
+        assert await read == TOKEN

@@ -14,6 +14,14 @@ whole provider call, so a slow provider never holds up a sandbox's save or a
 logout; the refresh's own write is a compare-and-set against the refresh token
 it used (``apply_refresh``), so a logout or a new login that happened meanwhile
 wins.
+
+Every store call made here is bounded (``DEFAULT_STORE_TIMEOUT_S``): a request
+is also bounded by the server, but a login finishing in the background or a
+renewal is not, and a hung keyring must not stall them for good. A call that
+overruns fails its caller with ``StoreTimeoutError``, while the call itself
+runs on (a keyring or file call in a thread cannot be stopped) and keeps the
+record's lock until it ends, so a late write still lands under the lock and
+nobody reads the record before it.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -39,12 +47,55 @@ from credproxy.tokens import (
 
 LOCK_DIR: Final = "locks"
 DEFAULT_LOCK_TIMEOUT_S: Final = 15.0
+DEFAULT_STORE_TIMEOUT_S: Final = 15.0
 _POLL_S: Final = 0.01
 _POLL_MAX_S: Final = 0.05
 
 
+T = TypeVar("T")
+
+
 class BucketLimitError(StoreError):
     """A sandbox tried to create one bucket more than a provider may have."""
+
+
+class StoreTimeoutError(StoreError):
+    """The store did not answer in time (a hung keyring, a stalled disk)."""
+
+
+class _StoreCalls:
+    """Store calls made while holding one record's lock, each bounded in time."""
+
+    def __init__(self, store_timeout_s: float) -> None:
+        self._timeout_s = store_timeout_s
+        self.unfinished: asyncio.Future[Any] | None = None
+
+    async def __call__(self, call: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(call)
+        self.unfinished = task
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await asyncio.shield(task)
+        except TimeoutError:
+            if task.done():  # the store's own TimeoutError, not our bound
+                raise
+            task.add_done_callback(_retrieve)
+            raise _store_timeout(self._timeout_s) from None
+        self.unfinished = None
+        return result
+
+
+def _store_timeout(timeout_s: float) -> StoreTimeoutError:
+    return StoreTimeoutError(
+        f"the credential store did not answer within {timeout_s:g} s (a locked or hung "
+        "keyring, or a stalled disk); check it on the host and retry"
+    )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a late call's outcome as seen: its caller has already had its error."""
+    if not future.cancelled():
+        future.exception()
 
 
 class RecordLocks:
@@ -161,9 +212,47 @@ def lock_directory(store: object) -> Path | None:
 class WritePath:
     """Every change to ``store``'s credentials; see the module docstring."""
 
-    def __init__(self, store: CredentialStore, locks: RecordLocks | None = None) -> None:
+    def __init__(
+        self,
+        store: CredentialStore,
+        locks: RecordLocks | None = None,
+        *,
+        store_timeout_s: float = DEFAULT_STORE_TIMEOUT_S,
+    ) -> None:
         self.store = store
         self.locks = locks if locks is not None else RecordLocks(lock_directory(store))
+        self.store_timeout_s = store_timeout_s
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def holding(self, name: str) -> AsyncIterator[_StoreCalls]:
+        """Hold the lock ``name`` and make bounded store calls through the value given.
+
+        A call still running when the block ends (it overran its bound, or the caller
+        was cancelled) keeps the lock until it finishes, released by a task of its own.
+        """
+        held = contextlib.AsyncExitStack()
+        await held.enter_async_context(self.locks.hold(name))
+        calls = _StoreCalls(self.store_timeout_s)
+        try:
+            yield calls
+        finally:
+            late = calls.unfinished
+            if late is None or late.done():
+                await held.aclose()
+            else:
+                releasing = asyncio.get_running_loop().create_task(_release_after(late, held))
+                self._releasing.add(releasing)
+                releasing.add_done_callback(self._releasing.discard)
+
+    async def read_token(self, provider: str, bucket: str) -> Token | None:
+        """The stored token, read without the lock (no decision to write rests on it)."""
+        return await _StoreCalls(self.store_timeout_s)(self.store.get_token(provider, bucket))
+
+    async def read_token_locked(self, provider: str, bucket: str) -> Token | None:
+        """The stored token once no write of it is under way, a late one included."""
+        async with self.holding(token_lock(provider, bucket)) as call:
+            return await call(self.store.get_token(provider, bucket))
 
     # --- tokens -------------------------------------------------------------------------
 
@@ -178,9 +267,9 @@ class WritePath:
         """Apply ``change`` to the freshest stored token under its lock and store the
         result (None removes). ``change`` returning its argument unchanged writes
         nothing. A damaged record reads as None when ``replace_damaged``."""
-        async with self.locks.hold(token_lock(provider, bucket)):
+        async with self.holding(token_lock(provider, bucket)) as call:
             try:
-                current = await self.store.get_token(provider, bucket)
+                current = await call(self.store.get_token(provider, bucket))
             except CorruptRecordError:
                 if not replace_damaged:
                     raise
@@ -191,11 +280,11 @@ class WritePath:
             new = change(None if current is None else dict(current))
             if new is None:
                 if current is not None or damaged:
-                    await self.store.remove_token(provider, bucket)
+                    await call(self.store.remove_token(provider, bucket))
                 return None
             if current is not None and new == current:
                 return new
-            await self.store.save_token(provider, bucket, new)
+            await call(self.store.save_token(provider, bucket, new))
             return new
 
     async def save_from_sandbox(
@@ -204,9 +293,9 @@ class WritePath:
         """A sandbox's ``save_token``: sanitized at any depth, merged into the stored
         token so the host's refresh token and metadata stay. Returns the stored token."""
         incoming = from_sandbox(raw)
-        async with self.locks.hold(token_lock(provider, bucket)):
-            stored = await self.store.get_token(provider, bucket)
-            if stored is None and len(await self.store.list_buckets(provider)) >= max_buckets:
+        async with self.holding(token_lock(provider, bucket)) as call:
+            stored = await call(self.store.get_token(provider, bucket))
+            if stored is None and len(await call(self.store.list_buckets(provider))) >= max_buckets:
                 raise BucketLimitError(
                     f"provider {provider!r} already has {max_buckets} buckets; remove one on "
                     "the host before saving a new bucket"
@@ -214,7 +303,7 @@ class WritePath:
             merged = merge(stored, incoming)
             check_merged_size(merged)
             if merged != stored:
-                await self.store.save_token(provider, bucket, merged)
+                await call(self.store.save_token(provider, bucket, merged))
             return merged
 
     async def save_login(self, provider: str, bucket: str, token: Token) -> Token:
@@ -239,8 +328,8 @@ class WritePath:
     async def remove_token(self, provider: str, bucket: str) -> bool:
         """Logout: gone under the lock, so a refresh finishing later sees no record
         and writes nothing (``apply_refresh``)."""
-        async with self.locks.hold(token_lock(provider, bucket)):
-            return await self.store.remove_token(provider, bucket)
+        async with self.holding(token_lock(provider, bucket)) as call:
+            return await call(self.store.remove_token(provider, bucket))
 
     async def apply_refresh(
         self, provider: str, bucket: str, used: str, fresh: Token, *, now: float
@@ -284,12 +373,20 @@ class WritePath:
     # --- keys ---------------------------------------------------------------------------
 
     async def set_key(self, name: str, value: str) -> None:
-        async with self.locks.hold(key_lock(name)):
-            await self.store.set_key(name, value)
+        async with self.holding(key_lock(name)) as call:
+            await call(self.store.set_key(name, value))
 
     async def remove_key(self, name: str) -> bool:
-        async with self.locks.hold(key_lock(name)):
-            return await self.store.remove_key(name)
+        async with self.holding(key_lock(name)) as call:
+            return await call(self.store.remove_key(name))
+
+
+async def _release_after(late: asyncio.Future[Any], held: contextlib.AsyncExitStack) -> None:
+    """Let go of a lock once the store call that overran under it has ended."""
+    try:
+        await asyncio.wait([late])
+    finally:
+        await held.aclose()
 
 
 def _metadata(stored: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
