@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.daemon",
     "tests.fixtures.keyring",
     "tests.fixtures.http",
+    "tests.fixtures.redis",
 ]
