@@ -26,7 +26,6 @@ import binascii
 import contextlib
 import errno
 import os
-import re
 import secrets
 import stat
 import threading
@@ -38,24 +37,19 @@ from typing import Any, Final
 import msgspec
 from filelock import FileLock, Timeout
 
-from credproxy.store import crypto
 from credproxy.store.base import StoreError
-from credproxy.store.keysource import KeySettings, create_key, load_key
+from credproxy.store.keysource import KeySettings
 from credproxy.store.records import RecordStore, corrupt
+from credproxy.store.sealing import Sealer, decode_value, new_sealer, open_sealer
 
 DATA_FILE: Final = "credentials.json"
 LOCK_FILE: Final = "credentials.lock"
 FORMAT: Final = "credproxy-store"
 FORMAT_VERSION: Final = 1
-CHECK_RECORD: Final = "check"
-CHECK_PLAINTEXT: Final = b"credproxy data key check"
-_SEALED_CHECK_BYTES: Final = crypto.NONCE_BYTES + len(CHECK_PLAINTEXT) + 16  # nonce, text, tag
 TEMP_PREFIX: Final = f".{DATA_FILE}."
 TEMP_SUFFIX: Final = ".tmp"
 DEFAULT_LOCK_TIMEOUT_S: Final = 10.0
 
-_STORE_ID_RE: Final = re.compile(r"[0-9a-f]{32}")
-_SOURCE_NAMES: Final = {"keyfile": "key file", "keyring": "keyring", "passphrase": "passphrase"}
 
 _Signature = tuple[int, int, int, int]
 
@@ -95,10 +89,7 @@ class FileStore(RecordStore):
         self._snapshot = _Snapshot(signature=None, records={})
         self._prepare_directory()
         self._file_lock = FileLock(self.directory / LOCK_FILE, timeout=lock_timeout_s, mode=0o600)
-        self._store_id = ""
-        self._key_info: dict[str, Any] = {}
-        self._check = ""
-        self._key = b""
+        self._sealer = Sealer(store_id="")
         self.key_source = ""
         # An existing store opens without the lock (writes replace the file
         # atomically), so a passphrase prompt never holds up other processes.
@@ -137,89 +128,26 @@ class FileStore(RecordStore):
             )
 
     def _open_existing(self) -> None:
-        header = self._header
-        store_id = header.get("store_id")
-        if not isinstance(store_id, str) or not _STORE_ID_RE.fullmatch(store_id):
-            raise StoreError(f"store file {self.path} has a damaged header (store_id)")
-        self._store_id = store_id
-        self._key, self.key_source = load_key(
-            self._settings, self.directory, store_id, header.get("key")
+        self._sealer = open_sealer(
+            self._settings,
+            self.directory,
+            self._header,
+            where=f"the store in {self.directory}",
+            header_name=f"store file {self.path}",
+            sealed_records=self._sealed_records,
         )
-        self._key_info = header["key"]
-        check = header.get("check")
-        self._check = check if isinstance(check, str) else ""
-        try:
-            crypto.unseal(
-                self._key,
-                crypto.associated_data(store_id, CHECK_RECORD),
-                base64.b64decode(self._check, validate=True),
-            )
-        except (crypto.SealError, binascii.Error, ValueError):
-            raise self._check_failure() from None
+        self.key_source = self._sealer.key_source
 
-    def _check_failure(self) -> StoreError:
-        """Tell a damaged key check from a wrong key, as far as the format can.
-
-        A check that is not base64, or not the length of a sealed check, was
-        damaged: no key makes it so. A well-formed check whose GCM tag fails
-        means a wrong key or damaged bytes, which GCM cannot tell apart; but if
-        the same key opens a stored record, the key is right and the check is
-        what broke. Only an empty store leaves the two undecided.
-        """
-        source = _SOURCE_NAMES.get(self.key_source, self.key_source)
-        try:
-            blob = base64.b64decode(self._check, validate=True)
-        except (binascii.Error, ValueError):
-            blob = b""
-        if len(blob) != _SEALED_CHECK_BYTES:
-            return StoreError(
-                f"store file {self.path} has a damaged header: its key check is not "
-                f"{_SEALED_CHECK_BYTES} base64-encoded bytes, which no key can cause; the "
-                "credentials may be intact: restore the file from a backup, or keep it and "
-                "ask for help rather than overwriting it"
-            )
-        if self._key_opens_a_record():
-            return StoreError(
-                f"store file {self.path} has a damaged header: its key check fails, yet the "
-                f"data key from the {source} opens the stored records, so the key is right; "
-                "the credentials are intact: restore the file from a backup, or keep it and "
-                "ask for help rather than overwriting it"
-            )
-        reason = (
-            "the store holds no record to tell the two apart"
-            if not self._snapshot.records
-            else "no stored record opens with it either"
-        )
-        return StoreError(
-            f"the data key from the {source} does not open the store in {self.directory}: a "
-            "wrong passphrase, or a key file or keyring entry of another store (or a damaged "
-            f"key check: {reason}); use the right key, or choose another store path"
-        )
-
-    def _key_opens_a_record(self) -> bool:
+    def _sealed_records(self) -> Iterator[tuple[str, bytes | None]]:
         for record_id, encoded in self._snapshot.records.items():
             try:
-                crypto.unseal(
-                    self._key,
-                    crypto.associated_data(self._store_id, record_id),
-                    base64.b64decode(encoded, validate=True),
-                )
-            except (crypto.SealError, binascii.Error, ValueError, TypeError):
-                continue
-            return True
-        return False
+                yield record_id, base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                yield record_id, None
 
     def _create(self) -> None:
-        self._store_id = secrets.token_hex(16)
-        self._key, self._key_info = create_key(self._settings, self.directory, self._store_id)
-        self.key_source = self._key_info["source"]
-        self._check = base64.b64encode(
-            crypto.seal(
-                self._key,
-                crypto.associated_data(self._store_id, CHECK_RECORD),
-                CHECK_PLAINTEXT,
-            )
-        ).decode("ascii")
+        self._sealer = new_sealer(self._settings, self.directory)
+        self.key_source = self._sealer.key_source
         self._write({})
 
     # --- reading ---------------------------------------------------------------
@@ -286,15 +214,12 @@ class FileStore(RecordStore):
         if cached is not None and cached[0] == blob:
             return cached[1]
         try:
-            plain = crypto.unseal(
-                self._key,
-                crypto.associated_data(self._store_id, record_id),
-                base64.b64decode(blob, validate=True),
-            )
-        except (crypto.SealError, binascii.Error, ValueError, TypeError):
+            raw = base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError, TypeError):
             raise corrupt(
                 record_id, "is damaged or was tampered with and cannot be decrypted"
             ) from None
+        plain = self._sealer.unseal(record_id, raw)
         snapshot.plain[record_id] = (blob, plain)
         return plain
 
@@ -314,10 +239,7 @@ class FileStore(RecordStore):
         plain = self._plaintext(snapshot, record_id)
         if plain is None:
             return None
-        try:
-            return msgspec.json.decode(plain)
-        except msgspec.DecodeError:
-            raise corrupt(record_id, "is not valid JSON") from None
+        return decode_value(record_id, plain)
 
     async def _record_ids(self) -> list[str]:
         return list((await self._fresh()).records)
@@ -351,9 +273,9 @@ class FileStore(RecordStore):
                 plain = None
             else:
                 plain = msgspec.json.encode(value)
-                records[record_id] = base64.b64encode(
-                    crypto.seal(self._key, crypto.associated_data(self._store_id, record_id), plain)
-                ).decode("ascii")
+                records[record_id] = base64.b64encode(self._sealer.seal(record_id, plain)).decode(
+                    "ascii"
+                )
             self._write(records, record_id, plain)
             return True
 
@@ -363,9 +285,9 @@ class FileStore(RecordStore):
         document = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "store_id": self._store_id,
-            "key": self._key_info,
-            "check": self._check,
+            "store_id": self._sealer.store_id,
+            "key": self._sealer.key_info,
+            "check": self._sealer.check,
             "records": dict(sorted(records.items())),
         }
         data = msgspec.json.encode(document)
