@@ -52,10 +52,23 @@ BodyEncoding = Literal["form", "json"]
 class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """``[store]``: which backend keeps the credentials, and where."""
 
-    backend: Literal["file", "keyring", "memory"] | None = None
+    backend: Literal["file", "keyring", "memory", "redis"] | None = None
     path: Text | None = None
     key_source: Literal["auto", "keyring", "keyfile", "passphrase"] | None = None
     key_file: Text | None = None
+    # The Redis backend (docs/storage.md, "The Redis store"); cross-key rules
+    # (no password in the url, TLS files with rediss://) in store.redis.RedisSettings.
+    url: Url | None = None
+    username: Text | None = None
+    password_file: Text | None = None
+    password_keyring: bool | None = None
+    tls_ca_file: Text | None = None
+    tls_cert_file: Text | None = None
+    tls_key_file: Text | None = None
+    prefix: Annotated[str, Meta(pattern=r"^\S{1,64}\Z")] | None = None
+    timeout_s: Annotated[float, Meta(ge=0.1, le=14.0)] | None = None
+    lease_ttl_s: Annotated[float, Meta(ge=0.5, le=300.0)] | None = None
+    serve_cached_when_unreachable: bool | None = None
 
 
 class OAuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -3,7 +3,8 @@
 The file and keyring backends share their protocol methods (``store.records``),
 and the memory store stands in for them in daemon tests, so one set of
 assertions holds for all three. On the keyring, listing goes through its index
-item; on the file store, through the file's record table.
+item; on the file store, through the file's record table; on Redis, through
+its index set.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from credproxy.store.file import FileStore
 from credproxy.store.keyring import KeyringStore
 from credproxy.store.keysource import KeySettings
 from credproxy.store.memory import MemoryStore
+from credproxy.store.redis import RedisSettings, RedisStore
 from credproxy.store.secretservice import SecretService
+from tests.fixtures.redis import STORE_USER
 
 TOKEN = {
     "access_token": "ct-access-5e1b",
@@ -28,13 +31,27 @@ TOKEN = {
 }
 
 
-@pytest.fixture(params=["memory", "file", "keyring"])
+@pytest.fixture(params=["memory", "file", "keyring", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CredentialStore]:
     backend: CredentialStore
     if request.param == "memory":
         backend = MemoryStore()
     elif request.param == "file":
         backend = FileStore(tmp_path / "store", KeySettings(source="keyfile"))
+    elif request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        prefix = request.getfixturevalue("redis_prefix")
+        backend = RedisStore(
+            RedisSettings.from_section(
+                {
+                    "url": server.url,
+                    "username": STORE_USER,
+                    "password_file": str(server.password_file()),
+                    "prefix": prefix,
+                }
+            ),
+            KeySettings(source="keyfile", key_file=tmp_path / "fleet.key"),
+        )
     else:
         request.getfixturevalue("gnome_keyring")
         # A service name per test, so tests never see each other's items.

@@ -25,11 +25,11 @@ CONFIG_HELP = (
     "Configuration file (default: $CREDPROXY_CONFIG, else $XDG_CONFIG_HOME/credproxy/config.toml)."
 )
 STORE_HELP = "Store backend (default: [store] backend in the config, else file)."
-STORE_BACKENDS = ("file", "keyring", "memory")
+STORE_BACKENDS = ("file", "keyring", "memory", "redis")
 
 
 def store_choice() -> click.Choice[str]:
-    """The one way ``--store`` is typed, so every ``--help`` shows [file|keyring|memory]."""
+    """The one way ``--store`` is typed, so every ``--help`` shows [file|keyring|memory|redis]."""
     return click.Choice(STORE_BACKENDS)
 
 

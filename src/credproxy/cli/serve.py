@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import stat
@@ -259,6 +260,21 @@ def run_serve(
         raise click.ClickException(str(exc)) from None
 
 
+async def _open_store(store: CredentialStore) -> None:
+    """A network store (Redis) connects and checks its data key before the daemon
+    listens, so a wrong key or password stops ``serve`` at once; a store that is only
+    unreachable now is not fatal: the daemon serves other work and retries on each call."""
+    from credproxy.store.base import StoreUnavailableError
+
+    connect = getattr(store, "connect", None)
+    if connect is None:
+        return
+    try:
+        await connect()
+    except StoreUnavailableError as exc:
+        logging.getLogger("credproxy.server").warning("%s; starting anyway", exc)
+
+
 async def _run(
     opts: _Options,
     credential_store: CredentialStore,
@@ -296,6 +312,7 @@ async def _run(
     del built
     token_file: Path | None = None
     try:
+        await _open_store(credential_store)
         path = await daemon.start()
         daemon.install_signal_handlers()
         if token is not None:

@@ -41,13 +41,14 @@ from credproxy.protocol.server import (
 )
 from credproxy.server.context import HandlerTable, PeerCredentials, RequestContext, ServerState
 from credproxy.server.handlers import not_available
-from credproxy.store.base import StoreError
+from credproxy.store.base import StoreError, StoreUnavailableError
 
 PARTIAL_FRAME_TIMEOUT_S: Final = DEFAULT_LIMITS.partial_frame_s
 HANDSHAKE_TIMEOUT_S: Final = DEFAULT_LIMITS.handshake_s
 
 _GENERIC_FAILURE: Final = "the host could not complete the operation; see the daemon log"
 _TIMEOUT_FAILURE: Final = "the operation timed out on the host"
+STORE_UNREACHABLE: Final = "the host's credential store is unreachable; retry shortly"
 _OUTCOMES: Final = frozenset({"ok", "TIMEOUT", *ErrorCode})
 _AUDIT_BEHIND: Final = "the host's audit log is behind; try again shortly"
 
@@ -450,6 +451,9 @@ class Connection(asyncio.Protocol):
     def _error_for(op: str, exc: Exception) -> ProxyError:
         if isinstance(exc, ProxyError):
             return exc
+        if isinstance(exc, StoreUnavailableError):
+            log.error("%s failed: %s", op, exc)
+            return ProxyError(ErrorCode.INTERNAL_ERROR, STORE_UNREACHABLE)
         if isinstance(exc, StoreError):
             log.error("%s failed in the credential store: %s", op, exc)
         elif isinstance(exc, TimeoutError):

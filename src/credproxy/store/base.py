@@ -19,6 +19,11 @@ class StoreError(Exception):
     """A backend failure; the message says what to do and never carries a secret."""
 
 
+class StoreUnavailableError(StoreError):
+    """The backend cannot be reached right now (a network store down or slow); retrying
+    later may succeed. Clients are told the store is unreachable."""
+
+
 class CorruptRecordError(StoreError):
     """One record cannot be decrypted or parsed; the others are still readable."""
 

@@ -1,13 +1,17 @@
 """Choosing a backend: always explicit, never left to ``keyring``'s own guess.
 
 ``[store]`` in the config file:
-  backend     file (default) | keyring | memory
+  backend     file (default) | keyring | memory | redis
   path        store directory of the file backend (default: the user data
               directory); the environment variable CREDPROXY_STORE_DIR wins
   key_source  auto (default) | keyring | keyfile | passphrase; env CREDPROXY_KEY_SOURCE
   key_file    the data key file (default: store.key in the store directory);
               env CREDPROXY_KEY_FILE
 The passphrase comes from CREDPROXY_PASSPHRASE, else from a prompt on a terminal.
+The Redis backend's own keys (url, username, password_file, ...) are read by
+``store.redis.RedisSettings``; its data key comes from the same sources, with
+"auto" meaning a key file (``redis-<prefix>.key`` in the store directory),
+since every host of a fleet needs the same key.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from credproxy.store.memory import MemoryStore
 if TYPE_CHECKING:
     from credproxy.settings import Settings, StoreSettings
 
-BACKENDS: Final = ("file", "keyring", "memory")
+BACKENDS: Final = ("file", "keyring", "memory", "redis")
 DEFAULT_BACKEND: Final = "file"
 STORE_DIR_ENV: Final = "CREDPROXY_STORE_DIR"
 KEY_SOURCE_ENV: Final = "CREDPROXY_KEY_SOURCE"
@@ -80,17 +84,31 @@ def open_store(backend: str | None, settings: Settings | StoreSettings) -> Crede
     name = backend_name(backend, section)
     if name == "memory":
         return MemoryStore()
-    if name == "file":
-        from credproxy.store.file import FileStore
+    if name in ("file", "redis"):
         from credproxy.store.keysource import KeySettings
 
         key_file = _setting(section.key_file, KEY_FILE_ENV)
+        source = _setting(section.key_source, KEY_SOURCE_ENV) or "auto"
         key_settings = KeySettings(
-            source=_setting(section.key_source, KEY_SOURCE_ENV) or "auto",
+            source=source,
             key_file=Path(key_file).expanduser() if key_file else None,
             passphrase=passphrase_from_env_or_prompt,
         )
-        return FileStore(store_directory(section), key_settings)
+        if name == "file":
+            from credproxy.store.file import FileStore
+
+            return FileStore(store_directory(section), key_settings)
+        import msgspec
+
+        from credproxy.store.redis import RedisSettings, RedisStore
+
+        given = msgspec.structs.asdict(section)
+        redis = RedisSettings.from_section({k: v for k, v in given.items() if v is not None})
+        if source == "auto":
+            key_settings.source = "keyfile"
+        if key_settings.key_file is None:
+            key_settings.key_file = store_directory(section) / f"redis-{redis.prefix}.key"
+        return RedisStore(redis, key_settings, store_directory(section))
     if name == "keyring":
         from credproxy.store.keyring import KeyringStore
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -195,7 +196,7 @@ def _load_or_create_key_file(path: Path) -> bytes:
     except OSError as exc:
         raise StoreError(f"cannot create directory {path.parent}: {exc.strerror}") from None
     key = crypto.new_data_key()
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
