@@ -1,0 +1,193 @@
+"""Daemons on different hosts (HOMEs) sharing one Redis store, over real sockets.
+
+What one daemon saves another serves; a logout on one reaches all within a
+second; Redis holds only ciphertext; and with Redis stopped under load every
+client gets an answer (the cached token, or "store unreachable") within the
+15 s host limit, the daemons recover by themselves when Redis is back, and no
+acknowledged save is lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from credproxy.store.redis import RedisStore
+from tests.fixtures.daemon import DaemonFactory, DaemonHandle, RawClient
+from tests.fixtures.redis import RedisServer
+from tests.store.redis_fleet import Fleet
+
+ACCESS = "fleet-canary-access-93c1"
+REFRESH = "fleet-canary-refresh-4e7a"
+API_KEY = "fleet-canary-key-0b5d"
+FUTURE = 4_000_000_000
+
+
+def seeded(access: str = ACCESS, refresh: str = REFRESH) -> dict[str, Any]:
+    return {
+        "access_token": access,
+        "refresh_token": refresh,
+        "expiry": FUTURE,
+        "token_type": "Bearer",
+    }
+
+
+async def _seed(store: RedisStore) -> None:
+    await store.save_token("acme", "default", seeded())
+    await store.set_key("openai", API_KEY)
+
+
+def _access(daemon: DaemonHandle, bucket: str = "default") -> str | None:
+    with daemon.client() as client:
+        reply = client.request("get_token", {"provider": "acme", "bucket": bucket})
+    if reply.get("ok"):
+        value: str = reply["data"]["access_token"]
+        return value
+    assert reply["code"] == "NOT_FOUND", reply
+    return None
+
+
+def _until_access(daemon: DaemonHandle, expected: str | None, within: float) -> None:
+    deadline = time.monotonic() + within
+    while (seen := _access(daemon)) != expected:
+        assert time.monotonic() < deadline, f"still {seen!r}, wanted {expected!r}"
+        time.sleep(0.01)
+
+
+def test_a_token_saved_through_one_daemon_is_served_by_another(
+    credproxy_daemon: DaemonFactory, redis_server: RedisServer, redis_prefix: str, tmp_path: Path
+) -> None:
+    fleet = Fleet(credproxy_daemon, redis_server, redis_prefix, tmp_path)
+    fleet.run(_seed)
+    writer = fleet.start("--allow", "acme", "--allow-save")
+    reader = fleet.start("--allow", "acme", "--allow-key", "openai")
+    assert _access(reader) == ACCESS
+    with writer.client() as client:
+        token = {"access_token": "saved-on-writer", "expiry": FUTURE, "token_type": "Bearer"}
+        reply = client.request("save_token", {"provider": "acme", "token": token})
+        assert reply["ok"], reply
+    _until_access(reader, "saved-on-writer", within=1.0)
+    with reader.client() as client:
+        assert client.request("get_api_key", {"name": "openai"})["data"] == {"key": API_KEY}
+    stored = fleet.run(lambda store: store.get_token("acme", "default"))
+    assert stored["refresh_token"] == REFRESH  # the sandbox's save kept the host's
+
+
+def test_a_logout_on_one_daemon_is_seen_by_all_within_a_second(
+    credproxy_daemon: DaemonFactory, redis_server: RedisServer, redis_prefix: str, tmp_path: Path
+) -> None:
+    fleet = Fleet(credproxy_daemon, redis_server, redis_prefix, tmp_path)
+    fleet.run(_seed)
+    daemons = [fleet.start("--allow", "acme", "--allow-remove") for _ in range(3)]
+    for daemon in daemons:
+        assert _access(daemon) == ACCESS  # each one has it cached now
+    with daemons[0].client() as client:
+        assert client.request("remove_token", {"provider": "acme"})["ok"]
+    for daemon in daemons[1:]:
+        _until_access(daemon, None, within=1.0)
+    assert fleet.run(lambda store: store.get_token("acme", "default")) is None
+
+
+def test_redis_holds_no_plaintext_secret_after_a_fleet_used_it(
+    credproxy_daemon: DaemonFactory, redis_server: RedisServer, redis_prefix: str, tmp_path: Path
+) -> None:
+    fleet = Fleet(credproxy_daemon, redis_server, redis_prefix, tmp_path)
+    fleet.run(_seed)
+    daemon = fleet.start("--allow", "acme", "--allow-save", "--allow-key", "openai")
+    with daemon.client() as client:
+        token = {"access_token": ACCESS + "-saved", "expiry": FUTURE, "token_type": "Bearer"}
+        assert client.request("save_token", {"provider": "acme", "token": token})["ok"]
+        assert client.request("get_api_key", {"name": "openai"})["ok"]
+    everything = b"\n".join(redis_server.all_bytes(redis_prefix))
+    assert f"{redis_prefix}:rec:token/acme/default".encode() in everything
+    for canary in (ACCESS, REFRESH, API_KEY):
+        assert canary.encode() not in everything
+
+
+def test_redis_stopped_under_load_answers_promptly_and_loses_no_acknowledged_save(
+    credproxy_daemon: DaemonFactory, private_redis: RedisServer, redis_prefix: str, tmp_path: Path
+) -> None:
+    fleet = Fleet(credproxy_daemon, private_redis, redis_prefix, tmp_path, timeout_s=2.0)
+    fleet.run(_seed)
+    daemons = [fleet.start("--allow", "acme", "--allow-save") for _ in range(3)]
+    for daemon in daemons:
+        assert _access(daemon) == ACCESS
+    stop = threading.Event()
+    acknowledged: dict[str, int] = {}
+    answers: list[tuple[str, float, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def saver(daemon: DaemonHandle, bucket: str) -> None:
+        n = 0
+        with RawClient(daemon.socket_path, timeout=20.0) as client:
+            client.handshake(daemon.capability_token)
+            while not stop.is_set():
+                n += 1
+                token = {"access_token": f"{bucket}-{n}", "expiry": FUTURE, "token_type": "Bearer"}
+                started = time.monotonic()
+                reply = client.request(
+                    "save_token", {"provider": "acme", "bucket": bucket, "token": token}
+                )
+                with lock:
+                    answers.append((bucket, time.monotonic() - started, reply))
+                    if reply.get("ok"):
+                        acknowledged[bucket] = n
+                time.sleep(0.02)
+
+    def reader(daemon: DaemonHandle) -> None:
+        with RawClient(daemon.socket_path, timeout=20.0) as client:
+            client.handshake(daemon.capability_token)
+            while not stop.is_set():
+                started = time.monotonic()
+                reply = client.request("get_token", {"provider": "acme"})
+                with lock:
+                    answers.append(("get", time.monotonic() - started, reply))
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=saver, args=(d, f"b{i}")) for i, d in enumerate(daemons)] + [
+        threading.Thread(target=reader, args=(d,)) for d in daemons
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        private_redis.stop()
+        time.sleep(3.0)
+        with lock:
+            during = len(answers)
+        private_redis.start()
+        deadline = time.monotonic() + 30.0
+        while True:  # every daemon's saves succeed again by themselves
+            time.sleep(0.2)
+            with lock:
+                recent = answers[during:]
+            recovered = {kind for kind, _, r in recent if kind != "get" and r.get("ok")}
+            if recovered == {"b0", "b1", "b2"}:
+                break
+            assert time.monotonic() < deadline, "the daemons did not recover"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    outage = [a for a in answers if not a[2].get("ok")]
+    assert outage, "no request met the outage"
+    for _, elapsed, reply in answers:
+        assert elapsed < 15.0
+        if not reply.get("ok"):
+            assert reply["code"] == "INTERNAL_ERROR"
+            assert reply["error"] == "the host's credential store is unreachable; retry shortly"
+    gets = [r for kind, _, r in answers if kind == "get"]
+    assert all(r["data"]["access_token"] == ACCESS for r in gets if r.get("ok"))
+
+    async def stored(store: RedisStore) -> dict[str, int]:
+        found = {}
+        for bucket in acknowledged:
+            token = await store.get_token("acme", bucket)
+            found[bucket] = int(token["access_token"].rsplit("-", 1)[1])
+        return found
+
+    final = fleet.run(stored)
+    for bucket, n in acknowledged.items():
+        assert final[bucket] >= n, (bucket, final[bucket], n)
