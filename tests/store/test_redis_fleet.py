@@ -185,6 +185,7 @@ def test_redis_stopped_under_load_answers_promptly_and_loses_no_acknowledged_sav
         found = {}
         for bucket in acknowledged:
             token = await store.get_token("acme", bucket)
+            assert token is not None
             found[bucket] = int(token["access_token"].rsplit("-", 1)[1])
         return found
 
