@@ -530,7 +530,15 @@ def _last_refresh_line(report: dict[str, Any] | None, now: float) -> str:
 def store_description(store: CredentialStore) -> str:
     from credproxy.store.file import FileStore
     from credproxy.store.keyring import KeyringStore
+    from credproxy.store.redis import RedisStore
 
+    if isinstance(store, RedisStore):
+        tls = ", TLS" if store.settings.url.startswith("rediss:") else ""
+        return (
+            f"redis store {store.settings.location} prefix {store.settings.prefix} "
+            f"(user {store.settings.username or 'default'}{tls}; data key from "
+            f"{store.key_source or 'unknown'})"
+        )
     if isinstance(store, FileStore):
         return f"file store {store.directory} (data key from {store.key_source})"
     if isinstance(store, KeyringStore):
@@ -545,15 +553,32 @@ def host_status(
     with _reported_errors():
 
         async def action(store: CredentialStore) -> dict[str, Any]:
-            report = await collect_host_status(store)
+            health = await _backend_health(store)
+            if health.get("reachable") is False:
+                report: dict[str, Any] = {"mode": "host", "providers": {}, "keys": []}
+            else:
+                report = await collect_host_status(store)
             report["store"] = store_description(store)
+            report["backend"] = health
             return report
 
         report = _run(backend, config_path, action)
+    health = report["backend"]
     if as_json:
         _print_json(report)
+        if health.get("reachable") is False:
+            sys.exit(EXIT_FAILURE)
         return report
     click.echo(f"credproxy host view ({report['store']})")
+    if "reachable" in health:
+        if health["reachable"]:
+            subscribed = "change notices on" if health.get("subscribed") else "change notices off"
+            click.echo(
+                f"backend: reachable, round trip {health['roundTripMs']} ms, "
+                f"{health.get('records', 0)} records, {subscribed}"
+            )
+        else:
+            _fail(f"backend: {health.get('error', 'unreachable')}")
     providers: dict[str, dict[str, dict[str, Any]]] = report["providers"]
     click.echo("providers:" if providers else "providers: none stored")
     for provider, buckets in providers.items():
@@ -571,6 +596,22 @@ def host_status(
     return report
 
 
+async def _backend_health(store: CredentialStore) -> dict[str, Any]:
+    """The backend's own report (Redis: reachability, round trip), else just its name."""
+    probe = getattr(store, "health", None)
+    if probe is not None:
+        health: dict[str, Any] = await probe()
+        return health
+    from credproxy.store.file import FileStore
+    from credproxy.store.keyring import KeyringStore
+
+    if isinstance(store, FileStore):
+        return {"backend": "file"}
+    if isinstance(store, KeyringStore):
+        return {"backend": "keyring"}
+    return {"backend": "memory"}
+
+
 def host_key_list(
     *, as_json: bool = False, backend: str | None = None, config_path: Path | None = None
 ) -> list[str]:
@@ -583,3 +624,161 @@ def host_key_list(
         for name in names:
             click.echo(name)
     return names
+
+
+# --- store copy / redis-password -----------------------------------------------------------
+
+
+@main.group("store")
+def store_group() -> None:
+    """The host store itself: move credentials between backends, Redis access."""
+
+
+@store_group.command("copy")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Choice(["file", "keyring", "redis"]),
+    help="Backend to copy from.",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Choice(["file", "keyring", "redis"]),
+    help="Backend to copy into.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace credentials the target already holds.")
+@click.option("--dry-run", is_flag=True, help="Report what would be copied; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=CONFIG_HELP,
+)
+def store_copy(
+    *,
+    source: str,
+    target: str,
+    overwrite: bool,
+    dry_run: bool,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
+    """Copy every token (refresh token included) and API key from one backend to another.
+
+    Both backends are read from the same [store] table: `--from file --to redis`
+    moves one machine's credentials into the fleet's Redis store (`[store] url`
+    and friends), `--from redis --to file` takes a copy back out. Each record is
+    decrypted with the source's data key and sealed again with the target's; no
+    value is printed. Credentials the target already holds are skipped unless
+    --overwrite. Exits 1 when anything was skipped (the report says why).
+    """
+    if source == target:
+        raise click.BadParameter("--from and --to name the same backend", param_hint="--to")
+    from credproxy.config import load_config
+    from credproxy.store.factory import open_store
+
+    with _reported_errors():
+        settings = load_config(config_path)
+        origin = open_store(source, settings)
+        try:
+            destination = open_store(target, settings)
+        except BaseException:
+            _run_on(origin, _nothing)
+            raise
+
+        async def action(store: CredentialStore) -> list[dict[str, str]]:
+            try:
+                return await copy_store(origin, store, overwrite=overwrite, dry_run=dry_run)
+            finally:
+                await origin.close()
+
+        items = _run_on(destination, action)
+    if as_json:
+        _print_json({"from": source, "to": target, "dryRun": dry_run, "items": items})
+    else:
+        if not items:
+            click.echo(f"nothing to copy: the {source} store is empty")
+        for item in items:
+            line = f"{item['status']:<12} {item['kind']} {item['name']}"
+            if item.get("detail"):
+                line += f"  ({item['detail']})"
+            click.echo(line)
+    if any(item["status"] == "skipped" for item in items):
+        sys.exit(EXIT_FAILURE)
+
+
+async def copy_store(
+    origin: CredentialStore, target: CredentialStore, *, overwrite: bool, dry_run: bool
+) -> list[dict[str, str]]:
+    """Tokens then keys; one report item per credential, never a value."""
+    from credproxy.store.base import CorruptRecordError
+
+    done = "would copy" if dry_run else "copied"
+    items: list[dict[str, str]] = []
+    for provider in await origin.list_providers():
+        for bucket in await origin.list_buckets(provider):
+            item = {"kind": "token", "name": f"{provider}/{bucket}"}
+            items.append(item)
+            try:
+                value = await origin.get_token(provider, bucket)
+            except CorruptRecordError as exc:
+                item.update(status="skipped", detail=str(exc))
+                continue
+            if value is None:
+                item.update(status="skipped", detail="removed while copying")
+                continue
+            if not overwrite and await target.get_token(provider, bucket) is not None:
+                item.update(status="skipped", detail="the target has it; --overwrite replaces")
+                continue
+            if not dry_run:
+                await target.save_token(provider, bucket, value)
+            item["status"] = done
+    for name in await origin.list_keys():
+        item = {"kind": "key", "name": name}
+        items.append(item)
+        try:
+            secret = await origin.get_key(name)
+        except CorruptRecordError as exc:
+            item.update(status="skipped", detail=str(exc))
+            continue
+        if secret is None:
+            item.update(status="skipped", detail="removed while copying")
+            continue
+        if not overwrite and await target.get_key(name) is not None:
+            item.update(status="skipped", detail="the target has it; --overwrite replaces")
+            continue
+        if not dry_run:
+            await target.set_key(name, secret)
+        item["status"] = done
+    return items
+
+
+@store_group.command("redis-password")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=CONFIG_HELP,
+)
+def store_redis_password(config_path: Path | None) -> None:
+    """Keep the Redis ACL user's password in the OS keyring (for password_keyring = true).
+
+    The password is read from stdin or a hidden prompt, never argv; the entry is
+    named after [store] username and url.
+    """
+    from credproxy.config import load_config
+    from credproxy.store.redis import RedisSettings
+    from credproxy.store.secretservice import SecretService
+
+    with _reported_errors():
+        section = load_config(config_path).get("store", {})
+        settings = RedisSettings.from_section(section if isinstance(section, dict) else {})
+        value = _read_key_value(f"Redis password for {settings.keyring_entry}")
+        SecretService().set(settings.keyring_entry, value)
+    click.echo(f"saved the Redis password in the keyring as {settings.keyring_entry}", err=True)
