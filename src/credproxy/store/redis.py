@@ -50,7 +50,7 @@ import msgspec
 from credproxy.store.base import StoreError, StoreUnavailableError, Token
 from credproxy.store.keysource import KeySettings
 from credproxy.store.records import RecordStore, describe
-from credproxy.store.sealing import Sealer, new_sealer, open_sealer
+from credproxy.store.sealing import Sealer, decode_value, new_sealer, open_sealer
 
 log = logging.getLogger("credproxy.store.redis")
 
@@ -251,8 +251,11 @@ def _read_password_file(path: Path) -> str:
 
 @dataclass
 class _Cached:
+    """A record as last seen: its version and plaintext (None: no record). Each read
+    decodes the plaintext again, so a caller that edits what it got edits its own copy."""
+
     version: int
-    value: Any
+    plain: bytes | None
     checked_at: float
     epoch: int
 
@@ -549,21 +552,23 @@ class RedisStore(RecordStore):
         if scope is None:
             hit = self._fresh_from_cache(record_id)
             if hit is not None:
-                return hit.value
+                return _decoded(record_id, hit.plain)
         version, blob = await self._fetch(record_id)
         if scope is not None:
             scope.versions[record_id] = version
         entry = self._cache.get(record_id)
         if entry is not None and entry.version == version:
-            value = entry.value
+            plain = entry.plain
         else:
-            value = None if blob is None else sealer.open_value(record_id, blob)
-        self._cache[record_id] = _Cached(version, value, self._monotonic(), self._epoch)
+            plain = None if blob is None else sealer.unseal(record_id, blob)
+        value = _decoded(record_id, plain)
+        self._cache[record_id] = _Cached(version, plain, self._monotonic(), self._epoch)
         return value
 
     async def _store_record(self, record_id: str, value: dict[str, Any] | None) -> bool:
         sealer = await self._ready()
-        blob = b"" if value is None else sealer.seal_value(record_id, value)
+        plain = None if value is None else msgspec.json.encode(value)
+        blob = b"" if plain is None else sealer.seal(record_id, plain)
         script = await self._script("write", _WRITE_SCRIPT)
         scope = self._scope()
         expected = scope.versions.get(record_id) if scope is not None else None
@@ -590,7 +595,7 @@ class RedisStore(RecordStore):
                 continue
             if scope is not None:
                 scope.versions[record_id] = version
-            stored = value if outcome == 1 else None
+            stored = plain if outcome == 1 else None
             self._cache[record_id] = _Cached(version, stored, self._monotonic(), self._epoch)
             return outcome == 1
         raise StoreConflictError(
@@ -632,9 +637,10 @@ class RedisStore(RecordStore):
         if not self.settings.serve_cached_when_unreachable or self._scope() is not None:
             return None
         entry = self._cache.get(record_id)
-        if entry is None or not isinstance(entry.value, dict):
+        if entry is None:
             return None
-        return entry.value
+        value = _decoded(record_id, entry.plain)
+        return value if isinstance(value, dict) else None
 
     # --- status and shutdown -----------------------------------------------------------
 
@@ -673,6 +679,10 @@ class RedisStore(RecordStore):
                 await asyncio.wait_for(self._client.aclose(), 2.0)
             self._client = None
         self._cache.clear()
+
+
+def _decoded(record_id: str, plain: bytes | None) -> Any:
+    return None if plain is None else decode_value(record_id, plain)
 
 
 def _run_script(script: Any, keys: list[Any], args: list[Any]) -> Callable[[Any], Awaitable[Any]]:

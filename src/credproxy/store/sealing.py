@@ -56,12 +56,6 @@ class Sealer:
                 record_id, "is damaged or was tampered with and cannot be decrypted"
             ) from None
 
-    def seal_value(self, record_id: str, value: Any) -> bytes:
-        return self.seal(record_id, msgspec.json.encode(value))
-
-    def open_value(self, record_id: str, blob: bytes) -> Any:
-        return decode_value(record_id, self.unseal(record_id, blob))
-
 
 def decode_value(record_id: str, plain: bytes) -> Any:
     try:
