@@ -26,6 +26,7 @@ callers ask, in this process and across processes sharing the store:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,12 +35,15 @@ from typing import TYPE_CHECKING, Final
 from credproxy.oauth.errors import OAuthFlowError, provider_not_found
 from credproxy.oauth.flows import Clock, request_token
 from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.store.base import UNREACHABLE_ANSWER, StoreUnavailableError
 from credproxy.store.writepath import StoreTimeoutError, WritePath, host_metadata, refresh_lock
 from credproxy.tokens import REFRESH_TOKEN, Token
 
 if TYPE_CHECKING:
     from credproxy.oauth.config import Endpoints, ProviderConfig, ProviderRegistry
     from credproxy.oauth.http import OAuthHttp
+
+log = logging.getLogger("credproxy.refresh")
 
 REFRESH_COOLDOWN_S: Final = 30.0
 RETRY_DELAYS_S: Final = (1.0, 3.0)
@@ -123,6 +127,12 @@ class RefreshCoordinator:
             failure = ProxyError(
                 ErrorCode.INTERNAL_ERROR, "the host's credential store did not answer in time"
             )
+            if called:
+                self._remember(key, failure)
+            raise failure from None
+        except StoreUnavailableError as exc:
+            log.error("refresh of %s/%s: %s", key[0], key[1], exc)
+            failure = ProxyError(ErrorCode.INTERNAL_ERROR, UNREACHABLE_ANSWER)
             if called:
                 self._remember(key, failure)
             raise failure from None

@@ -715,7 +715,8 @@ def store_copy(
 async def copy_store(
     origin: CredentialStore, target: CredentialStore, *, overwrite: bool, dry_run: bool
 ) -> list[dict[str, str]]:
-    """Tokens then keys; one report item per credential, never a value."""
+    """Tokens then keys, each written through the target's write path (its record locks,
+    Redis leases on Redis); one report item per credential, never a value."""
     from credproxy.store.base import CorruptRecordError
 
     done = "would copy" if dry_run else "copied"
@@ -736,7 +737,7 @@ async def copy_store(
                 item.update(status="skipped", detail="the target has it; --overwrite replaces")
                 continue
             if not dry_run:
-                await target.save_token(provider, bucket, value)
+                await _writes(target).replace_token(provider, bucket, value)
             item["status"] = done
     for name in await origin.list_keys():
         item = {"kind": "key", "name": name}
@@ -753,7 +754,7 @@ async def copy_store(
             item.update(status="skipped", detail="the target has it; --overwrite replaces")
             continue
         if not dry_run:
-            await target.set_key(name, secret)
+            await _writes(target).set_key(name, secret)
         item["status"] = done
     return items
 

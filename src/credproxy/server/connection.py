@@ -41,14 +41,13 @@ from credproxy.protocol.server import (
 )
 from credproxy.server.context import HandlerTable, PeerCredentials, RequestContext, ServerState
 from credproxy.server.handlers import not_available
-from credproxy.store.base import StoreError, StoreUnavailableError
+from credproxy.store.base import UNREACHABLE_ANSWER, StoreError, StoreUnavailableError
 
 PARTIAL_FRAME_TIMEOUT_S: Final = DEFAULT_LIMITS.partial_frame_s
 HANDSHAKE_TIMEOUT_S: Final = DEFAULT_LIMITS.handshake_s
 
 _GENERIC_FAILURE: Final = "the host could not complete the operation; see the daemon log"
 _TIMEOUT_FAILURE: Final = "the operation timed out on the host"
-STORE_UNREACHABLE: Final = "the host's credential store is unreachable; retry shortly"
 _OUTCOMES: Final = frozenset({"ok", "TIMEOUT", *ErrorCode})
 _AUDIT_BEHIND: Final = "the host's audit log is behind; try again shortly"
 
@@ -453,7 +452,7 @@ class Connection(asyncio.Protocol):
             return exc
         if isinstance(exc, StoreUnavailableError):
             log.error("%s failed: %s", op, exc)
-            return ProxyError(ErrorCode.INTERNAL_ERROR, STORE_UNREACHABLE)
+            return ProxyError(ErrorCode.INTERNAL_ERROR, UNREACHABLE_ANSWER)
         if isinstance(exc, StoreError):
             log.error("%s failed in the credential store: %s", op, exc)
         elif isinstance(exc, TimeoutError):

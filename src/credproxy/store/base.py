@@ -21,7 +21,10 @@ class StoreError(Exception):
 
 class StoreUnavailableError(StoreError):
     """The backend cannot be reached right now (a network store down or slow); retrying
-    later may succeed. Clients are told the store is unreachable."""
+    later may succeed. Clients are told ``UNREACHABLE_ANSWER``, the log gets the details."""
+
+
+UNREACHABLE_ANSWER: Final = "the host's credential store is unreachable; retry shortly"
 
 
 class CorruptRecordError(StoreError):

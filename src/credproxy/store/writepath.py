@@ -7,7 +7,9 @@ computes the new one from it and writes it before letting go. The lock is held
 in process (one ``asyncio.Lock`` per record, per event loop) and across
 processes (one ``filelock`` file per record in a ``locks`` directory beside the
 store; the kernel releases it when its holder dies), so two daemons and the
-host CLI sharing a store never lose an acknowledged update.
+host CLI sharing a store never lose an acknowledged update. A backend shared
+across hosts brings its own cross-host locks as ``record_locks`` (the Redis
+store's leases), used instead of lock files.
 
 Refreshes take a second, separate lock per record (``refresh_lock``) for the
 whole provider call, so a slow provider never holds up a sandbox's save or a
@@ -32,7 +34,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -203,6 +205,23 @@ def key_lock(name: str) -> str:
     return f"key,{name}"
 
 
+class LockTable(Protocol):
+    """What ``WritePath`` needs of record locks: ``RecordLocks`` (lock files), or a
+    backend's own, such as the Redis store's leases (``store.redis.RedisLeases``)."""
+
+    def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+def store_locks(store: object) -> LockTable:
+    """The backend's own cross-host locks (``record_locks``) when it has them, else
+    lock files beside the store (or in-process locks for a private store)."""
+    own = getattr(store, "record_locks", None)
+    if own is not None and callable(getattr(own, "hold", None)):
+        locks: LockTable = own
+        return locks
+    return RecordLocks(lock_directory(store))
+
+
 def lock_directory(store: object) -> Path | None:
     """Where a backend keeps its lock files; None for a store private to this process."""
     directory = getattr(store, "record_lock_directory", None)
@@ -215,12 +234,12 @@ class WritePath:
     def __init__(
         self,
         store: CredentialStore,
-        locks: RecordLocks | None = None,
+        locks: LockTable | None = None,
         *,
         store_timeout_s: float = DEFAULT_STORE_TIMEOUT_S,
     ) -> None:
         self.store = store
-        self.locks = locks if locks is not None else RecordLocks(lock_directory(store))
+        self.locks = locks if locks is not None else store_locks(store)
         self.store_timeout_s = store_timeout_s
         self._releasing: set[asyncio.Task[None]] = set()
 
