@@ -87,6 +87,44 @@ const provider = new Provider(ISSUER, {
 });
 provider.proxy = false;
 
+// POST /test/hold-requests makes every later token request wait before the
+// provider sees it, until POST /test/release-requests; a request whose client
+// went away meanwhile (a daemon SIGKILLed mid-refresh) is then dropped without
+// reaching the provider, as if it had never arrived, so its refresh token is
+// not consumed. GET /test/held-requests says how many wait.
+const holdRequests = { armed: false, held: 0, waiting: [] };
+
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'POST' && ctx.path === '/test/hold-requests') {
+    holdRequests.armed = true;
+    ctx.status = 204;
+    return;
+  }
+  if (ctx.method === 'POST' && ctx.path === '/test/release-requests') {
+    holdRequests.armed = false;
+    for (const resume of holdRequests.waiting.splice(0)) resume();
+    ctx.status = 204;
+    return;
+  }
+  if (ctx.method === 'GET' && ctx.path === '/test/held-requests') {
+    ctx.type = 'json';
+    ctx.body = JSON.stringify({ held: holdRequests.held });
+    return;
+  }
+  if (holdRequests.armed && ctx.method === 'POST' && ctx.path === '/token') {
+    let gone = false;
+    ctx.req.socket.once('close', () => { gone = true; });
+    holdRequests.held += 1;
+    await new Promise((resume) => holdRequests.waiting.push(resume));
+    holdRequests.held -= 1;
+    if (gone || ctx.req.socket.destroyed) {
+      ctx.status = 499;
+      return;
+    }
+  }
+  await next();
+});
+
 const tokenRequests = {};
 const hold = { armed: false, held: 0, waiting: [] };
 // Secrets the host sent to the token endpoints, so tests can prove none of them
