@@ -33,6 +33,7 @@ import statistics
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -166,7 +167,7 @@ def bench_refresh(
     try:
         shared = factory.workdir()
         providers = {"acme": oidc.provider_table("pkce_redirect")}
-        prefix = f"credproxy-refresh-{os.getpid()}"
+        prefix = f"credproxy-refresh-{uuid.uuid4().hex[:12]}"
         fleet = []
         for _ in range(daemons):
             workdir = factory.workdir()

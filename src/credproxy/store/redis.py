@@ -68,7 +68,9 @@ MAX_PASSWORD_BYTES: Final = 4096
 _RESUBSCRIBE_MIN_S: Final = 0.2
 _RESUBSCRIBE_MAX_S: Final = 5.0
 _LEASE_POLL_MIN_S: Final = 0.01
-_LEASE_POLL_MAX_S: Final = 0.1
+_LEASE_POLL_MAX_S: Final = 0.25
+"""Waiters are woken by the release notice; polling only covers a lease that ran out
+(its holder died) or a notice lost while the subscription was down."""
 _BLIND_WRITE_ATTEMPTS: Final = 16
 
 T = TypeVar("T")
@@ -107,8 +109,13 @@ end
 return 0
 """
 
+# KEYS: lease; ARGV: owner, channel. Wakes the other hosts waiting for it.
 _RELEASE_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'lease ' .. KEYS[1])
+  return 1
+end
 return 0
 """
 
@@ -505,6 +512,9 @@ class RedisStore(RecordStore):
     def _invalidate(self, data: object) -> None:
         if not isinstance(data, bytes):
             return
+        if data.startswith(b"lease "):
+            self.record_locks.released(data[6:].decode("utf-8", "replace"))
+            return
         record_id, _, version = data.decode("utf-8", "replace").rpartition(" ")
         entry = self._cache.get(record_id)
         if entry is None:
@@ -707,7 +717,8 @@ class RedisLeases:
     In process, one ``asyncio.Lock`` per name queues this daemon's own holders.
     Across hosts, a lease ``P:lease:<name>`` set with NX to a random owner token
     and a time to live, renewed at a third of it while held, and released with a
-    compare-and-delete, so a holder whose lease ran out never releases another's.
+    compare-and-delete, so a holder whose lease ran out never releases another's;
+    the release is published, so waiting hosts try again at once.
     A holder that dies (SIGKILL, lost host) blocks the others for at most the time
     to live. While the lease is held, reads of the store go to Redis and its writes
     compare-and-set against the versions read and the lease's owner.
@@ -717,7 +728,14 @@ class RedisLeases:
         self._store = store
         self._wait_s = wait_s
         self._local: dict[tuple[int, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._waiting: dict[str, asyncio.Event] = {}
         self.acquired = 0
+
+    def released(self, lease_key: str) -> None:
+        """A release notice: wake this daemon's waiter for that lease, if any."""
+        waiter = self._waiting.get(lease_key)
+        if waiter is not None:
+            waiter.set()
 
     def _key(self, name: str) -> str:
         return f"{self._store.settings.prefix}:lease:{name}"
@@ -755,10 +773,17 @@ class RedisLeases:
         ttl_ms = int(store.settings.lease_ttl_s * 1000)
         deadline = store._monotonic() + self._wait_s
         pause = _LEASE_POLL_MIN_S
-        while not await store._call(lambda c: c.set(lease_key, owner, nx=True, px=ttl_ms)):
-            if store._monotonic() + pause >= deadline:
-                raise self._stuck(name)
-            await asyncio.sleep(pause)
+        while True:
+            woken = self._waiting[lease_key] = asyncio.Event()
+            try:
+                if await store._call(lambda c: c.set(lease_key, owner, nx=True, px=ttl_ms)):
+                    break
+                if store._monotonic() + pause >= deadline:
+                    raise self._stuck(name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), pause)
+            finally:
+                self._waiting.pop(lease_key, None)
             pause = min(pause * 2, _LEASE_POLL_MAX_S)
         self.acquired += 1
         renewal = asyncio.get_running_loop().create_task(
@@ -774,7 +799,7 @@ class RedisLeases:
                 await renewal
             release = await store._script("release", _RELEASE_SCRIPT)
             with contextlib.suppress(StoreError):
-                await store._call(lambda c: release(keys=[lease_key], args=[owner]))
+                await store._call(lambda c: release(keys=[lease_key], args=[owner, store.channel]))
 
     async def _renew(self, lease_key: str, owner: str, ttl_ms: int) -> None:
         store = self._store
