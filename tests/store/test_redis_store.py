@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -366,3 +367,29 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
+
+
+async def test_a_frozen_redis_is_an_unreachable_error_in_time_not_a_hang(
+    private_hosts: Hosts, private_redis: RedisServer
+) -> None:
+    """SIGSTOP keeps Redis's sockets open but answers nothing: the slow-Redis case.
+    Every call ends within its timeout_s (2 s here) and the silent change
+    subscription is given up, so reads stop trusting the cache; after SIGCONT the
+    same store works again."""
+    store = private_hosts()
+    await store.save_token("acme", "live", token())
+    await _until(lambda: store.subscribed)
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="no answer in time"):
+            await store.get_key("never-cached")
+        assert time.monotonic() - started < 15.0
+        await _until(lambda: not store.subscribed, timeout=15.0)
+        assert await store.get_token("acme", "live") == token()  # cached, still live
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    await store.set_key("after", API_KEY)
+    assert await store.get_key("after") == API_KEY
+    await _until(lambda: store.subscribed)

@@ -330,7 +330,6 @@ class RedisStore(RecordStore):
             "socket_timeout": timeout,
             "socket_connect_timeout": s.timeout_s,
             "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0 if timeout is not None else max(1, int(s.timeout_s)),
         }
         if urlsplit(s.url).scheme == "rediss":
             options["ssl_ca_certs"] = str(s.tls_ca_file) if s.tls_ca_file else None
@@ -485,10 +484,7 @@ class RedisStore(RecordStore):
                 self._epoch += 1
                 self._subscribed = True
                 pause = _RESUBSCRIBE_MIN_S
-                while True:
-                    message = await pubsub.get_message(timeout=self.settings.timeout_s)
-                    if message is not None and message.get("type") == "message":
-                        self._invalidate(message.get("data"))
+                await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -508,6 +504,27 @@ class RedisStore(RecordStore):
                             await asyncio.wait_for(closer.aclose(), 1.0)
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RESUBSCRIBE_MAX_S)
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Hand change notices to ``_invalidate``; ping when idle, and give up on a
+        connection that stays silent (Redis frozen, the network cut) so that reads
+        go back to checking versions instead of trusting a dead subscription."""
+        limit = self.settings.timeout_s
+        heard = self._monotonic()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=min(1.0, limit))
+            now = self._monotonic()
+            if message is not None:
+                heard, pinged = now, False
+                if message.get("type") == "message":
+                    self._invalidate(message.get("data"))
+                continue
+            if now - heard > 2 * limit:
+                raise TimeoutError("the subscription stopped answering")
+            if now - heard > limit and not pinged:
+                await pubsub.ping()
+                pinged = True
 
     def _invalidate(self, data: object) -> None:
         if not isinstance(data, bytes):
