@@ -64,22 +64,24 @@ class Fleet:
         section.update(self.store_extra)
         return section
 
-    def config_text(self, home: Path) -> str:
+    def config_text(self, home: Path, **store_extra: Any) -> str:
+        section = {**self.store_section(home), **store_extra}
         lines = ["[store]"]
-        lines += [f"{k} = {_toml(v)}" for k, v in self.store_section(home).items()]
+        lines += [f"{k} = {_toml(v)}" for k, v in section.items()]
         for name, table in self.providers.items():
             lines.append(f"[providers.{name}]")
             lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
-    def start(self, *args: str) -> DaemonHandle:
+    def start(self, *args: str, **store_extra: Any) -> DaemonHandle:
+        """A daemon of the fleet; ``store_extra`` overrides its ``[store]`` keys (its url)."""
         workdir = self.factory.workdir()
         home = workdir / "home"
         home.mkdir(mode=0o700)
         handle = self.factory(
             *args,
             workdir=workdir,
-            config=self.config_text(home),
+            config=self.config_text(home, **store_extra),
             env={"HOME": str(home), "XDG_DATA_HOME": str(home / "data")},
         )
         self.daemons.append(handle)

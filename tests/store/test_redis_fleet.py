@@ -75,6 +75,22 @@ def test_a_token_saved_through_one_daemon_is_served_by_another(
     assert stored["refresh_token"] == REFRESH  # the sandbox's save kept the host's
 
 
+def test_daemons_reaching_redis_over_tls_and_a_unix_socket_share_one_store(
+    credproxy_daemon: DaemonFactory, redis_server: RedisServer, redis_prefix: str, tmp_path: Path
+) -> None:
+    fleet = Fleet(credproxy_daemon, redis_server, redis_prefix, tmp_path)
+    fleet.run(_seed)
+    over_tls = fleet.start(
+        "--allow", "acme", "--allow-save",
+        url=redis_server.tls_url, tls_ca_file=str(redis_server.ca_file),
+    )  # fmt: skip
+    local = fleet.start("--allow", "acme", url=redis_server.unix_url)
+    with over_tls.client() as client:
+        token = {"access_token": "saved-over-tls", "expiry": FUTURE, "token_type": "Bearer"}
+        assert client.request("save_token", {"provider": "acme", "token": token})["ok"]
+    _until_access(local, "saved-over-tls", within=1.0)
+
+
 def test_a_logout_on_one_daemon_is_seen_by_all_within_a_second(
     credproxy_daemon: DaemonFactory, redis_server: RedisServer, redis_prefix: str, tmp_path: Path
 ) -> None:
