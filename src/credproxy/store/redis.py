@@ -305,6 +305,7 @@ class RedisStore(RecordStore):
         self.channel = f"{p}:changes"
         self._sealer: Sealer | None = None
         self._client: Any = None
+        self._password: tuple[str | None] | None = None
         self._scripts: dict[str, Any] = {}
         self._opening: asyncio.Lock | None = None
         self._cache: dict[str, _Cached] = {}
@@ -318,16 +319,20 @@ class RedisStore(RecordStore):
 
     # --- connection ---------------------------------------------------------------
 
-    def _new_client(self, *, timeout: float | None) -> Any:
+    async def _new_client(self, *, read_timeout_s: float | None) -> Any:
+        """A client (it connects on first use); the password is read once, off the loop,
+        since a keyring lookup blocks on D-Bus."""
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         s = self.settings
+        if self._password is None:
+            self._password = (await asyncio.to_thread(s.password),)
         options: dict[str, Any] = {
             "username": s.username,
-            "password": s.password(),
-            "socket_timeout": timeout,
+            "password": self._password[0],
+            "socket_timeout": read_timeout_s,
             "socket_connect_timeout": s.timeout_s,
             "retry": Retry(NoBackoff(), 0),
         }
@@ -353,13 +358,18 @@ class RedisStore(RecordStore):
 
     async def _call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         """One bounded Redis exchange; connection trouble becomes ``StoreUnavailableError``."""
-        from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError
+        from redis.exceptions import (
+            AuthenticationError,
+            ConnectionError,
+            NoPermissionError,
+            RedisError,
+        )
         from redis.exceptions import TimeoutError as RedisTimeout
 
         if self._closed:
             raise StoreError("the Redis store was closed")
         if self._client is None:
-            self._client = self._new_client(timeout=self.settings.timeout_s)
+            self._client = await self._new_client(read_timeout_s=self.settings.timeout_s)
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 result = await operation(self._client)
@@ -372,6 +382,11 @@ class RedisStore(RecordStore):
             ) from None
         except (ConnectionError, RedisTimeout, TimeoutError, OSError) as exc:
             raise self._unreachable(exc) from None
+        except RedisError as exc:
+            raise StoreError(
+                f"Redis at {self.settings.location} answered with an error ({_reason(exc)}); "
+                "check that it is a writable primary and that the store's user may run scripts"
+            ) from None
         if self._unreachable_since is not None:
             log.warning("the Redis store at %s is reachable again", self.settings.location)
             self._unreachable_since = None
@@ -476,7 +491,7 @@ class RedisStore(RecordStore):
             client = None
             pubsub = None
             try:
-                client = self._new_client(timeout=None)
+                client = await self._new_client(read_timeout_s=None)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 async with asyncio.timeout(self.settings.timeout_s):
                     await pubsub.subscribe(self.channel)
