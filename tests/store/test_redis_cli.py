@@ -142,3 +142,27 @@ def test_status_says_when_redis_is_unreachable(
         json.loads(run("status", "--json", "--config", str(config)).output)["backend"]["reachable"]
         is False
     )
+
+
+def test_the_redis_password_can_live_in_the_keyring(
+    tmp_path: Path, redis_server: RedisServer, redis_prefix: str, gnome_keyring: object
+) -> None:
+    config = tmp_path / "keyring.toml"
+    config.write_text(
+        "[store]\n"
+        'backend = "redis"\n'
+        f'url = "{redis_server.url}"\n'
+        f'username = "{STORE_USER}"\n'
+        "password_keyring = true\n"
+        f'prefix = "{redis_prefix}"\n'
+        f'path = "{tmp_path / "store"}"\n'
+    )
+    before = run("status", "--config", str(config))
+    assert before.exit_code == 1
+    assert "no Redis password in the keyring" in before.output
+    saved = run("store", "redis-password", "--config", str(config),
+                input=redis_server.store_password + "\n")  # fmt: skip
+    assert saved.exit_code == 0, saved.output
+    assert redis_server.store_password not in saved.output
+    assert run("key", "set", "k", "--config", str(config), input=SECRET_KEY).exit_code == 0
+    assert read(config, "redis", lambda s: s.get_key("k")) == SECRET_KEY
