@@ -38,7 +38,7 @@ def test_every_help_names_where_the_config_and_store_come_from(path: tuple[str, 
     if "--config FILE" in text:
         assert "$CREDPROXY_CONFIG, else $XDG_CONFIG_HOME/credproxy/config.toml" in text
     if "--store" in text:
-        assert "--store [file|keyring|memory]" in text
+        assert "--store [file|keyring|memory|redis]" in text
         assert "--store BACKEND" not in text
 
 
@@ -55,6 +55,8 @@ def test_every_command_is_listed() -> None:
         "run",
         "serve",
         "status",
+        "store copy",
+        "store redis-password",
         "token get",
         "token import",
         "token rm",

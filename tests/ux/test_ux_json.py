@@ -34,7 +34,8 @@ def test_host_json_outputs_have_the_documented_keys(tmp_path: Path) -> None:
     assert set(imported) == {"bucket", "expiry", "provider", "refreshToken"}
 
     status = credproxy(tmp_path, "status", "--json", "--store", "memory")
-    assert set(status) == {"keys", "mode", "providers", "store"}
+    assert set(status) == {"backend", "keys", "mode", "providers", "store"}
+    assert status["backend"] == {"backend": "memory"}
     assert status["mode"] == "host"
 
     keys = credproxy(tmp_path, "key", "list", "--json", "--store", "memory")
