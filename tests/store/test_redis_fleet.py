@@ -39,9 +39,8 @@ async def _seed(store: RedisStore) -> None:
     await store.set_key("openai", API_KEY)
 
 
-def _access(daemon: DaemonHandle, bucket: str = "default") -> str | None:
-    with daemon.client() as client:
-        reply = client.request("get_token", {"provider": "acme", "bucket": bucket})
+def _read(client: RawClient) -> str | None:
+    reply = client.request("get_token", {"provider": "acme"})
     if reply.get("ok"):
         value: str = reply["data"]["access_token"]
         return value
@@ -49,11 +48,19 @@ def _access(daemon: DaemonHandle, bucket: str = "default") -> str | None:
     return None
 
 
-def _until_access(daemon: DaemonHandle, expected: str | None, within: float) -> None:
+def _access(daemon: DaemonHandle) -> str | None:
+    with daemon.client() as client:
+        return _read(client)
+
+
+def _until_all_see(clients: list[RawClient], expected: str | None, within: float) -> None:
+    """Poll over open connections (no connect or handshake in the loop), one deadline
+    for all, counted from the moment the change was acknowledged."""
     deadline = time.monotonic() + within
-    while (seen := _access(daemon)) != expected:
-        assert time.monotonic() < deadline, f"still {seen!r}, wanted {expected!r}"
-        time.sleep(0.01)
+    for client in clients:
+        while (seen := _read(client)) != expected:
+            assert time.monotonic() < deadline, f"still {seen!r}, wanted {expected!r}"
+            time.sleep(0.005)
 
 
 def test_a_token_saved_through_one_daemon_is_served_by_another(
@@ -63,14 +70,13 @@ def test_a_token_saved_through_one_daemon_is_served_by_another(
     fleet.run(_seed)
     writer = fleet.start("--allow", "acme", "--allow-save")
     reader = fleet.start("--allow", "acme", "--allow-key", "openai")
-    assert _access(reader) == ACCESS
-    with writer.client() as client:
+    with reader.client() as watcher, writer.client() as client:
+        assert _read(watcher) == ACCESS
         token = {"access_token": "saved-on-writer", "expiry": FUTURE, "token_type": "Bearer"}
         reply = client.request("save_token", {"provider": "acme", "token": token})
         assert reply["ok"], reply
-    _until_access(reader, "saved-on-writer", within=1.0)
-    with reader.client() as client:
-        assert client.request("get_api_key", {"name": "openai"})["data"] == {"key": API_KEY}
+        _until_all_see([watcher], "saved-on-writer", within=1.0)
+        assert watcher.request("get_api_key", {"name": "openai"})["data"] == {"key": API_KEY}
     stored = fleet.run(lambda store: store.get_token("acme", "default"))
     assert stored["refresh_token"] == REFRESH  # the sandbox's save kept the host's
 
@@ -85,10 +91,11 @@ def test_daemons_reaching_redis_over_tls_and_a_unix_socket_share_one_store(
         url=redis_server.tls_url, tls_ca_file=str(redis_server.ca_file),
     )  # fmt: skip
     local = fleet.start("--allow", "acme", url=redis_server.unix_url)
-    with over_tls.client() as client:
+    with over_tls.client() as client, local.client() as watcher:
+        assert _read(watcher) == ACCESS
         token = {"access_token": "saved-over-tls", "expiry": FUTURE, "token_type": "Bearer"}
         assert client.request("save_token", {"provider": "acme", "token": token})["ok"]
-    _until_access(local, "saved-over-tls", within=1.0)
+        _until_all_see([watcher], "saved-over-tls", within=1.0)
 
 
 def test_a_logout_on_one_daemon_is_seen_by_all_within_a_second(
@@ -97,12 +104,15 @@ def test_a_logout_on_one_daemon_is_seen_by_all_within_a_second(
     fleet = Fleet(credproxy_daemon, redis_server, redis_prefix, tmp_path)
     fleet.run(_seed)
     daemons = [fleet.start("--allow", "acme", "--allow-remove") for _ in range(3)]
-    for daemon in daemons:
-        assert _access(daemon) == ACCESS  # each one has it cached now
-    with daemons[0].client() as client:
-        assert client.request("remove_token", {"provider": "acme"})["ok"]
-    for daemon in daemons[1:]:
-        _until_access(daemon, None, within=1.0)
+    clients = [daemon.client() for daemon in daemons]
+    try:
+        for client in clients:
+            assert _read(client) == ACCESS  # each daemon has it cached now
+        assert clients[0].request("remove_token", {"provider": "acme"})["ok"]
+        _until_all_see(clients[1:], None, within=1.0)
+    finally:
+        for client in clients:
+            client.close()
     assert fleet.run(lambda store: store.get_token("acme", "default")) is None
 
 

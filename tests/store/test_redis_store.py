@@ -246,10 +246,10 @@ async def test_the_lease_is_held_by_one_host_at_a_time_and_released_by_its_owner
 async def test_a_lease_is_renewed_while_its_holder_works(
     make_store: Hosts,
 ) -> None:
-    holder, other = make_store(lease_ttl_s=0.5), make_store(lease_ttl_s=0.5)
+    holder, other = make_store(lease_ttl_s=1.5), make_store(lease_ttl_s=1.5)
     other.record_locks._wait_s = 0.3
     async with holder.record_locks.hold("refresh,acme,default"):
-        await asyncio.sleep(1.2)  # more than twice the time to live
+        await asyncio.sleep(3.5)  # more than twice the time to live
         with pytest.raises(StoreError, match="stayed locked by another credproxy host"):
             async with other.record_locks.hold("refresh,acme,default"):
                 pass
