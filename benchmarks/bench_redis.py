@@ -26,8 +26,6 @@ every write) and its own ``credproxy serve`` processes.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import statistics
 import sys
@@ -42,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle, RawClient
 from tests.fixtures.redis import STORE_USER, RedisServer, new_redis_server
+from tests.oauth.harness import _toml_value
+from tests.store.redis_fleet import run_in_thread
 
 from credproxy.store.base import CredentialStore
 from credproxy.store.factory import open_store
@@ -75,36 +75,22 @@ def file_section(directory: Path) -> dict[str, Any]:
 
 
 def toml(section: dict[str, Any], providers: dict[str, dict[str, Any]] | None = None) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(v)
-
-    lines = ["[store]"] + [f"{k} = {value(v)}" for k, v in section.items()]
+    lines = ["[store]"] + [f"{k} = {_toml_value(v)}" for k, v in section.items()]
     for name, table in (providers or {}).items():
         lines.append(f"[providers.{name}]")
-        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
 def on_store(section: dict[str, Any], action: Callable[[CredentialStore], Any]) -> Any:
-    out: list[Any] = []
-
-    async def body() -> None:
+    async def body() -> Any:
         store = open_store(None, {"store": section})
         try:
-            out.append(await action(store))
+            return await action(store)
         finally:
             await store.close()
 
-    thread = threading.Thread(target=lambda: asyncio.run(body()))
-    thread.start()
-    thread.join()
-    return out[0] if out else None
+    return run_in_thread(body())
 
 
 def seed(section: dict[str, Any], buckets: int) -> None:

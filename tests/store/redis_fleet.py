@@ -6,7 +6,6 @@ only the Redis server, the ACL user's password file and the fleet's key file.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
@@ -16,20 +15,9 @@ from credproxy.store.factory import open_store
 from credproxy.store.redis import RedisStore
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle
 from tests.fixtures.redis import STORE_USER, RedisServer
+from tests.oauth.harness import _toml_value
 
 T = TypeVar("T")
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(type(value).__name__)
 
 
 class Fleet:
@@ -67,10 +55,10 @@ class Fleet:
     def config_text(self, home: Path, **store_extra: Any) -> str:
         section = {**self.store_section(home), **store_extra}
         lines = ["[store]"]
-        lines += [f"{k} = {_toml(v)}" for k, v in section.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in section.items()]
         for name, table in self.providers.items():
             lines.append(f"[providers.{name}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def start(self, *args: str, **store_extra: Any) -> DaemonHandle:

@@ -67,7 +67,10 @@ class Hosts:
         self.opened.append(store)
         return store
 
-    async def aclose(self) -> None:
+    async def __aenter__(self) -> Hosts:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         for store in self.opened:
             await store.close()
 
@@ -76,11 +79,8 @@ class Hosts:
 async def make_store(
     redis_server: RedisServer, redis_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Hosts]:
-    hosts = Hosts(redis_server, redis_prefix, tmp_path)
-    try:
+    async with Hosts(redis_server, redis_prefix, tmp_path) as hosts:
         yield hosts
-    finally:
-        await hosts.aclose()
 
 
 @pytest.fixture
@@ -88,11 +88,8 @@ async def private_hosts(
     private_redis: RedisServer, redis_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Hosts]:
     """Hosts on a redis-server of this test alone, which it may stop and start."""
-    hosts = Hosts(private_redis, redis_prefix, tmp_path)
-    try:
+    async with Hosts(private_redis, redis_prefix, tmp_path) as hosts:
         yield hosts
-    finally:
-        await hosts.aclose()
 
 
 async def test_a_token_saved_on_one_host_is_read_on_another(

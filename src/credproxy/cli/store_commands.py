@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
@@ -717,45 +717,46 @@ async def copy_store(
 ) -> list[dict[str, str]]:
     """Tokens then keys, each written through the target's write path (its record locks,
     Redis leases on Redis); one report item per credential, never a value."""
-    from credproxy.store.base import CorruptRecordError
+    from functools import partial
+    from operator import methodcaller
 
-    done = "would copy" if dry_run else "copied"
     items: list[dict[str, str]] = []
-    for provider in await origin.list_providers():
-        for bucket in await origin.list_buckets(provider):
-            item = {"kind": "token", "name": f"{provider}/{bucket}"}
-            items.append(item)
-            try:
-                value = await origin.get_token(provider, bucket)
-            except CorruptRecordError as exc:
-                item.update(status="skipped", detail=str(exc))
-                continue
-            if value is None:
-                item.update(status="skipped", detail="removed while copying")
-                continue
-            if not overwrite and await target.get_token(provider, bucket) is not None:
-                item.update(status="skipped", detail="the target has it; --overwrite replaces")
-                continue
-            if not dry_run:
-                await _writes(target).replace_token(provider, bucket, value)
-            item["status"] = done
-    for name in await origin.list_keys():
-        item = {"kind": "key", "name": name}
+
+    async def copy(
+        kind: str,
+        name: str,
+        read: Callable[[CredentialStore], Awaitable[Any]],
+        write: Callable[[Any], Awaitable[Any]],
+    ) -> None:
+        from credproxy.store.base import CorruptRecordError
+
+        item = {"kind": kind, "name": name}
         items.append(item)
         try:
-            secret = await origin.get_key(name)
+            value = await read(origin)
         except CorruptRecordError as exc:
             item.update(status="skipped", detail=str(exc))
-            continue
-        if secret is None:
+            return
+        if value is None:
             item.update(status="skipped", detail="removed while copying")
-            continue
-        if not overwrite and await target.get_key(name) is not None:
+        elif not overwrite and await read(target) is not None:
             item.update(status="skipped", detail="the target has it; --overwrite replaces")
-            continue
-        if not dry_run:
-            await _writes(target).set_key(name, secret)
-        item["status"] = done
+        else:
+            if not dry_run:
+                await write(value)
+            item["status"] = "would copy" if dry_run else "copied"
+
+    writes = _writes(target)
+    for provider in await origin.list_providers():
+        for bucket in await origin.list_buckets(provider):
+            await copy(
+                "token",
+                f"{provider}/{bucket}",
+                methodcaller("get_token", provider, bucket),
+                partial(writes.replace_token, provider, bucket),
+            )
+    for name in await origin.list_keys():
+        await copy("key", name, methodcaller("get_key", name), partial(writes.set_key, name))
     return items
 
 

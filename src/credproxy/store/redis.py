@@ -51,6 +51,7 @@ from credproxy.store.base import StoreError, StoreUnavailableError, Token
 from credproxy.store.keysource import KeySettings
 from credproxy.store.records import RecordStore, describe
 from credproxy.store.sealing import Sealer, decode_value, new_sealer, open_sealer
+from credproxy.store.writepath import RecordLocks
 
 log = logging.getLogger("credproxy.store.redis")
 
@@ -746,7 +747,8 @@ def _reason(exc: BaseException | None) -> str:
 class RedisLeases:
     """Cross-host record locks: ``hold(name)`` like ``store.writepath.RecordLocks``.
 
-    In process, one ``asyncio.Lock`` per name queues this daemon's own holders.
+    In process, ``store.writepath.RecordLocks`` (without lock files) queues this
+    daemon's own holders.
     Across hosts, a lease ``P:lease:<name>`` set with NX to a random owner token
     and a time to live, renewed at a third of it while held, and released with a
     compare-and-delete, so a holder whose lease ran out never releases another's;
@@ -759,7 +761,7 @@ class RedisLeases:
     def __init__(self, store: RedisStore, *, wait_s: float = DEFAULT_LEASE_WAIT_S) -> None:
         self._store = store
         self._wait_s = wait_s
-        self._local: dict[tuple[int, str], tuple[asyncio.Lock, list[int]]] = {}
+        self._local = RecordLocks(None, timeout_s=wait_s)
         self._waiting: dict[str, asyncio.Event] = {}
         self.acquired = 0
 
@@ -774,27 +776,8 @@ class RedisLeases:
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        key = (id(asyncio.get_running_loop()), name)
-        entry = self._local.get(key)
-        if entry is None:
-            entry = self._local[key] = (asyncio.Lock(), [0])
-        local, users = entry
-        users[0] += 1
-        try:
-            try:
-                async with asyncio.timeout(self._wait_s):
-                    await local.acquire()
-            except TimeoutError:
-                raise self._stuck(name) from None
-            try:
-                async with self._lease(name):
-                    yield
-            finally:
-                local.release()
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                self._local.pop(key, None)
+        async with self._local.hold(name), self._lease(name):
+            yield
 
     @contextlib.asynccontextmanager
     async def _lease(self, name: str) -> AsyncIterator[None]:
