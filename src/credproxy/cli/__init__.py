@@ -44,6 +44,7 @@ GETTING_STARTED = (
         "run": "credproxy.cli.run",
         "serve": "credproxy.cli.serve",
         "status": _SANDBOX,
+        "store": _STORE,
     },
 )
 @click.version_option(__version__, prog_name="credproxy")
@@ -53,8 +54,8 @@ def main() -> None:
     On the host, `credproxy serve` runs the daemon. Inside a sandbox (where
     LLXPRT_CREDENTIAL_SOCKET is set) token get, key get, key list, status,
     login and logout talk to it; without that variable they work on the store
-    directly. key set/rm, token import/rm, import, run and doctor always work
-    on the host.
+    directly. key set/rm, token import/rm, import, store, run and doctor always
+    work on the host.
     """
 
 

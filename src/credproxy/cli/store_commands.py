@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 import click
 
 from credproxy.cli import key, main, token
-from credproxy.cli._daemon_options import store_options
+from credproxy.cli._daemon_options import config_option, store_options
 from credproxy.cli._group import PASS_THROUGH
 
 if TYPE_CHECKING:
@@ -652,13 +652,7 @@ def store_group() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace credentials the target already holds.")
 @click.option("--dry-run", is_flag=True, help="Report what would be copied; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=CONFIG_HELP,
-)
+@config_option
 def store_copy(
     *,
     source: str,
@@ -666,7 +660,7 @@ def store_copy(
     overwrite: bool,
     dry_run: bool,
     as_json: bool,
-    config_path: Path | None,
+    config: Path | None,
 ) -> None:
     """Copy every token (refresh token included) and API key from one backend to another.
 
@@ -683,7 +677,7 @@ def store_copy(
     from credproxy.store.factory import open_store
 
     with _reported_errors():
-        settings = load_config(config_path)
+        settings = load_config(config)
         origin = open_store(source, settings)
         try:
             destination = open_store(target, settings)
@@ -761,14 +755,8 @@ async def copy_store(
 
 
 @store_group.command("redis-password")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=CONFIG_HELP,
-)
-def store_redis_password(config_path: Path | None) -> None:
+@config_option
+def store_redis_password(config: Path | None) -> None:
     """Keep the Redis ACL user's password in the OS keyring (for password_keyring = true).
 
     The password is read from stdin or a hidden prompt, never argv; the entry is
@@ -779,7 +767,7 @@ def store_redis_password(config_path: Path | None) -> None:
     from credproxy.store.secretservice import SecretService
 
     with _reported_errors():
-        section = load_config(config_path).get("store", {})
+        section = load_config(config).get("store", {})
         settings = RedisSettings.from_section(section if isinstance(section, dict) else {})
         value = _read_key_value(f"Redis password for {settings.keyring_entry}")
         SecretService().set(settings.keyring_entry, value)

@@ -34,7 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
+import operator
 import os
 import secrets
 import stat
@@ -433,17 +435,34 @@ class RedisStore(RecordStore):
                 header = await self._read_header()
                 if header is None:
                     raise StoreError(f"the Redis store header {self._header_key} vanished")
+            where = f"the Redis store {self._header_key} at {self.settings.location}"
+            sample = await self._sample_records()
             self._sealer = await asyncio.to_thread(
-                open_sealer,
-                self._key_settings,
-                self._key_directory,
-                header,
-                f"the Redis store {self._header_key} at {self.settings.location}",
+                functools.partial(
+                    open_sealer,
+                    self._key_settings,
+                    self._key_directory,
+                    header,
+                    where=where,
+                    header_name=where,
+                    sealed_records=lambda: sample,
+                )
             )
             if self._subscriber is None:
                 self._subscriber = asyncio.get_running_loop().create_task(
                     self._follow_changes(), name="credproxy-redis-changes"
                 )
+
+    async def _sample_records(self) -> list[tuple[str, bytes | None]]:
+        """A few sealed records, so that a key check that fails can be told apart from
+        a wrong key (``sealing.open_sealer``)."""
+        ids: list[bytes] = await self._call(lambda c: c.srandmember(self._index_key, 3))
+        sample: list[tuple[str, bytes | None]] = []
+        for raw in ids:
+            record_id = raw.decode("utf-8", "replace")
+            read = operator.methodcaller("hget", self._record_key(record_id), "c")
+            sample.append((record_id, await self._call(read)))
+        return sample
 
     @property
     def key_source(self) -> str:
