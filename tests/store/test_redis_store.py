@@ -390,3 +390,16 @@ async def test_a_frozen_redis_is_an_unreachable_error_in_time_not_a_hang(
     await store.set_key("after", API_KEY)
     assert await store.get_key("after") == API_KEY
     await _until(lambda: store.subscribed)
+
+
+async def test_a_damaged_key_check_in_redis_is_told_from_a_wrong_key(
+    make_store: Hosts, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    await make_store().save_token("acme", "default", token())
+    admin = redis_server.admin()
+    try:
+        admin.hset(f"{redis_prefix}:header", "check", "bm90IGEgY2hlY2s=")
+    finally:
+        admin.close()
+    with pytest.raises(StoreError, match="has a damaged header: its key check is not"):
+        await make_store().get_token("acme", "default")
