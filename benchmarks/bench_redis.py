@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle, RawClient
 from tests.fixtures.redis import STORE_USER, RedisServer, new_redis_server
 from tests.oauth.harness import _toml_value
-from tests.store.redis_fleet import run_in_thread
+from tests.store.redis_fleet import run_in_thread, store_settings
 
 from credproxy.store.base import CredentialStore
 from credproxy.store.factory import open_store
@@ -84,7 +84,7 @@ def toml(section: dict[str, Any], providers: dict[str, dict[str, Any]] | None = 
 
 def on_store(section: dict[str, Any], action: Callable[[CredentialStore], Any]) -> Any:
     async def body() -> Any:
-        store = open_store(None, {"store": section})
+        store = open_store(None, store_settings(section))
         try:
             return await action(store)
         finally:

@@ -11,6 +11,9 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
+from credproxy.settings import StoreSettings
 from credproxy.store.factory import open_store
 from credproxy.store.redis import RedisStore
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle
@@ -80,7 +83,7 @@ class Fleet:
         home = self.factory.workdir()
         section = self.store_section(home)
         section.update(extra)
-        store = open_store(None, {"store": section})
+        store = open_store(None, store_settings(section))
         assert isinstance(store, RedisStore)
         return store
 
@@ -95,6 +98,11 @@ class Fleet:
                 await store.close()
 
         return run_in_thread(body())
+
+
+def store_settings(section: Mapping[str, Any]) -> StoreSettings:
+    """A ``[store]`` table as the typed settings parse it (unknown keys refused)."""
+    return msgspec.convert(dict(section), StoreSettings)
 
 
 def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:

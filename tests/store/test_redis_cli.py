@@ -51,11 +51,11 @@ def config(
 
 
 def read(config: Path, backend: str, action: Any) -> Any:
-    from credproxy.config import load_config
+    from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
     async def body() -> Any:
-        store: CredentialStore = open_store(backend, load_config(config))
+        store: CredentialStore = open_store(backend, load_settings(config))
         try:
             return await action(store)
         finally:

@@ -23,6 +23,7 @@ from credproxy.store.base import StoreError, StoreUnavailableError
 from credproxy.store.factory import open_store
 from credproxy.store.redis import RedisSettings, RedisStore, StoreConflictError
 from tests.fixtures.redis import STORE_USER, RedisServer
+from tests.store.redis_fleet import store_settings
 
 ACCESS = "rs-canary-access-7d41c9"
 REFRESH = "rs-canary-refresh-2b88e0"
@@ -62,7 +63,9 @@ class Hosts:
         self.opened: list[RedisStore] = []
 
     def __call__(self, **extra: Any) -> RedisStore:
-        store = open_store(None, {"store": section(self.server, self.prefix, self.tmp, **extra)})
+        store = open_store(
+            None, store_settings(section(self.server, self.prefix, self.tmp, **extra))
+        )
         assert isinstance(store, RedisStore)
         self.opened.append(store)
         return store

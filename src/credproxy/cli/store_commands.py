@@ -673,11 +673,11 @@ def store_copy(
     """
     if source == target:
         raise click.BadParameter("--from and --to name the same backend", param_hint="--to")
-    from credproxy.config import load_config
+    from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
     with _reported_errors():
-        settings = load_config(config)
+        settings = load_settings(config)
         origin = open_store(source, settings)
         try:
             destination = open_store(target, settings)
@@ -762,13 +762,12 @@ def store_redis_password(config: Path | None) -> None:
     The password is read from stdin or a hidden prompt, never argv; the entry is
     named after [store] username and url.
     """
-    from credproxy.config import load_config
+    from credproxy.settings import load_settings
     from credproxy.store.redis import RedisSettings
     from credproxy.store.secretservice import SecretService
 
     with _reported_errors():
-        section = load_config(config).get("store", {})
-        settings = RedisSettings.from_section(section if isinstance(section, dict) else {})
+        settings = RedisSettings.from_store_settings(load_settings(config).store)
         value = _read_key_value(f"Redis password for {settings.keyring_entry}")
         SecretService().set(settings.keyring_entry, value)
     click.echo(f"saved the Redis password in the keyring as {settings.keyring_entry}", err=True)

@@ -98,12 +98,9 @@ def open_store(backend: str | None, settings: Settings | StoreSettings) -> Crede
             from credproxy.store.file import FileStore
 
             return FileStore(store_directory(section), key_settings)
-        import msgspec
-
         from credproxy.store.redis import RedisSettings, RedisStore
 
-        given = msgspec.structs.asdict(section)
-        redis = RedisSettings.from_section({k: v for k, v in given.items() if v is not None})
+        redis = RedisSettings.from_store_settings(section)
         if source == "auto":
             key_settings.source = "keyfile"
         if key_settings.key_file is None:

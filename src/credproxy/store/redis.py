@@ -44,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -54,6 +54,9 @@ from credproxy.store.keysource import KeySettings
 from credproxy.store.records import RecordStore, describe
 from credproxy.store.sealing import Sealer, decode_value, new_sealer, open_sealer
 from credproxy.store.writepath import RecordLocks
+
+if TYPE_CHECKING:
+    from credproxy.settings import StoreSettings
 
 log = logging.getLogger("credproxy.store.redis")
 
@@ -216,6 +219,12 @@ class RedisSettings:
         if parts.scheme != "rediss" and settings.tls_ca_file is not None:
             raise StoreError("[store] tls_ca_file needs a rediss:// url")
         return settings
+
+    @classmethod
+    def from_store_settings(cls, section: StoreSettings) -> RedisSettings:
+        """From the typed ``[store]`` table (``credproxy.settings``): the keys it sets."""
+        given = msgspec.structs.asdict(section)
+        return cls.from_section({k: v for k, v in given.items() if v is not None})
 
     def password(self) -> str | None:
         """From ``password_file``, else CREDPROXY_REDIS_PASSWORD, else the keyring; never argv."""
