@@ -11,13 +11,12 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
-
-from credproxy.settings import StoreSettings
+from credproxy.settings import Settings
 from credproxy.store.factory import open_store
 from credproxy.store.redis import RedisStore
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle
 from tests.fixtures.redis import STORE_USER, RedisServer
+from tests.fixtures.settings import settings_of
 from tests.oauth.harness import _toml_value
 
 T = TypeVar("T")
@@ -100,9 +99,9 @@ class Fleet:
         return run_in_thread(body())
 
 
-def store_settings(section: Mapping[str, Any]) -> StoreSettings:
+def store_settings(section: Mapping[str, Any]) -> Settings:
     """A ``[store]`` table as the typed settings parse it (unknown keys refused)."""
-    return msgspec.convert(dict(section), StoreSettings)
+    return settings_of({"store": dict(section)})
 
 
 def run_in_thread(coroutine: Coroutine[Any, Any, T]) -> T:
