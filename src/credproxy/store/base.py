@@ -8,7 +8,7 @@ again with ``validate_name`` since the host CLI calls them directly.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from credproxy.protocol.messages import NAME_RE
 

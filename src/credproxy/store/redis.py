@@ -383,8 +383,9 @@ class RedisStore(RecordStore):
         if self._client is None:
             self._client = await self._new_client(read_timeout_s=self.settings.timeout_s)
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                result = await operation(self._client)
+            # wait_for, not asyncio.timeout: the server may run a handler's first
+            # step before it has a task of its own.
+            result = await asyncio.wait_for(operation(self._client), self.settings.timeout_s)
         except (AuthenticationError, NoPermissionError) as exc:
             raise StoreError(
                 f"Redis at {self.settings.location} refused the store's user "
