@@ -155,6 +155,70 @@ class AuditEvent(msgspec.Struct, frozen=True, omit_defaults=True):
 _encoder: Final = msgspec.json.Encoder()
 _PREFIX: Final = b"audit "
 
+MAX_AUDIT_PATH: Final = 256
+_PATH_RE: Final = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@/%-]*\Z")
+_METHOD_RE: Final = re.compile(r"^[A-Z]{1,16}\Z")
+
+
+class ProxyRequestEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One request through the injection proxy. Built with ``build``: the path is
+    kept only when it is plain and short and holds nothing credential-shaped, and
+    of the query only the parameter names are kept, never a value or a body."""
+
+    ts: float
+    op: str
+    route: str | None = None
+    method: str | None = None
+    path: str | None = None
+    query_names: tuple[str, ...] = ()
+    status: int | None = None
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    peer: str | None = None
+    outcome: str | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        route: object,
+        method: object,
+        path: object,
+        query_names: tuple[str, ...],
+        status: int | None,
+        bytes_in: int,
+        bytes_out: int,
+        duration_ms: float,
+        peer: str | None,
+        outcome: object = None,
+    ) -> ProxyRequestEvent:
+        safe_path: str | None = None
+        if isinstance(path, str):
+            safe_path = (
+                path
+                if len(path) <= MAX_AUDIT_PATH and _PATH_RE.match(path) and scrub(path) == path
+                else _REDACTED
+            )
+        names = tuple(n if NAME_RE.match(n) and scrub(n) == n else _REDACTED for n in query_names)
+        return cls(
+            ts=round(time.time(), 3),
+            op="http_proxy",
+            route=_name(route),
+            method=method if isinstance(method, str) and _METHOD_RE.match(method) else _REDACTED,
+            path=safe_path,
+            query_names=names[:32],
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            duration_ms=round(duration_ms, 3),
+            peer=peer if peer is None or _GRANT_RE.match(peer) else _REDACTED,
+            outcome=_name(outcome),
+        )
+
+    def to_json(self) -> str:
+        return _encoder.encode(self).decode("utf-8")
+
 
 class AuditLogError(Exception):
     """The audit log cannot be opened; the message names the path and the reason."""
@@ -222,7 +286,7 @@ class AuditLog:
         """Count one operation refused because the log was behind."""
         self._refused += 1
 
-    def record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent | ProxyRequestEvent) -> None:
         line = _PREFIX + _encoder.encode(event) + b"\n"
         if self._writer is None:
             self._write_stream(line)

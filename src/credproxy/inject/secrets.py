@@ -1,0 +1,83 @@
+"""Where the proxy gets real secrets: the daemon's store, and its refresh machinery for tokens.
+
+``SecretSource`` is the small face the proxy sees. ``StoreSecrets`` reads API
+keys from the store and takes access tokens through the daemon's
+``RefreshCoordinator`` when they expire within ``margin_s`` (or when the
+upstream refused the one we sent), so any number of concurrent requests on an
+expired token share one refresh.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Final, Protocol
+
+from credproxy.protocol.errors import ProxyError
+
+if TYPE_CHECKING:
+    from credproxy.oauth.flows import Clock
+    from credproxy.oauth.runtime import OAuthRuntime
+    from credproxy.store.base import KeyStore
+
+REFRESH_MARGIN_S: Final = 60.0
+
+
+class SecretUnavailable(Exception):
+    """No usable secret; the message says what the user should do and holds no secret."""
+
+
+class SecretSource(Protocol):
+    async def api_key(self, name: str) -> str: ...
+
+    async def access_token(
+        self, provider: str, bucket: str, *, force_refresh: bool = False
+    ) -> str: ...
+
+
+class StoreSecrets:
+    def __init__(
+        self,
+        keys: KeyStore,
+        oauth: OAuthRuntime | None,
+        *,
+        clock: Clock = time.time,
+        margin_s: float = REFRESH_MARGIN_S,
+    ) -> None:
+        self._keys = keys
+        self._oauth = oauth
+        self._clock = clock
+        self._margin_s = margin_s
+
+    async def api_key(self, name: str) -> str:
+        value = await self._keys.get_key(name)
+        if not value:
+            raise SecretUnavailable(
+                f"no API key named {name!r} is stored on the host; run `credproxy key set {name}`"
+            )
+        return value
+
+    async def access_token(self, provider: str, bucket: str, *, force_refresh: bool = False) -> str:
+        if self._oauth is None:
+            raise SecretUnavailable("this daemon has no OAuth runtime")
+        token = await self._oauth.writer.load(provider, bucket)
+        if token is None:
+            raise SecretUnavailable(
+                f"no token stored for {provider}:{bucket}; run `credproxy login {provider}`"
+            )
+        expiry = token.get("expiry")
+        due = not isinstance(expiry, int | float) or expiry - self._clock() < self._margin_s
+        if force_refresh or due:
+            try:
+                token = await self._oauth.refresher.refresh(provider, bucket)
+            except ProxyError as exc:
+                if not due:
+                    access = token.get("access_token")
+                    if isinstance(access, str) and access:
+                        return access
+                raise SecretUnavailable(
+                    f"refreshing {provider}:{bucket} failed: {exc.message}"
+                ) from None
+        access = token.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise SecretUnavailable(f"the token for {provider}:{bucket} has no access_token")
+        return access

@@ -1,0 +1,180 @@
+"""A real HTTPS upstream for the injection proxy's tests: aiohttp with ``trustme`` certificates.
+
+It answers for several names (``api.upstream.test``, ``evil.test``); the
+proxy reaches it through its test-only resolver map, which points every name
+at 127.0.0.1. Every request it receives is recorded, so a test can check
+what the upstream saw (the real secret) and what another host saw (nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import trustme
+from aiohttp import WSMsgType, web
+
+API_HOST = "api.upstream.test"
+EVIL_HOST = "evil.test"
+NAMES = (API_HOST, EVIL_HOST, "metadata.test", "loopback.test", "git.upstream.test")
+CANARY = "sk-canary-" + "Q7x/Zr+Pk2Lm9Wt4Yb1Nc6Hd8Jf3Gs5Ve0Ua7Ti2Ro4Ep9Kw1Xz6Cy8Bv3Mn5/+AB"
+
+
+def forms(value: str) -> dict[str, str]:
+    """The encodings the scrubber must cover, as an upstream would echo them."""
+    return {
+        "raw": value,
+        "percent": quote(value, safe=""),
+        "json": json.dumps(value)[1:-1].replace("/", "\\/"),
+        "base64": base64.b64encode(value.encode()).decode(),
+        "base64url": base64.urlsafe_b64encode(value.encode()).decode(),
+        "embedded_b64": base64.b64encode(b"xy" + value.encode() + b"z").decode(),
+    }
+
+
+@dataclass
+class Seen:
+    host: str
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    ca: trustme.CA
+    port: int = 0
+    seen: list[Seen] = field(default_factory=list)
+    gates: list[asyncio.Event] = field(default_factory=list)
+    valid_token: str = ""
+    runner: web.AppRunner | None = None
+
+    @property
+    def client_ssl(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+    def url(self, host: str = API_HOST) -> str:
+        return f"https://{host}:{self.port}"
+
+    def secret_seen(self, secret: str) -> bool:
+        return any(
+            secret in json.dumps(s.headers) + s.query + s.body.decode("latin-1") for s in self.seen
+        )
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert(*NAMES).configure_cert(context)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read() if request.path != "/v1/upload" else b""
+        host = request.host.split(":")[0]
+        self.seen.append(
+            Seen(
+                host,
+                request.method,
+                request.path,
+                request.query_string,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+        )
+        handler = getattr(self, "_" + request.path.strip("/").replace("/", "_"), None)
+        if handler is None:
+            return web.json_response({"path": request.path, "host": host})
+        response: web.StreamResponse = await handler(request, body)
+        return response
+
+    async def _v1_echo(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        header = request.headers.get("x-api-key") or request.headers.get("authorization") or ""
+        credential = header.removeprefix("Bearer ")
+        credential = credential or request.query.get("key", "")
+        payload = {
+            "headers": dict(request.headers),
+            "query": request.query_string,
+            "body": body.decode("utf-8", "replace"),
+            "forms": forms(credential),
+        }
+        text = (
+            json.dumps(payload) + "\n" + "\n".join(f"{k}={v}" for k, v in forms(credential).items())
+        )
+        split = request.query.get("split")
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/json", "X-Echo": credential}
+        )
+        await response.prepare(request)
+        if split and credential and credential in text:
+            cut = text.index(credential) + int(split)
+            await response.write(text[:cut].encode())
+            await asyncio.sleep(0.05)
+            await response.write(text[cut:].encode())
+        else:
+            await response.write(text.encode())
+        await response.write_eof()
+        return response
+
+    async def _v1_sse(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index, gate in enumerate(self.gates):
+            await response.write(f"event: step\ndata: {index}\n\n".encode())
+            await gate.wait()
+        await response.write(b"event: done\ndata: end\n\n")
+        await response.write_eof()
+        return response
+
+    async def _v1_redirect(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        raise web.HTTPFound(f"https://{EVIL_HOST}:{self.port}/steal")
+
+    async def _v1_private(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.headers.get("authorization") != f"Bearer {self.valid_token}":
+            return web.Response(status=401, text="stale token")
+        return web.json_response({"ok": True, "body": body.decode()})
+
+    async def _v1_upload(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        return web.json_response(
+            {
+                "received": total,
+                "chunked": "chunked" in request.headers.get("Transfer-Encoding", ""),
+            }
+        )
+
+    async def _v1_ws(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        credential = request.headers.get("x-api-key", "")
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(f"{message.data} key={credential}")
+        return ws
+
+
+def echo_payload(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    """The echoed request, and the credential's forms (one ``name=value`` line each)."""
+    first, *lines = data.decode().split("\n")
+    result: dict[str, Any] = json.loads(first)
+    return result, dict(line.split("=", 1) for line in lines)
