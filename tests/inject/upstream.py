@@ -53,7 +53,7 @@ class Upstream:
     port: int = 0
     seen: list[Seen] = field(default_factory=list)
     gates: list[asyncio.Event] = field(default_factory=list)
-    valid_token: str = ""
+    revoked: set[str] = field(default_factory=set)
     runner: web.AppRunner | None = None
 
     @property
@@ -148,7 +148,8 @@ class Upstream:
         raise web.HTTPFound(f"https://{EVIL_HOST}:{self.port}/steal")
 
     async def _v1_private(self, request: web.Request, body: bytes) -> web.StreamResponse:
-        if request.headers.get("authorization") != f"Bearer {self.valid_token}":
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not bearer or bearer in self.revoked:
             return web.Response(status=401, text="stale token")
         return web.json_response({"ok": True, "body": body.decode()})
 
