@@ -30,8 +30,12 @@ from credproxy.cli._daemon_options import (
 from credproxy.sandbox.spec import SANDBOX_KINDS
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from credproxy.audit import AuditLog
     from credproxy.grants import Grant
     from credproxy.sandbox.spec import SandboxKind, SandboxSpec
+    from credproxy.server.context import ServerState
     from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
 
@@ -51,6 +55,8 @@ class _RunPlan:
     protected: tuple[str, ...]
     settings: Settings
     audit_log: Path | None
+    inject: tuple[str, ...] = ()
+    intercept: tuple[str, ...] = ()
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
@@ -91,6 +97,23 @@ class _RunPlan:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append the daemon's audit lines to this file (0600); default: not kept.",
 )
+@click.option(
+    "--inject",
+    "inject",
+    multiple=True,
+    metavar="ROUTE",
+    help="Serve this route's API through the host proxy: the command gets the base URL "
+    "and a stand-in credential, never the secret (presets: anthropic, anthropic-oauth, "
+    "openai, gemini, github; or [routes.NAME] in the config). Repeatable.",
+)
+@click.option(
+    "--intercept",
+    "intercept",
+    multiple=True,
+    metavar="HOST",
+    help="Also intercept HTTPS to HOST (an --inject route's upstream) through HTTPS_PROXY "
+    "with a CA made for this run, for tools that cannot change their base URL. Repeatable.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(  # noqa: PLR0917  (click passes every option)
     kind: SandboxKind,
@@ -105,6 +128,8 @@ def run(  # noqa: PLR0917  (click passes every option)
     image: str | None,
     engine_args: tuple[str, ...],
     audit_log: Path | None,
+    inject: tuple[str, ...],
+    intercept: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND with a private daemon that grants only what the flags allow.
@@ -112,9 +137,13 @@ def run(  # noqa: PLR0917  (click passes every option)
     \b
     Example:
       credproxy run --sandbox bwrap --allow anthropic -- llxprt
-    Without --allow/--allow-key the command may read nothing. The command's
-    exit code is returned; SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH are
-    passed on to it.
+      credproxy run --inject anthropic -- agent
+    Without --allow/--allow-key the command may read nothing. With --inject
+    ROUTE it gets ROUTE's base URL and a stand-in credential in the route's
+    environment variables (e.g. ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY), and
+    the host adds the real secret to its requests (--sandbox none or bwrap).
+    The command's exit code is returned; SIGINT, SIGTERM, SIGHUP, SIGQUIT and
+    SIGWINCH are passed on to it.
     """
     from credproxy.sandbox.spec import Mount, SandboxError, SandboxSpec, parse_bind
     from credproxy.settings import ConfigError
@@ -143,8 +172,14 @@ def run(  # noqa: PLR0917  (click passes every option)
             raise click.BadParameter(
                 f"{mount.host} does not exist on the host", param_hint="--bind"
             )
+    if intercept and not inject:
+        raise click.UsageError("--intercept needs --inject ROUTE for the host's credential")
+    if inject and kind not in ("none", "bwrap"):
+        raise click.UsageError("--inject works with --sandbox none or bwrap")
     try:
         settings = load_settings(config)
+        if inject:
+            _check_inject(settings, inject, intercept)
         protected = _protected_paths(store, settings, config)
         credential_store = open_store(store, settings)
     except (ConfigError, StoreError) as exc:
@@ -164,6 +199,8 @@ def run(  # noqa: PLR0917  (click passes every option)
         protected=protected,
         settings=settings,
         audit_log=audit_log,
+        inject=tuple(dict.fromkeys(inject)),
+        intercept=tuple(dict.fromkeys(h.lower() for h in intercept)),
     )
     import asyncio
 
@@ -175,6 +212,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     import logging
 
     from credproxy.audit import AuditLog, configure_daemon_logging
+    from credproxy.inject.service import InjectSetupError
     from credproxy.sandbox.launch import prepare, run_prepared
     from credproxy.sandbox.spec import SandboxError
     from credproxy.server.daemon import DaemonSettings, build_daemon
@@ -182,6 +220,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     from credproxy.settings import ConfigError
 
     configure_daemon_logging(logging.WARNING)
+    closing_async: list[Callable[[], Awaitable[None]]] = []
     with contextlib.ExitStack() as closing:
         try:
             if plan.audit_log is not None:
@@ -208,13 +247,22 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
             try:
                 path = await daemon.start()
                 spec = replace(plan.spec, socket_path=str(path))
+                if plan.inject:
+                    spec = await _start_inject(
+                        plan, spec, state=daemon.state, audit=audit, closing=closing_async
+                    )
                 prepared = await asyncio.to_thread(
                     prepare, plan.kind, spec, dict(os.environ), plan.protected
                 )
                 return await run_prepared(prepared, token)
             finally:
                 del token
+                for close in reversed(closing_async):
+                    await close()
                 await daemon.stop(STOP_GRACE_S)
+        except InjectSetupError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            return SETUP_FAILED
         except SandboxError as exc:
             click.echo(f"Error: {exc}", err=True)
             return exc.exit_code
@@ -227,6 +275,59 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
             return SETUP_FAILED
         finally:
             await credential_store.close()
+
+
+def _check_inject(
+    settings: dict[str, Any], inject: tuple[str, ...], intercept: tuple[str, ...]
+) -> None:
+    """Unknown routes and intercept hosts are one-line errors before anything starts."""
+    from credproxy.inject.routes import parse_inject_config, parse_routes
+    from credproxy.inject.service import InjectSetupError, check_intercept
+    from credproxy.settings import ConfigError
+
+    routes = parse_routes(settings.get("routes"))
+    parse_inject_config(settings.get("inject"))
+    unknown = [name for name in inject if name not in routes]
+    if unknown:
+        raise ConfigError(
+            f"--inject {unknown[0]}: no such route; known: {', '.join(sorted(routes))} "
+            "(add [routes.NAME] to the config)"
+        )
+    try:
+        check_intercept({n: routes[n] for n in inject}, intercept)
+    except InjectSetupError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def _start_inject(
+    plan: _RunPlan,
+    spec: SandboxSpec,
+    *,
+    state: ServerState,
+    audit: AuditLog,
+    closing: list[Callable[[], Awaitable[None]]],
+) -> SandboxSpec:
+    """Start this run's injection proxy and give the command its environment and relay."""
+    from credproxy.inject.routes import parse_inject_config, parse_routes
+    from credproxy.inject.secrets import StoreSecrets
+    from credproxy.inject.service import InjectSession
+
+    routes = parse_routes(plan.settings.get("routes"))
+    session = InjectSession(
+        [routes[name] for name in plan.inject],
+        StoreSecrets(state.store, state.oauth),
+        parse_inject_config(plan.settings.get("inject")),
+        intercept=plan.intercept,
+        audit=audit,
+    )
+    closing.append(session.aclose)
+    await session.start(relay=plan.kind == "bwrap" and not plan.spec.share_net)
+    return replace(
+        spec,
+        env=tuple(sorted(session.env().items())),
+        binds=(*spec.binds, *session.mounts()),
+        wrapper=session.wrapper(),
+    )
 
 
 def _null_stream() -> IO[str]:

@@ -271,6 +271,37 @@ def build_route(name: str, config: RouteConfig) -> Route:
     )
 
 
+class InjectConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The ``[inject]`` table.
+
+    ``resolve`` maps upstream host names to addresses, as ``curl --resolve``
+    does (a mapped address is checked like a resolved one); ``tunnel`` is what
+    ``--intercept`` does with a CONNECT to a host it does not intercept.
+    """
+
+    resolve: dict[str, str] = msgspec.field(default_factory=dict)
+    tunnel: str = "refuse"
+
+
+def parse_inject_config(raw: object) -> InjectConfig:
+    if raw is None:
+        return InjectConfig()
+    try:
+        config = msgspec.convert(raw, InjectConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"[inject] {exc}") from None
+    if config.tunnel not in ("refuse", "blind"):
+        raise ConfigError('[inject] tunnel: must be "refuse" or "blind"')
+    for host, address in config.resolve.items():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(
+                f"[inject] resolve.{host}: {address!r} is not an IP address"
+            ) from None
+    return config
+
+
 def parse_routes(raw: object) -> dict[str, Route]:
     """The presets, with the config's ``routes`` table (``None`` when absent) laid over them."""
     tables: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}

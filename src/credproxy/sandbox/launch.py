@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Final
 
 from credproxy.placement import DIR_PREFIX
-from credproxy.sandbox.bwrap import build_bwrap_argv, bwrap_env
+from credproxy.sandbox.bwrap import RootLayout, build_bwrap_argv, bwrap_env
 from credproxy.sandbox.container import TOKEN_FIFO_NAME, build_container_argv
-from credproxy.sandbox.runtime import probe_layout
+from credproxy.sandbox.runtime import minimal_paths, probe_layout
 from credproxy.sandbox.spec import (
     CAPABILITY_FD,
     CAPABILITY_FD_ENV,
@@ -142,10 +142,14 @@ def prepare(
     protected = (*protected, *host_secret_paths(host_env))
     if not spec.command:
         raise SandboxError("no command given; put it after --")
+    if spec.wrapper and kind != "bwrap":
+        raise SandboxError("a relay inside the sandbox needs --sandbox bwrap")
     if kind == "none":
         if spec.binds:
             raise SandboxError("--bind needs a sandbox (bwrap, podman or docker)")
-        return Prepared(argv=list(spec.command), env=none_env(host_env, spec.socket_path))
+        env = none_env(host_env, spec.socket_path)
+        env.update(spec.env)
+        return Prepared(argv=list(spec.command), env=env)
     if kind == "bwrap":
         bwrap = shutil.which("bwrap", path=host_env.get("PATH"))
         if bwrap is None:
@@ -153,9 +157,16 @@ def prepare(
         layout, executable = probe_layout(
             spec.command, share_net=spec.share_net, search_path=host_env.get("PATH")
         )
+        command = (executable, *spec.command[1:])
+        if spec.wrapper:
+            wrapper_layout, wrapper_exe = probe_layout(
+                spec.wrapper, share_net=spec.share_net, search_path=host_env.get("PATH")
+            )
+            layout = merge_layouts(layout, wrapper_layout)
+            command = (wrapper_exe, *spec.wrapper[1:], *command)
         check_exposure([*layout.read_only, *(m.host for m in spec.binds)], protected)
         inner = SandboxSpec(
-            command=(executable, *spec.command[1:]),
+            command=command,
             socket_path=spec.socket_path,
             binds=spec.binds,
             share_net=spec.share_net,
@@ -163,7 +174,7 @@ def prepare(
         env = bwrap_env(
             layout,
             host_env,
-            {SOCKET_ENV: GUEST_SOCKET, CAPABILITY_FD_ENV: str(CAPABILITY_FD)},
+            {SOCKET_ENV: GUEST_SOCKET, CAPABILITY_FD_ENV: str(CAPABILITY_FD), **dict(spec.env)},
         )
         argv = build_bwrap_argv(inner, layout, env, bwrap=bwrap, info_fd=INFO_FD)
         return Prepared(
@@ -193,6 +204,15 @@ def prepare(
         raise
     return Prepared(
         argv=argv, env=_withheld(host_env), token_fd=kind == "podman", fifo_dir=fifo_dir
+    )
+
+
+def merge_layouts(first: RootLayout, second: RootLayout) -> RootLayout:
+    """One root holding both runtimes; ``first``'s ``PATH`` entries come first."""
+    return RootLayout(
+        symlinks=first.symlinks,
+        read_only=minimal_paths([*first.read_only, *second.read_only]),
+        path_dirs=tuple(dict.fromkeys([*first.path_dirs, *second.path_dirs])),
     )
 
 

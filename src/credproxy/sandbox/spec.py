@@ -62,6 +62,11 @@ class SandboxSpec:
     share_net: bool = False
     image: str | None = None
     engine_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment for the command (the injection proxy's base URLs and stand-ins)."""
+    wrapper: tuple[str, ...] = ()
+    """bwrap only: a program run inside that starts the command as its child (the
+    injection relay); its runtime is bound read-only like the command's."""
 
 
 def parse_bind(value: str) -> Mount:

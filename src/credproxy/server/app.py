@@ -123,6 +123,12 @@ class Daemon:
         return self._audit
 
     @property
+    def state(self) -> ServerState:
+        """What every connection shares: the store and the OAuth runtime (``run --inject``
+        reads secrets through them)."""
+        return self._state
+
+    @property
     def frame_budget(self) -> FrameBudget:
         """Bytes held for large frames, in and out, across all connections."""
         assert self._settings.budget is not None
