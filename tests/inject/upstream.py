@@ -13,6 +13,7 @@ import base64
 import json
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -54,6 +55,8 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
     gates: list[asyncio.Event] = field(default_factory=list)
     revoked: set[str] = field(default_factory=set)
+    git_root: Path | None = None
+    git_password: str = ""
     runner: web.AppRunner | None = None
 
     @property
@@ -100,11 +103,29 @@ class Upstream:
                 body,
             )
         )
+        if request.path.startswith("/repo.git/"):
+            return self._git_file(request)
         handler = getattr(self, "_" + request.path.strip("/").replace("/", "_"), None)
         if handler is None:
             return web.json_response({"path": request.path, "host": host})
         response: web.StreamResponse = await handler(request, body)
         return response
+
+    def _git_file(self, request: web.Request) -> web.StreamResponse:
+        """Git's dumb HTTP protocol: static files of a bare repository, behind Basic auth."""
+        expected = (
+            "Basic " + base64.b64encode(f"x-access-token:{self.git_password}".encode()).decode()
+        )
+        if request.headers.get("authorization") != expected:
+            return web.Response(
+                status=401, headers={"WWW-Authenticate": 'Basic realm="git"'}, text="auth needed"
+            )
+        assert self.git_root is not None
+        relative = request.path.removeprefix("/repo.git/")
+        target = (self.git_root / relative).resolve()
+        if not target.is_relative_to(self.git_root) or not target.is_file():
+            return web.Response(status=404)
+        return web.Response(body=target.read_bytes())
 
     async def _v1_echo(self, request: web.Request, body: bytes) -> web.StreamResponse:
         header = request.headers.get("x-api-key") or request.headers.get("authorization") or ""
@@ -164,6 +185,93 @@ class Upstream:
             }
         )
 
+    async def _v1_messages(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """Anthropic's Messages API, as much of it as the SDK needs; echoes the key it got."""
+        text = f"key={credential_of(request)}"
+        message: dict[str, Any] = {
+            "id": "msg_test",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-test",
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+        if not json.loads(body).get("stream"):
+            return web.json_response(message)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        start = {**message, "content": [], "stop_reason": None}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("message_start", {"type": "message_start", "message": start}),
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            *[
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": part},
+                    },
+                )
+                for part in (text[:4], text[4:])
+            ],
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 2},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        for name, data in events:
+            await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def _v1_chat_completions(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """OpenAI's chat completions, as much as the SDK needs; echoes the bearer it got."""
+        text = f"key={request.headers.get('authorization', '').removeprefix('Bearer ')}"
+        base = {"id": "chatcmpl-test", "created": 0, "model": "gpt-test"}
+        if not json.loads(body).get("stream"):
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for part in (text[:4], text[4:]):
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": part}, "finish_reason": None}],
+            }
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def _v1_ws(self, request: web.Request, body: bytes) -> web.StreamResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -172,6 +280,12 @@ class Upstream:
             if message.type == WSMsgType.TEXT:
                 await ws.send_str(f"{message.data} key={credential}")
         return ws
+
+
+def credential_of(request: web.Request) -> str:
+    """The API key as Anthropic's API takes it: ``x-api-key`` or ``Authorization: Bearer``."""
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+    return request.headers.get("x-api-key") or bearer
 
 
 def echo_payload(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:

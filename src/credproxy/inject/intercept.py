@@ -226,13 +226,6 @@ class ConnectFront:
     async def _intercept(
         self, host: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        try:
-            await writer.drain()
-            await writer.start_tls(self._ca.server_context(host))
-        except (ssl.SSLError, ConnectionError, OSError):
-            writer.transport.abort()
-            return
         server = self._servers.get((host, port))
         if server is None:
 
@@ -243,10 +236,31 @@ class ConnectFront:
 
             server = web.Server(serve)
             self._servers[(host, port)] = server
-        protocol = server()
-        transport = writer.transport
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+        protocol = _Tracked(server(), closed)
+        writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        try:
+            await writer.drain()
+            # TLS goes straight to aiohttp's protocol, so no request byte can land
+            # in the CONNECT reader between the handshake and the hand-over.
+            tls = await loop.start_tls(
+                writer.transport,
+                protocol,
+                self._ca.server_context(host),
+                server_side=True,
+                ssl_handshake_timeout=HEAD_TIMEOUT_S,
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError):
+            writer.transport.abort()
+            return
+        if tls is None:
+            return
+        protocol.connection_made(tls)
+        # Holding the writer until the connection ends keeps it from being
+        # collected, which would close the transport under aiohttp.
+        await closed
+        del writer
 
     async def _tunnel(
         self, host: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -272,6 +286,44 @@ class ConnectFront:
     async def aclose(self) -> None:
         for server in self._servers.values():
             await server.shutdown(1.0)
+
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's protocol on the decrypted stream, with a future that completes on close."""
+
+    def __init__(self, inner: asyncio.Protocol, closed: asyncio.Future[None]) -> None:
+        self._inner = inner
+        self._closed = closed
+        self._early: list[bytes] | None = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called by us once ``start_tls`` returns; bytes that came before are replayed."""
+        self._inner.connection_made(transport)
+        early, self._early = self._early or [], None
+        for data in early:
+            self._inner.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+        else:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            if not self._closed.done():
+                self._closed.set_result(None)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -87,12 +87,13 @@ class _RouteState:
     session: aiohttp.ClientSession
     rules: tuple[str, ScrubRules] | None = None
 
-    def slot_value(self, credential: str) -> str:
+    def slot_value(self, credential: str, slot_format: str | None = None) -> str:
+        """The header value carrying ``credential`` (the primary slot's unless ``slot_format``)."""
         route = self.route
-        if route.basic_user is not None:
+        if slot_format is None and route.basic_user is not None:
             pair = f"{route.basic_user}:{credential}".encode()
             return "Basic " + base64.b64encode(pair).decode()
-        return route.format.replace("{}", credential, 1)
+        return (slot_format or route.format).replace("{}", credential, 1)
 
     def rules_for(self, secret: str) -> ScrubRules:
         """Built once per secret value (a refreshed token gets new rules)."""
@@ -125,7 +126,13 @@ class _Call:
     headers: CIMultiDict[str]
     outcome: _Outcome
     secret: str | None = None
+    slot: tuple[str, str | None] | None = None
+    """Where the client presented the stand-in: (header, format); ``("", None)`` for the query."""
     body: bytes | AsyncIterator[bytes] | None = None
+
+    def add_secret(self, headers: CIMultiDict[str]) -> None:
+        if self.secret is not None and self.slot is not None and self.slot[0]:
+            headers[self.slot[0]] = self.state.slot_value(self.secret, self.slot[1])
 
     async def prepare_body(self) -> bool:
         """Read a small body of a token route (replayable), else stream it; True if replayable."""
@@ -150,8 +157,7 @@ class _Call:
         route = self.state.route
         url = _upstream_url(route, self.rest, self.raw_query, self.secret)
         send = CIMultiDict(self.headers)
-        if self.secret is not None and route.header is not None:
-            send[route.header] = self.state.slot_value(self.secret)
+        self.add_secret(send)
         send["Accept-Encoding"] = "identity"
         try:
             return await self.state.session.request(
@@ -338,13 +344,9 @@ class InjectProxy:
         headers = _forward_headers(
             request.headers, WEBSOCKET_DROPPED if upgrade else REQUEST_DROPPED
         )
-        presented = _take_slot(route, headers, raw_query)
-        expected = state.slot_value(state.stand_in) if route.header else state.stand_in
-        injected = presented is not None and hmac.compare_digest(
-            presented.encode("utf-8", "surrogateescape"), expected.encode()
-        )
         call = _Call(request, state, rest, raw_query, headers, outcome)
-        call.secret = await self._secret(route) if injected else None
+        call.slot = _take_slot(state, headers, raw_query)
+        call.secret = await self._secret(route) if call.slot is not None else None
         if upgrade:
             return await self._websocket(call)
         replayable = await call.prepare_body()
@@ -422,8 +424,7 @@ class InjectProxy:
             call.outcome,
         )
         route = state.route
-        if secret is not None and route.header is not None:
-            headers[route.header] = state.slot_value(secret)
+        call.add_secret(headers)
         protocols = [
             p.strip()
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
@@ -560,18 +561,38 @@ def _forward_headers(incoming: Mapping[str, str], dropped: frozenset[str]) -> CI
     return out
 
 
-def _take_slot(route: Route, headers: CIMultiDict[str], raw_query: str) -> str | None:
-    """Remove the route's slot from the request; the value it held if exactly one."""
-    if route.header is not None:
-        values = headers.getall(route.header, [])
-        headers.popall(route.header, None)
-        return values[0] if len(values) == 1 else None
-    values = [
-        unquote_plus(part.partition("=")[2])
-        for part in raw_query.split("&")
-        if part and unquote_plus(part.partition("=")[0]) == route.query
-    ]
-    return values[0] if len(values) == 1 else None
+def _take_slot(
+    state: _RouteState, headers: CIMultiDict[str], raw_query: str
+) -> tuple[str, str | None] | None:
+    """Remove the route's slots from the request; where this run's stand-in was, if it was.
+
+    A slot holding anything else, or more than one value, is dropped and nothing
+    is injected: the sandbox's own credential never reaches the upstream.
+    """
+    route = state.route
+    if route.header is None:
+        values = [
+            unquote_plus(part.partition("=")[2])
+            for part in raw_query.split("&")
+            if part and unquote_plus(part.partition("=")[0]) == route.query
+        ]
+        matched = len(values) == 1 and _same(values[0], state.stand_in)
+        return ("", None) if matched else None
+    slots: list[tuple[str, str | None]] = [(route.header, None)]
+    if route.alt_header is not None:
+        slots.append((route.alt_header, route.alt_format))
+    found: tuple[str, str | None] | None = None
+    for name, slot_format in slots:
+        values = headers.getall(name, [])
+        headers.popall(name, None)
+        expected = state.slot_value(state.stand_in, slot_format)
+        if found is None and len(values) == 1 and _same(values[0], expected):
+            found = (name, slot_format)
+    return found
+
+
+def _same(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def _upstream_url(route: Route, rest: str, raw_query: str, secret: str | None) -> URL:

@@ -57,6 +57,8 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     format: str = "{}"
     query: str | None = None
     basic_user: str | None = None
+    alt_header: str | None = None
+    alt_format: str = "Bearer {}"
     methods: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_METHODS))
     paths: list[str] = msgspec.field(default_factory=lambda: ["/**"])
     base_url_env: str | None = None
@@ -71,6 +73,7 @@ PRESETS: Final[dict[str, dict[str, Any]]] = {
         "upstream": "https://api.anthropic.com",
         "key": "anthropic",
         "header": "x-api-key",
+        "alt_header": "authorization",
         "methods": ["GET", "POST"],
         "paths": ["/v1/**"],
         "base_url_env": "ANTHROPIC_BASE_URL",
@@ -132,6 +135,10 @@ class Route:
     bucket: str
     header: str | None
     format: str
+    alt_header: str | None
+    """A second header the client may present the stand-in in (e.g. Anthropic's SDKs
+    send an API key as ``Authorization: Bearer``); the secret goes where it was found."""
+    alt_format: str
     query: str | None
     basic_user: str | None
     methods: frozenset[str]
@@ -189,6 +196,13 @@ def _check_slot(config: RouteConfig, fail: Callable[[str], ConfigError]) -> None
             raise fail("header: not a valid header name")
         if config.header.lower() in FORBIDDEN_SLOT_HEADERS:
             raise fail(f"header: {config.header} cannot carry a credential")
+    if config.alt_header is not None:
+        if config.header is None or not HEADER_NAME_RE.match(config.alt_header):
+            raise fail("alt_header: needs header, and a valid header name")
+        if config.alt_header.lower() in FORBIDDEN_SLOT_HEADERS | {config.header.lower()}:
+            raise fail(f"alt_header: {config.alt_header} cannot carry a credential")
+        if config.alt_format.count("{}") != 1 or any(ord(c) < 0x20 for c in config.alt_format):
+            raise fail('alt_format: must contain "{}" exactly once and no control characters')
     if config.query is not None and not QUERY_NAME_RE.match(config.query):
         raise fail("query: use A-Z a-z 0-9 . _ ~ -")
     if config.format.count("{}") != 1 or any(ord(c) < 0x20 or c == "\x7f" for c in config.format):
@@ -259,6 +273,8 @@ def build_route(name: str, config: RouteConfig) -> Route:
         bucket=bucket,
         header=config.header.lower() if config.header is not None else None,
         format=config.format,
+        alt_header=config.alt_header.lower() if config.alt_header is not None else None,
+        alt_format=config.alt_format,
         query=config.query,
         basic_user=config.basic_user,
         methods=frozenset(methods),
@@ -312,10 +328,13 @@ def parse_routes(raw: object) -> dict[str, Route]:
             if not isinstance(table, Mapping):
                 raise ConfigError(f"[routes.{name}] must be a table")
             base = dict(tables.get(str(name), {}))
-            for pair in (("key", "token"), ("header", "query")):
+            pairs: tuple[tuple[str, ...], ...] = (("key", "token"), ("header", "query"))
+            for pair in pairs:
                 if any(k in table for k in pair):
                     for k in pair:
                         base.pop(k, None)
+            if ("header" in table or "query" in table) and "alt_header" not in table:
+                base.pop("alt_header", None)
             tables[str(name)] = {**base, **table}
     routes: dict[str, Route] = {}
     for name, table in tables.items():
