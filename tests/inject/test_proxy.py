@@ -246,3 +246,39 @@ async def test_every_request_leaves_one_audit_line_without_secrets_or_query_valu
     assert stand_in not in text
     assert "visible-value" not in text
     assert json.loads(running.lines[1].removeprefix("audit "))["status"] == 405
+
+
+async def test_proxy_authorization_and_hop_by_hop_headers_never_reach_the_upstream(
+    start_proxy: ProxyFactory, upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    running = await start_proxy()
+    async with client.get(
+        running.url("api", "/v1/echo"),
+        headers={
+            "x-api-key": running.stand_ins["api"],
+            "Proxy-Authorization": "Basic c2VjcmV0",
+            "Connection": "keep-alive, X-Private-Hop",
+            "X-Private-Hop": "drop me",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "anthropic-beta": "oauth-2025-04-20",
+        },
+    ) as response:
+        await response.read()
+    seen = upstream.seen[-1].headers
+    for name in ("proxy-authorization", "x-private-hop", "keep-alive", "te"):
+        assert name not in seen
+    assert seen["anthropic-beta"] == "oauth-2025-04-20"
+
+
+async def test_a_stand_in_for_one_route_is_not_replaced_on_another(
+    start_proxy: ProxyFactory, upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    common = {"header": "x-api-key", "allow_private": True, "upstream": upstream.url(API_HOST)}
+    running = await start_proxy({"one": {"key": "api", **common}, "two": {"key": "api", **common}})
+    async with client.get(
+        running.url("two", "/v1/echo"), headers={"x-api-key": running.stand_ins["one"]}
+    ) as response:
+        await response.read()
+    assert "x-api-key" not in upstream.seen[-1].headers
+    assert not upstream.secret_seen(CANARY)

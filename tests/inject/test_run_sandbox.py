@@ -239,3 +239,26 @@ async def test_git_clones_over_https_through_interception_after_a_401_challenge(
         assert form not in stdout + stderr
     assert b"HTTPS_PROXY=http://127.0.0.1:18081" in stdout
     assert b"GIT_SSL_CAINFO=/run/credproxy-inject/ca-bundle.pem" in stdout
+
+
+async def test_without_a_sandbox_the_proxy_listens_on_host_loopback_and_still_injects(
+    host: Host, upstream: Upstream
+) -> None:
+    code, stdout, stderr = await host.run(
+        "--sandbox",
+        "none",
+        "--inject",
+        "anthropic",
+        "--",
+        "sh",
+        "-c",
+        'echo "$ANTHROPIC_BASE_URL"; '
+        'curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" "$ANTHROPIC_BASE_URL/v1/echo"',
+    )
+    assert code == 0, stderr.decode()
+    base, answer = stdout.decode().split("\n", 1)
+    assert base.startswith("http://127.0.0.1:") and base.endswith("/anthropic")
+    assert upstream.seen[-1].headers["x-api-key"] == CANARY
+    for form in _forms(CANARY):
+        assert form not in stdout + stderr
+    assert '"x-api-key": "sk-canary-' in answer
