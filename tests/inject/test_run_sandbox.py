@@ -262,3 +262,8 @@ async def test_without_a_sandbox_the_proxy_listens_on_host_loopback_and_still_in
     for form in _forms(CANARY):
         assert form not in stdout + stderr
     assert '"x-api-key": "sk-canary-' in answer
+
+
+async def test_the_relay_hands_back_the_commands_exit_status(host: Host) -> None:
+    code, _, stderr = await host.run("--inject", "anthropic", "--", "sh", "-c", "exit 7")
+    assert code == 7, stderr.decode()

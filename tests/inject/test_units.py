@@ -140,3 +140,39 @@ def test_the_scrubber_holds_back_nothing_after_an_event_ending_in_a_newline() ->
     scrubber = StreamScrubber(rules)
     event = b'event: delta\ndata: {"text": "hi"}\n\n'
     assert scrubber.feed(event) == event
+
+
+def test_the_in_sandbox_relay_loads_neither_aiohttp_nor_cryptography() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            "import sys, credproxy.inject.relay; "
+            "print(sorted(m for m in ('aiohttp', 'cryptography', 'msgspec') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--listen", "18080=/run/x.sock"],
+        ["--listen", "0=/run/x.sock", "--", "true"],
+        ["--listen", "18080=relative.sock", "--", "true"],
+        ["--port", "18080=/run/x.sock", "--", "true"],
+        ["--listen", "18080=/run/x.sock", "--"],
+    ],
+)
+def test_the_relay_refuses_a_malformed_command_line(argv: list[str]) -> None:
+    from credproxy.inject.relay import parse_args
+
+    with pytest.raises(ValueError):
+        parse_args(argv)

@@ -20,8 +20,9 @@ import signal
 import sys
 from typing import Final
 
-CAPABILITY_FD: Final = 3
-PASSED_SIGNALS: Final = (
+from credproxy.sandbox.spec import CAPABILITY_FD
+
+PASSED_SIGNALS: Final = (  # launch.FORWARDED_SIGNALS; launch imports too much to load here
     signal.SIGINT,
     signal.SIGTERM,
     signal.SIGHUP,
