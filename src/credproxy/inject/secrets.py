@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Final, Protocol
 
 from credproxy.protocol.errors import ProxyError
+from credproxy.tokens import expiry_seconds
 
 if TYPE_CHECKING:
     from credproxy.oauth.flows import Clock
@@ -64,8 +65,8 @@ class StoreSecrets:
             raise SecretUnavailable(
                 f"no token stored for {provider}:{bucket}; run `credproxy login {provider}`"
             )
-        expiry = token.get("expiry")
-        due = not isinstance(expiry, int | float) or expiry - self._clock() < self._margin_s
+        expiry = expiry_seconds(token.get("expiry"))
+        due = expiry is None or expiry - self._clock() < self._margin_s
         if force_refresh or due:
             try:
                 token = await self._oauth.refresher.refresh(provider, bucket)
