@@ -91,6 +91,7 @@ async def start_proxy(upstream: Upstream) -> AsyncIterator[ProxyFactory]:
         chosen = {name: parsed[name] for name in tables}
         source = secrets or StoreSecrets(store, None)
         stand_ins = {}
+        secrets_now = {}
         for name, route in chosen.items():
             real = (
                 await source.api_key(route.credential)
@@ -98,6 +99,7 @@ async def start_proxy(upstream: Upstream) -> AsyncIterator[ProxyFactory]:
                 else await source.access_token(route.credential, route.bucket)
             )
             stand_ins[name] = make_stand_in(real, route.stand_in_prefix)
+            secrets_now[name] = real
         lines: list[str] = []
         proxy = InjectProxy(
             chosen,
@@ -108,6 +110,8 @@ async def start_proxy(upstream: Upstream) -> AsyncIterator[ProxyFactory]:
             upstream_ssl=upstream.client_ssl,
         )
         await proxy.start()
+        for name, real in secrets_now.items():
+            proxy.prime(name, real)
         server, listener = await serve(proxy.handle_reverse, host="127.0.0.1")
         opened.append((proxy, (server, listener)))
         port = listener.sockets[0].getsockname()[1]

@@ -282,3 +282,16 @@ async def test_a_stand_in_for_one_route_is_not_replaced_on_another(
         await response.read()
     assert "x-api-key" not in upstream.seen[-1].headers
     assert not upstream.secret_seen(CANARY)
+
+
+async def test_an_answer_quoting_the_secret_is_scrubbed_even_when_the_request_carried_none(
+    start_proxy: ProxyFactory, upstream: Upstream, client: aiohttp.ClientSession
+) -> None:
+    running = await start_proxy()
+    async with client.get(running.url("api", "/v1/leak")) as response:
+        raw = await response.read()
+        header = response.headers["X-Key"]
+    assert "x-api-key" not in upstream.seen[-1].headers
+    assert CANARY.encode() not in raw
+    assert running.stand_ins["api"].encode() in raw
+    assert header == running.stand_ins["api"]

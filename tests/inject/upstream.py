@@ -165,6 +165,10 @@ class Upstream:
         await response.write_eof()
         return response
 
+    async def _v1_leak(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """An answer that quotes the key without having been sent it (a key listing)."""
+        return web.json_response({"keys": [CANARY]}, headers={"X-Key": CANARY})
+
     async def _v1_redirect(self, request: web.Request, body: bytes) -> web.StreamResponse:
         raise web.HTTPFound(f"https://{EVIL_HOST}:{self.port}/steal")
 

@@ -95,6 +95,14 @@ class _RouteState:
             return "Basic " + base64.b64encode(pair).decode()
         return (slot_format or route.format).replace("{}", credential, 1)
 
+    def current_rules(self, secret: str | None) -> ScrubRules | None:
+        """The rules for the secret this request carried, else for the last one sent:
+        an answer to a request without the secret may still quote it (an API that
+        lists credentials, a cached error)."""
+        if secret is not None:
+            return self.rules_for(secret)
+        return self.rules[1] if self.rules is not None else None
+
     def rules_for(self, secret: str) -> ScrubRules:
         """Built once per secret value (a refreshed token gets new rules)."""
         if self.rules is None or self.rules[0] != secret:
@@ -246,6 +254,10 @@ class InjectProxy:
                 route, self._stand_ins[name], sessions[route.allow_private]
             )
 
+    def prime(self, route: str, secret: str) -> None:
+        """Scrub ``secret`` from route's answers even before a request carried it."""
+        self._states[route].rules_for(secret)
+
     async def aclose(self) -> None:
         for session in self._sessions:
             await session.close()
@@ -391,7 +403,7 @@ class InjectProxy:
         encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in DECODED_ENCODINGS:
             raise Refusal(502, f"credproxy: the upstream used content-encoding {encoding[:32]!r}")
-        rules = state.rules_for(secret) if secret is not None else None
+        rules = state.current_rules(secret)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         connection_named = _connection_tokens(upstream.headers)
         for name, value in upstream.headers.items():
@@ -442,7 +454,7 @@ class InjectProxy:
             ) from None
         except (aiohttp.ClientError, OSError):
             raise Refusal(502, f"credproxy: cannot open a WebSocket to {route.host}") from None
-        rules = state.rules_for(secret) if secret is not None else None
+        rules = state.current_rules(secret)
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
         await client.prepare(request)
         outcome.status = 101

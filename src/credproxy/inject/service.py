@@ -73,7 +73,7 @@ class InjectSession:
         self.proxy: InjectProxy | None = None
         self._front: ConnectFront | None = None
 
-    async def _stand_in(self, route: Route) -> str:
+    async def _secret(self, route: Route) -> str:
         try:
             if route.credential_kind == "key":
                 secret = await self._secrets.api_key(route.credential)
@@ -82,13 +82,14 @@ class InjectSession:
             check_secret(secret, f"the credential of route {route.name}")
         except (SecretUnavailable, SecretFormatError) as exc:
             raise InjectSetupError(f"--inject {route.name}: {exc}") from None
-        return make_stand_in(secret, route.stand_in_prefix)
+        return secret
 
     async def start(self, *, relay: bool) -> None:
         """``relay``: listen on Unix sockets for the in-sandbox relay, else on 127.0.0.1."""
         self._relay = relay
-        for route in self._routes.values():
-            self.stand_ins[route.name] = await self._stand_in(route)
+        current = {name: await self._secret(route) for name, route in self._routes.items()}
+        for name, route in self._routes.items():
+            self.stand_ins[name] = make_stand_in(current[name], route.stand_in_prefix)
         self._dir = tempfile.mkdtemp(prefix="credproxy-inject-")
         self.proxy = InjectProxy(
             self._routes,
@@ -99,6 +100,9 @@ class InjectSession:
             upstream_ssl=self._upstream_ssl,
         )
         await self.proxy.start()
+        for name, secret in current.items():
+            self.proxy.prime(name, secret)
+        del current
         self._http_port = await self._listen(self.proxy.handle_reverse, "http.sock")
         if self._intercept:
             await self._start_intercept()
