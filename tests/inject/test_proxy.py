@@ -295,3 +295,38 @@ async def test_an_answer_quoting_the_secret_is_scrubbed_even_when_the_request_ca
     assert CANARY.encode() not in raw
     assert running.stand_ins["api"].encode() in raw
     assert header == running.stand_ins["api"]
+
+
+async def test_connections_past_the_cap_are_closed_and_a_freed_place_is_reused() -> None:
+    from aiohttp import web
+
+    from credproxy.inject.proxy import ConnectionCap, serve
+
+    async def ok(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="ok")
+
+    cap = ConnectionCap(2)
+    server, listener = await serve(ok, host="127.0.0.1", cap=cap)
+    port = listener.sockets[0].getsockname()[1]
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in held:
+            writer.write(request)
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+        writer.close()
+        held[0][1].close()
+        await held[0][1].wait_closed()
+        async with asyncio.timeout(30):
+            while cap.open >= 2:  # the server sees the close on its next loop turn
+                await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+        held[1][1].close()
+    finally:
+        listener.close()
+        await server.shutdown(1.0)

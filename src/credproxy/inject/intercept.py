@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from credproxy.inject.proxy import MAX_CONNECTIONS, CountedProtocol
 from credproxy.inject.upstream import CheckedResolver, UpstreamRefused
 
 HEAD_LIMIT: Final = 16 * 1024
@@ -180,7 +181,10 @@ class ConnectFront:
         *,
         blind_tunnels: bool,
         resolver: CheckedResolver,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        self.max_connections = max_connections
+        self.open = 0
         self._ca = ca
         self._intercepted = intercepted
         self._handler = handler
@@ -190,6 +194,17 @@ class ConnectFront:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One CONNECT, for the whole life of its tunnel; past the cap, closed at once."""
+        if self.open >= self.max_connections:
+            writer.transport.abort()
+            return
+        self.open += 1
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self.open -= 1
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -226,8 +241,8 @@ class ConnectFront:
             server = web.Server(serve)
             self._servers[(host, port)] = server
         loop = asyncio.get_running_loop()
-        closed: asyncio.Future[None] = loop.create_future()
-        protocol = _Tracked(server(), closed)
+        protocol = CountedProtocol(server())
+        protocol.hold_data()
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         try:
             await writer.drain()
@@ -248,7 +263,7 @@ class ConnectFront:
         protocol.connection_made(tls)
         # Holding the writer until the connection ends keeps it from being
         # collected, which would close the transport under aiohttp.
-        await closed
+        await protocol.closed
         del writer
 
     async def _tunnel(
@@ -275,44 +290,6 @@ class ConnectFront:
     async def aclose(self) -> None:
         for server in self._servers.values():
             await server.shutdown(1.0)
-
-
-class _Tracked(asyncio.Protocol):
-    """aiohttp's protocol on the decrypted stream, with a future that completes on close."""
-
-    def __init__(self, inner: asyncio.Protocol, closed: asyncio.Future[None]) -> None:
-        self._inner = inner
-        self._closed = closed
-        self._early: list[bytes] | None = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Called by us once ``start_tls`` returns; bytes that came before are replayed."""
-        self._inner.connection_made(transport)
-        early, self._early = self._early or [], None
-        for data in early:
-            self._inner.data_received(data)
-
-    def data_received(self, data: bytes) -> None:
-        if self._early is not None:
-            self._early.append(data)
-        else:
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._inner.connection_lost(exc)
-        finally:
-            if not self._closed.done():
-                self._closed.set_result(None)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -21,7 +21,7 @@ import hmac
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote, unquote_plus
@@ -68,6 +68,8 @@ MAX_REPLAY_BYTES: Final = 1 << 20
 """A token route keeps a request body up to this size so a 401 can be retried once."""
 UPLOAD_CHUNK: Final = 1 << 16
 CONNECT_TIMEOUT_S: Final = 30.0
+MAX_CONNECTIONS: Final = 256
+"""Connections one listener serves at once (the daemon's socket has the same cap)."""
 READ_TIMEOUT_S: Final = 600.0
 """An upstream may think for minutes before the first byte of a long generation."""
 
@@ -623,14 +625,92 @@ async def _count_upload(request: web.BaseRequest, outcome: _Outcome) -> AsyncIte
         yield chunk
 
 
+class ConnectionCap:
+    """Counts a listener's open connections; past ``limit`` a new one is closed at once,
+    so a sandbox cannot spend every file descriptor of the ``run`` process."""
+
+    def __init__(self, limit: int = MAX_CONNECTIONS) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
+        def make() -> asyncio.Protocol:
+            if self.open >= self.limit:
+                return _Refused()
+            self.open += 1
+            return CountedProtocol(factory(), self)
+
+        return make
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class CountedProtocol(asyncio.Protocol):
+    """Another protocol, delegated to, that gives its place back when the connection ends.
+
+    ``closed`` completes then too, for a caller that must outlive the connection.
+    """
+
+    def __init__(self, inner: asyncio.BaseProtocol, cap: ConnectionCap | None = None) -> None:
+        self._inner = inner
+        self._cap = cap
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._early: list[bytes] | None = None
+
+    def hold_data(self) -> None:
+        """Keep bytes that arrive before ``connection_made`` and replay them after it."""
+        self._early = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        early, self._early = self._early or [], None
+        for data in early:
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+        else:
+            self._inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self._inner.eof_received()  # type: ignore[attr-defined]
+        return result
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            if self._cap is not None:
+                self._cap.open -= 1
+                self._cap = None
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+
 async def serve(
-    handler: object, *, unix_path: str | None = None, host: str | None = None, port: int = 0
+    handler: object,
+    *,
+    unix_path: str | None = None,
+    host: str | None = None,
+    port: int = 0,
+    cap: ConnectionCap | None = None,
 ) -> tuple[web.Server, asyncio.Server]:
     """Listen with aiohttp's low-level server on a Unix socket or a TCP address."""
     server = web.Server(handler)  # type: ignore[arg-type]
+    factory = (cap or ConnectionCap()).wrap(server)
     loop = asyncio.get_running_loop()
     if unix_path is not None:
-        listener = await loop.create_unix_server(server, unix_path)
+        listener = await loop.create_unix_server(factory, unix_path)
     else:
-        listener = await loop.create_server(server, host or "127.0.0.1", port)
+        listener = await loop.create_server(factory, host or "127.0.0.1", port)
     return server, listener
