@@ -1,15 +1,18 @@
 """Where the proxy gets real secrets: the daemon's store, and its refresh machinery for tokens.
 
 ``SecretSource`` is the small face the proxy sees. ``StoreSecrets`` reads API
-keys from the store and takes access tokens through the daemon's
-``RefreshCoordinator`` when they expire within ``margin_s`` (or when the
+keys and tokens from the store and takes access tokens through the daemon's
+``refresh.RefreshCoordinator`` when they expire within ``margin_s`` (or when the
 upstream refused the one we sent), so any number of concurrent requests on an
 expired token share one refresh.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final, Protocol
 
 from credproxy.protocol.errors import ProxyError
@@ -18,9 +21,10 @@ from credproxy.tokens import expiry_seconds
 if TYPE_CHECKING:
     from credproxy.oauth.flows import Clock
     from credproxy.oauth.runtime import OAuthRuntime
-    from credproxy.store.base import KeyStore
+    from credproxy.store.base import CredentialStore
 
 REFRESH_MARGIN_S: Final = 60.0
+STORE_TIMEOUT_S: Final = 15.0
 
 
 class SecretUnavailable(Exception):
@@ -38,19 +42,20 @@ class SecretSource(Protocol):
 class StoreSecrets:
     def __init__(
         self,
-        keys: KeyStore,
+        store: CredentialStore,
         oauth: OAuthRuntime | None,
         *,
         clock: Clock = time.time,
         margin_s: float = REFRESH_MARGIN_S,
     ) -> None:
-        self._keys = keys
+        self._store = store
         self._oauth = oauth
         self._clock = clock
         self._margin_s = margin_s
 
     async def api_key(self, name: str) -> str:
-        value = await self._keys.get_key(name)
+        async with _bounded():
+            value = await self._store.get_key(name)
         if not value:
             raise SecretUnavailable(
                 f"no API key named {name!r} is stored on the host; run `credproxy key set {name}`"
@@ -60,7 +65,8 @@ class StoreSecrets:
     async def access_token(self, provider: str, bucket: str, *, force_refresh: bool = False) -> str:
         if self._oauth is None:
             raise SecretUnavailable("this daemon has no OAuth runtime")
-        token = await self._oauth.writer.load(provider, bucket)
+        async with _bounded():
+            token = await self._store.get_token(provider, bucket)
         if token is None:
             raise SecretUnavailable(
                 f"no token stored for {provider}:{bucket}; run `credproxy login {provider}`"
@@ -82,3 +88,13 @@ class StoreSecrets:
         if not isinstance(access, str) or not access:
             raise SecretUnavailable(f"the token for {provider}:{bucket} has no access_token")
         return access
+
+
+@contextlib.asynccontextmanager
+async def _bounded() -> AsyncIterator[None]:
+    """A store that hangs (a locked keyring) must not hang the sandbox's request."""
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_S):
+            yield
+    except TimeoutError:
+        raise SecretUnavailable("the host's credential store did not answer in time") from None
