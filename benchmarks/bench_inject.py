@@ -60,7 +60,7 @@ def _upstream(queue: Queue[Any]) -> None:
 
 def _proxy(queue: Queue[Any], upstream_port: int, unix_path: str) -> None:
     from credproxy.inject.proxy import InjectProxy, serve
-    from credproxy.inject.routes import parse_routes
+    from credproxy.inject.routes import RouteConfig, parse_routes
     from credproxy.inject.secrets import StoreSecrets
     from credproxy.inject.standin import make_stand_in
     from credproxy.store.memory import MemoryStore
@@ -68,16 +68,13 @@ def _proxy(queue: Queue[Any], upstream_port: int, unix_path: str) -> None:
     async def main() -> None:
         store = MemoryStore()
         await store.set_key("bench", SECRET)
-        routes = parse_routes(
-            {
-                "bench": {
-                    "upstream": f"http://127.0.0.1:{upstream_port}",
-                    "key": "bench",
-                    "header": "x-api-key",
-                    "allow_private": True,
-                }
-            }
+        route = RouteConfig(
+            upstream=f"http://127.0.0.1:{upstream_port}",
+            key="bench",
+            header="x-api-key",
+            allow_private=True,
         )
+        routes = parse_routes({"bench": route})
         stand_in = make_stand_in(SECRET)
         proxy = InjectProxy(
             {"bench": routes["bench"]}, {"bench": stand_in}, StoreSecrets(store, None)

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin, 
 import msgspec
 from msgspec import Meta
 
+from credproxy.inject.routes import InjectConfig, RouteConfig
 from credproxy.protocol.messages import NAME_PATTERN
 
 CONFIG_ENV: Final = "CREDPROXY_CONFIG"
@@ -120,6 +121,9 @@ class _ConfigFile(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     oauth: OAuthSettings = msgspec.field(default_factory=OAuthSettings)
     providers: dict[ProviderName, ProviderTable] = msgspec.field(default_factory=dict)
+    routes: dict[str, RouteConfig] = msgspec.field(default_factory=dict)
+    """``[routes.NAME]``: the injection proxy's routes (``credproxy.inject.routes``)."""
+    inject: InjectConfig = msgspec.field(default_factory=InjectConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     oauth: OAuthSettings = field(default_factory=OAuthSettings)
     providers: Mapping[str, ProviderTable] = field(default_factory=dict)
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
+    inject: InjectConfig = field(default_factory=InjectConfig)
     path: Path | None = None
 
 
@@ -183,24 +189,34 @@ def parse_settings(
         nearest = difflib.get_close_matches(keys[-1], valid, n=1, cutoff=0.6)
         hint = f"; did you mean {nearest[0]!r}?" if nearest else f"; valid: {', '.join(valid)}"
         raise ConfigError(f"{at}: unknown {_describe(keys)}{hint}")
-    # Each provider table on its own: msgspec's error path does not name dict keys.
-    tables = document.get("providers", {})
-    shell = (
-        {**document, "providers": {key: {} for key in tables}}
-        if isinstance(tables, Mapping)
-        else document
-    )
+    # Each named table on its own: msgspec's error path does not name dict keys.
+    named: dict[str, type[msgspec.Struct]] = {"providers": ProviderTable, "routes": RouteConfig}
+    shell = dict(document)
+    for section in named:
+        tables = document.get(section, {})
+        if isinstance(tables, Mapping):
+            shell[section] = {key: {} for key in tables}
     try:
         parsed = msgspec.convert(shell, _ConfigFile, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}: {_readable(str(exc))}") from None
-    providers: dict[str, ProviderTable] = {}
-    for name, table in tables.items():
-        try:
-            providers[name] = msgspec.convert(table, ProviderTable, strict=True)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"{where}: {_readable(str(exc), f'providers.{name}')}") from None
-    return Settings(store=parsed.store, oauth=parsed.oauth, providers=providers, path=source)
+    converted: dict[str, dict[str, Any]] = {}
+    for section, schema in named.items():
+        converted[section] = {}
+        for name, table in document.get(section, {}).items():
+            try:
+                converted[section][name] = msgspec.convert(table, schema, strict=True)
+            except msgspec.ValidationError as exc:
+                message = _readable(str(exc), f"{section}.{name}")
+                raise ConfigError(f"{where}: {message}") from None
+    return Settings(
+        store=parsed.store,
+        oauth=parsed.oauth,
+        providers=converted["providers"],
+        routes=converted["routes"],
+        inject=parsed.inject,
+        path=source,
+    )
 
 
 def _table_type(annotation: Any) -> type[msgspec.Struct] | None:

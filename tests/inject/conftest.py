@@ -14,6 +14,7 @@ from credproxy.inject.proxy import InjectProxy, serve
 from credproxy.inject.routes import Route, parse_routes
 from credproxy.inject.secrets import StoreSecrets
 from credproxy.inject.standin import make_stand_in
+from credproxy.settings import parse_settings
 from credproxy.store.memory import MemoryStore
 from tests.inject.upstream import API_HOST, CANARY, NAMES, Upstream
 
@@ -87,7 +88,7 @@ async def start_proxy(upstream: Upstream) -> AsyncIterator[ProxyFactory]:
                 "allow_private": True,
             }
         }
-        parsed = parse_routes(tables)
+        parsed = parse_routes(parse_settings({"routes": tables}).routes)
         chosen = {name: parsed[name] for name in tables}
         source = secrets or StoreSecrets(store, None)
         stand_ins = {}

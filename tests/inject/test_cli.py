@@ -30,7 +30,18 @@ def _run(tmp_path: Path, *args: str, config: str = "") -> subprocess.CompletedPr
     [
         (("--inject", "nope"), "", 125, "--inject nope: no such route; known: anthropic"),
         (("--intercept", "api.github.com"), "", 2, "--intercept needs --inject"),
-        (("--sandbox", "docker", "--inject", "openai"), "", 2, "none or bwrap"),
+        (
+            ("--sandbox", "docker", "--inject", "openai"),
+            "",
+            2,
+            "Error: --inject works with --sandbox none or bwrap, not docker",
+        ),
+        (
+            ("--sandbox", "podman", "--inject", "openai"),
+            "",
+            2,
+            "Error: --inject works with --sandbox none or bwrap, not podman",
+        ),
         (
             ("--inject", "openai", "--intercept", "evil.test"),
             "",
@@ -44,7 +55,12 @@ def _run(tmp_path: Path, *args: str, config: str = "") -> subprocess.CompletedPr
             125,
             "[routes.mine]",
         ),
-        (("--inject", "openai"), '[inject]\ntunnel = "open"\n', 125, 'tunnel: must be "refuse"'),
+        (
+            ("--inject", "openai"),
+            '[inject]\ntunnel = "open"\n',
+            125,
+            "[inject] tunnel: invalid enum value 'open'",
+        ),
     ],
 )
 def test_inject_mistakes_exit_with_a_one_line_error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import pytest
@@ -12,7 +13,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from credproxy.inject.intercept import CertificateAuthority, ConnectFront, parse_connect
-from credproxy.inject.routes import InjectConfig, parse_routes
+from credproxy.inject.routes import InjectConfig, RouteConfig, parse_routes
 from credproxy.inject.secrets import StoreSecrets
 from credproxy.inject.service import InjectSession
 from credproxy.inject.upstream import CheckedResolver
@@ -87,19 +88,15 @@ def test_anything_but_a_well_formed_connect_is_refused(head: bytes) -> None:
         parse_connect(head)
 
 
-async def _session(upstream: Upstream, tunnel: str) -> tuple[InjectSession, dict[str, str]]:
+async def _session(
+    upstream: Upstream, tunnel: Literal["refuse", "blind"]
+) -> tuple[InjectSession, dict[str, str]]:
     store = MemoryStore()
     await store.set_key("api", CANARY)
-    routes = parse_routes(
-        {
-            "api": {
-                "upstream": upstream.url(API_HOST),
-                "key": "api",
-                "header": "x-api-key",
-                "allow_private": True,
-            }
-        }
+    route = RouteConfig(
+        upstream=upstream.url(API_HOST), key="api", header="x-api-key", allow_private=True
     )
+    routes = parse_routes({"api": route})
     session = InjectSession(
         [routes["api"]],
         StoreSecrets(store, None),

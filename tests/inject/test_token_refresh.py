@@ -16,6 +16,7 @@ from credproxy.client import ProxyClient
 from credproxy.inject.secrets import StoreSecrets
 from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.runtime import OAuthRuntime
+from credproxy.settings import parse_settings
 from credproxy.store.memory import MemoryStore
 from tests.fixtures.daemon import DaemonFactory
 from tests.fixtures.oidc import OidcServer
@@ -44,9 +45,8 @@ async def _oauth_secrets(
 ) -> tuple[StoreSecrets, OAuthRuntime, MemoryStore]:
     store = MemoryStore()
     await store.save_token("paste", "default", token)
-    registry = ProviderRegistry.from_config(
-        {"providers": {"paste": oidc.provider_table("pkce_redirect")}}
-    )
+    settings = parse_settings({"providers": {"paste": oidc.provider_table("pkce_redirect")}})
+    registry = ProviderRegistry.from_settings(settings)
     runtime = OAuthRuntime(registry, store)
     return StoreSecrets(store, runtime), runtime, store
 

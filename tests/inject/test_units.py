@@ -9,22 +9,28 @@ from urllib.parse import quote
 
 import pytest
 
-from credproxy.inject.routes import PRESETS, parse_routes
+from credproxy.inject.routes import PRESETS, Route, parse_routes
 from credproxy.inject.scrub import ScrubRules, StreamScrubber
 from credproxy.inject.standin import SecretFormatError, check_secret, make_stand_in
-from credproxy.settings import ConfigError
+from credproxy.settings import ConfigError, parse_settings
+
+
+def routes_from(tables: dict[str, dict[str, object]]) -> dict[str, Route]:
+    """Routes the way ``run --inject`` gets them: through the typed settings."""
+    return parse_routes(parse_settings({"routes": tables}).routes)
+
 
 SECRET = "sk-ant-api03-" + "Ab9/Cd+Ef_Gh-Ij0Kl1Mn2Op3Qr4St5Uv6Wx7Yz8aB9cD0eF1gH2iJ3kL4mN5"
 
 
 def test_every_preset_parses_and_a_config_table_overrides_its_preset_field_by_field() -> None:
-    routes = parse_routes({"anthropic": {"key": "work-anthropic"}})
+    routes = routes_from({"anthropic": {"key": "work-anthropic"}})
     assert set(PRESETS) <= set(routes)
     assert routes["anthropic"].credential == "work-anthropic"
     assert routes["anthropic"].header == "x-api-key"
     assert routes["gemini"].header == "x-goog-api-key"
     assert routes["openai"].base_path == "/v1"
-    swapped = parse_routes({"anthropic": {"token": "claude"}})["anthropic"]
+    swapped = routes_from({"anthropic": {"token": "claude"}})["anthropic"]
     assert (swapped.credential_kind, swapped.credential, swapped.bucket) == (
         "token",
         "claude",
@@ -35,7 +41,8 @@ def test_every_preset_parses_and_a_config_table_overrides_its_preset_field_by_fi
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"upstream": "https://x.test", "key": "k", "header": "h", "colour": 1}, "unknown field"),
+        ({"upstream": "https://x.test", "key": "k", "header": "h", "colour": 1}, "'colour'"),
+        ({"key": "k", "header": "h"}, "upstream: missing"),
         ({"upstream": "http://x.test", "key": "k", "header": "h"}, "only on loopback"),
         ({"upstream": "http://127.0.0.1:9", "key": "k", "header": "h"}, "allow_private"),
         ({"upstream": "https://x.test", "header": "h"}, "exactly one of key"),
@@ -54,12 +61,12 @@ def test_a_bad_route_table_is_an_error_naming_the_route_and_field(
     table: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)) as caught:
-        parse_routes({"mine": table})
+        routes_from({"mine": table})
     assert "[routes.mine]" in str(caught.value)
 
 
 def test_path_globs_keep_single_stars_inside_one_segment() -> None:
-    route = parse_routes(
+    route = routes_from(
         {
             "r": {
                 "upstream": "https://x.test",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from credproxy.inject.routes import InjectConfig, RouteConfig
 from credproxy.settings import ConfigError, load_settings
 from tests.fixtures.daemon import daemon_env
 
@@ -46,6 +47,27 @@ TYPOS = [
         "unknown key 'max_session' in [oauth]",
         "'max_sessions'",
         id="oauth-key",
+    ),
+    pytest.param(
+        STORE + "[routes.mine]\nupstream = 'https://x.test'\nkey = 'k'\nheaderr = 'x-api-key'\n",
+        6,
+        "unknown key 'headerr' in [routes.mine]",
+        "'header'",
+        id="route-key",
+    ),
+    pytest.param(
+        STORE + "[routes.anthropic]\nsecret_evn = 'MY_KEY'\n",
+        4,
+        "unknown key 'secret_evn' in [routes.anthropic]",
+        "'secret_env'",
+        id="route-preset-override",
+    ),
+    pytest.param(
+        STORE + "[inject]\ntunel = 'blind'\n",
+        4,
+        "unknown key 'tunel' in [inject]",
+        "'tunnel'",
+        id="inject-key",
     ),
 ]
 COMMANDS = [
@@ -106,6 +128,25 @@ def test_values_of_the_wrong_type_or_range_name_the_table_and_key(tmp_path: Path
     config.write_text("[store]\nbackend = 'sqlite'\n")
     with pytest.raises(ConfigError, match=r"\[store\] backend: invalid enum value 'sqlite'"):
         load_settings(config)
+    config.write_text("[routes.mine]\nmethods = 'GET'\n")
+    with pytest.raises(ConfigError, match=r"\[routes.mine\] methods: expected `array`"):
+        load_settings(config)
+    config.write_text("[inject]\ntunnel = 'open'\n")
+    with pytest.raises(ConfigError, match=r"\[inject\] tunnel: invalid enum value 'open'"):
+        load_settings(config)
+
+
+def test_routes_and_inject_tables_come_out_typed_with_only_the_written_keys(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[routes.anthropic]\nkey = 'work'\n"
+        "[inject]\ntunnel = 'blind'\nresolve = { 'api.test' = '127.0.0.1' }\n"
+    )
+    settings = load_settings(config)
+    assert settings.routes == {"anthropic": RouteConfig(key="work")}
+    assert settings.inject == InjectConfig(resolve={"api.test": "127.0.0.1"}, tunnel="blind")
 
 
 def test_no_default_file_means_defaults_but_a_missing_explicit_one_is_an_error(

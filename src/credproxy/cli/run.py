@@ -175,7 +175,7 @@ def run(  # noqa: PLR0917  (click passes every option)
     if intercept and not inject:
         raise click.UsageError("--intercept needs --inject ROUTE for the host's credential")
     if inject and kind not in ("none", "bwrap"):
-        raise click.UsageError("--inject works with --sandbox none or bwrap")
+        raise click.UsageError(f"--inject works with --sandbox none or bwrap, not {kind}")
     try:
         settings = load_settings(config)
         if inject:
@@ -211,7 +211,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     import asyncio
     import logging
 
-    from credproxy.audit import AuditLog, configure_daemon_logging
+    from credproxy.audit import configure_daemon_logging
     from credproxy.inject.service import InjectSetupError
     from credproxy.sandbox.launch import prepare, run_prepared
     from credproxy.sandbox.spec import SandboxError
@@ -223,11 +223,7 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     closing_async: list[Callable[[], Awaitable[None]]] = []
     with contextlib.ExitStack() as closing:
         try:
-            if plan.audit_log is not None:
-                audit = AuditLog.to_file(plan.audit_log)
-                closing.callback(audit.close)
-            else:
-                audit = AuditLog(closing.enter_context(_null_stream()))
+            audit = _open_audit(plan.audit_log, closing)
             if plan.grant.providers:
                 allowed = tuple(sorted(plan.grant.providers))
                 stored = await credential_store.list_providers()
@@ -260,13 +256,10 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
                 for close in reversed(closing_async):
                     await close()
                 await daemon.stop(STOP_GRACE_S)
-        except InjectSetupError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            return SETUP_FAILED
         except SandboxError as exc:
             click.echo(f"Error: {exc}", err=True)
             return exc.exit_code
-        except (ConfigError, ListenerError, PermissionError) as exc:
+        except (ConfigError, InjectSetupError, ListenerError, PermissionError) as exc:
             click.echo(f"Error: {exc}", err=True)
             return SETUP_FAILED
         except OSError as exc:
@@ -277,16 +270,14 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
             await credential_store.close()
 
 
-def _check_inject(
-    settings: dict[str, Any], inject: tuple[str, ...], intercept: tuple[str, ...]
-) -> None:
+def _check_inject(settings: Settings, inject: tuple[str, ...], intercept: tuple[str, ...]) -> None:
     """Unknown routes and intercept hosts are one-line errors before anything starts."""
-    from credproxy.inject.routes import parse_inject_config, parse_routes
+    from credproxy.inject.routes import check_inject_config, parse_routes
     from credproxy.inject.service import InjectSetupError, check_intercept
     from credproxy.settings import ConfigError
 
-    routes = parse_routes(settings.get("routes"))
-    parse_inject_config(settings.get("inject"))
+    routes = parse_routes(settings.routes)
+    check_inject_config(settings.inject)
     unknown = [name for name in inject if name not in routes]
     if unknown:
         raise ConfigError(
@@ -308,15 +299,15 @@ async def _start_inject(
     closing: list[Callable[[], Awaitable[None]]],
 ) -> SandboxSpec:
     """Start this run's injection proxy and give the command its environment and relay."""
-    from credproxy.inject.routes import parse_inject_config, parse_routes
+    from credproxy.inject.routes import parse_routes
     from credproxy.inject.secrets import StoreSecrets
     from credproxy.inject.service import InjectSession
 
-    routes = parse_routes(plan.settings.get("routes"))
+    routes = parse_routes(plan.settings.routes)
     session = InjectSession(
         [routes[name] for name in plan.inject],
         StoreSecrets(state.store, state.oauth),
-        parse_inject_config(plan.settings.get("inject")),
+        plan.settings.inject,
         intercept=plan.intercept,
         audit=audit,
     )
@@ -328,6 +319,16 @@ async def _start_inject(
         binds=(*spec.binds, *session.mounts()),
         wrapper=session.wrapper(),
     )
+
+
+def _open_audit(path: Path | None, closing: contextlib.ExitStack) -> AuditLog:
+    from credproxy.audit import AuditLog
+
+    if path is None:
+        return AuditLog(closing.enter_context(_null_stream()))
+    audit = AuditLog.to_file(path)
+    closing.callback(audit.close)
+    return audit
 
 
 def _null_stream() -> IO[str]:

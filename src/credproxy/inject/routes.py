@@ -5,7 +5,10 @@ access token), the one slot it goes in (a header with a format, or a query
 parameter), the methods and path globs allowed, and the environment variables
 a sandboxed program reads its base URL and stand-in from. A config table whose
 name is a preset's starts from that preset; any field it sets replaces the
-preset's. Unknown fields are errors.
+preset's. ``credproxy.settings`` parses the tables into ``RouteConfig`` and
+``InjectConfig`` (refusing unknown keys with the nearest name);
+``parse_routes`` lays them over the presets and checks what only makes
+sense once merged.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
-from credproxy.settings import ConfigError
+if TYPE_CHECKING:
+    from credproxy.settings import ConfigError
 
 ROUTE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -47,74 +51,82 @@ FORBIDDEN_SLOT_HEADERS: Final = frozenset(
 MAX_PATH_GLOBS: Final = 64
 
 
-class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One ``[routes.NAME]`` table, exactly as written (checked by ``build_route``)."""
+class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One ``[routes.NAME]`` table, or a preset, exactly as written (checked by ``build_route``).
 
-    upstream: str
+    Every key is optional so a table can override a preset's key by key; ``None``
+    means "not written" (TOML has no null) and ``build_route`` fills the defaults.
+    """
+
+    upstream: str | None = None
     key: str | None = None
     token: str | None = None
     header: str | None = None
-    format: str = "{}"
+    format: str | None = None
+    """Default ``"{}"``."""
     query: str | None = None
     basic_user: str | None = None
     alt_header: str | None = None
-    alt_format: str = "Bearer {}"
-    methods: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_METHODS))
-    paths: list[str] = msgspec.field(default_factory=lambda: ["/**"])
+    alt_format: str | None = None
+    """Default ``"Bearer {}"``."""
+    methods: list[str] | None = None
+    """Default: GET HEAD POST PUT PATCH DELETE OPTIONS."""
+    paths: list[str] | None = None
+    """Default ``["/**"]``."""
     base_url_env: str | None = None
     secret_env: str | None = None
     stand_in_prefix: str | None = None
-    websocket: bool = False
-    allow_private: bool = False
+    websocket: bool | None = None
+    allow_private: bool | None = None
 
 
-PRESETS: Final[dict[str, dict[str, Any]]] = {
-    "anthropic": {
-        "upstream": "https://api.anthropic.com",
-        "key": "anthropic",
-        "header": "x-api-key",
-        "alt_header": "authorization",
-        "methods": ["GET", "POST"],
-        "paths": ["/v1/**"],
-        "base_url_env": "ANTHROPIC_BASE_URL",
-        "secret_env": "ANTHROPIC_API_KEY",
-    },
-    "anthropic-oauth": {
-        "upstream": "https://api.anthropic.com",
-        "token": "anthropic",
-        "header": "authorization",
-        "format": "Bearer {}",
-        "methods": ["GET", "POST"],
-        "paths": ["/v1/**"],
-        "base_url_env": "ANTHROPIC_BASE_URL",
-        "secret_env": "ANTHROPIC_AUTH_TOKEN",
-    },
-    "openai": {
-        "upstream": "https://api.openai.com/v1",
-        "key": "openai",
-        "header": "authorization",
-        "format": "Bearer {}",
-        "methods": ["GET", "POST", "DELETE"],
-        "base_url_env": "OPENAI_BASE_URL",
-        "secret_env": "OPENAI_API_KEY",
-    },
-    "gemini": {
-        "upstream": "https://generativelanguage.googleapis.com",
-        "key": "gemini",
-        "header": "x-goog-api-key",
-        "methods": ["GET", "POST"],
-        "base_url_env": "GOOGLE_GEMINI_BASE_URL",
-        "secret_env": "GEMINI_API_KEY",
-        "stand_in_prefix": "AIza",
-    },
-    "github": {
-        "upstream": "https://api.github.com",
-        "key": "github",
-        "header": "authorization",
-        "format": "token {}",
-        "base_url_env": "GITHUB_API_URL",
-        "secret_env": "GH_TOKEN",
-    },
+PRESETS: Final[dict[str, RouteConfig]] = {
+    "anthropic": RouteConfig(
+        upstream="https://api.anthropic.com",
+        key="anthropic",
+        header="x-api-key",
+        alt_header="authorization",
+        methods=["GET", "POST"],
+        paths=["/v1/**"],
+        base_url_env="ANTHROPIC_BASE_URL",
+        secret_env="ANTHROPIC_API_KEY",
+    ),
+    "anthropic-oauth": RouteConfig(
+        upstream="https://api.anthropic.com",
+        token="anthropic",
+        header="authorization",
+        format="Bearer {}",
+        methods=["GET", "POST"],
+        paths=["/v1/**"],
+        base_url_env="ANTHROPIC_BASE_URL",
+        secret_env="ANTHROPIC_AUTH_TOKEN",
+    ),
+    "openai": RouteConfig(
+        upstream="https://api.openai.com/v1",
+        key="openai",
+        header="authorization",
+        format="Bearer {}",
+        methods=["GET", "POST", "DELETE"],
+        base_url_env="OPENAI_BASE_URL",
+        secret_env="OPENAI_API_KEY",
+    ),
+    "gemini": RouteConfig(
+        upstream="https://generativelanguage.googleapis.com",
+        key="gemini",
+        header="x-goog-api-key",
+        methods=["GET", "POST"],
+        base_url_env="GOOGLE_GEMINI_BASE_URL",
+        secret_env="GEMINI_API_KEY",
+        stand_in_prefix="AIza",
+    ),
+    "github": RouteConfig(
+        upstream="https://api.github.com",
+        key="github",
+        header="authorization",
+        format="token {}",
+        base_url_env="GITHUB_API_URL",
+        secret_env="GH_TOKEN",
+    ),
 }
 """Anthropic's OAuth route passes the client's own ``anthropic-beta`` header
 through untouched, as every vendor header is."""
@@ -187,7 +199,16 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-def _check_slot(config: RouteConfig, fail: Callable[[str], ConfigError]) -> None:
+def _config_error(message: str) -> ConfigError:
+    # Imported on use: credproxy.settings imports this module's structs.
+    from credproxy.settings import ConfigError
+
+    return ConfigError(message)
+
+
+def _check_slot(
+    config: RouteConfig, fmt: str, alt_fmt: str, fail: Callable[[str], ConfigError]
+) -> None:
     """The one place the credential goes: a header (with a format) or a query parameter."""
     if (config.header is None) == (config.query is None):
         raise fail("set exactly one slot: header = NAME or query = NAME")
@@ -201,27 +222,30 @@ def _check_slot(config: RouteConfig, fail: Callable[[str], ConfigError]) -> None
             raise fail("alt_header: needs header, and a valid header name")
         if config.alt_header.lower() in FORBIDDEN_SLOT_HEADERS | {config.header.lower()}:
             raise fail(f"alt_header: {config.alt_header} cannot carry a credential")
-        if config.alt_format.count("{}") != 1 or any(ord(c) < 0x20 for c in config.alt_format):
+        if alt_fmt.count("{}") != 1 or any(ord(c) < 0x20 for c in alt_fmt):
             raise fail('alt_format: must contain "{}" exactly once and no control characters')
     if config.query is not None and not QUERY_NAME_RE.match(config.query):
         raise fail("query: use A-Z a-z 0-9 . _ ~ -")
-    if config.format.count("{}") != 1 or any(ord(c) < 0x20 or c == "\x7f" for c in config.format):
+    if fmt.count("{}") != 1 or any(ord(c) < 0x20 or c == "\x7f" for c in fmt):
         raise fail('format: must contain "{}" exactly once and no control characters')
     if config.basic_user is not None:
         if config.header is None or config.header.lower() != "authorization":
             raise fail('basic_user: needs header = "authorization"')
-        if config.format != "Basic {}" or not CREDENTIAL_NAME_RE.match(config.basic_user):
+        if fmt != "Basic {}" or not CREDENTIAL_NAME_RE.match(config.basic_user):
             raise fail('basic_user: needs format = "Basic {}" and a plain user name')
 
 
 def build_route(name: str, config: RouteConfig) -> Route:
-    """Check one route; the error names the route and the field, never a secret."""
+    """Check one route and fill its defaults; errors name the route and field, never a secret."""
 
     def fail(message: str) -> ConfigError:
-        return ConfigError(f"[routes.{name}] {message}")
+        return _config_error(f"[routes.{name}] {message}")
 
     if not ROUTE_NAME_RE.match(name):
         raise fail("route names use 1 to 64 of A-Z a-z 0-9 . _ -")
+    if config.upstream is None:
+        raise fail('upstream: missing; give the https:// base URL, e.g. upstream = "https://..."')
+    allow_private = bool(config.allow_private)
     parts = urlsplit(config.upstream)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise fail("upstream: must be an https:// base URL")
@@ -230,7 +254,7 @@ def build_route(name: str, config: RouteConfig) -> Route:
     host = parts.hostname.lower()
     if parts.scheme == "http" and not _is_loopback_host(host):
         raise fail("upstream: http:// is allowed only on loopback; use https://")
-    if _is_loopback_host(host) and not config.allow_private:
+    if _is_loopback_host(host) and not allow_private:
         raise fail("upstream: a loopback upstream needs allow_private = true")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -246,14 +270,17 @@ def build_route(name: str, config: RouteConfig) -> Route:
         bucket = bucket or "default"
     if not CREDENTIAL_NAME_RE.match(credential) or not CREDENTIAL_NAME_RE.match(bucket or "x"):
         raise fail(f"{kind}: names use 1 to 64 of A-Z a-z 0-9 . _ @ -")
-    _check_slot(config, fail)
-    methods = {m.upper() for m in config.methods}
+    fmt = config.format if config.format is not None else "{}"
+    alt_fmt = config.alt_format if config.alt_format is not None else "Bearer {}"
+    _check_slot(config, fmt, alt_fmt, fail)
+    methods = {m.upper() for m in (DEFAULT_METHODS if config.methods is None else config.methods)}
     if not methods or not methods <= ALLOWED_METHODS:
         raise fail(f"methods: choose from {', '.join(sorted(ALLOWED_METHODS))}")
-    if not config.paths or len(config.paths) > MAX_PATH_GLOBS:
+    paths = config.paths if config.paths is not None else ["/**"]
+    if not paths or len(paths) > MAX_PATH_GLOBS:
         raise fail(f"paths: give 1 to {MAX_PATH_GLOBS} globs")
     try:
-        patterns = tuple(glob_to_regex(g) for g in config.paths)
+        patterns = tuple(glob_to_regex(g) for g in paths)
     except ValueError as exc:
         raise fail(f"paths: {exc}") from None
     for field_name in ("base_url_env", "secret_env"):
@@ -272,9 +299,9 @@ def build_route(name: str, config: RouteConfig) -> Route:
         credential=credential,
         bucket=bucket,
         header=config.header.lower() if config.header is not None else None,
-        format=config.format,
+        format=fmt,
         alt_header=config.alt_header.lower() if config.alt_header is not None else None,
-        alt_format=config.alt_format,
+        alt_format=alt_fmt,
         query=config.query,
         basic_user=config.basic_user,
         methods=frozenset(methods),
@@ -282,12 +309,12 @@ def build_route(name: str, config: RouteConfig) -> Route:
         base_url_env=config.base_url_env,
         secret_env=config.secret_env,
         stand_in_prefix=config.stand_in_prefix,
-        websocket=config.websocket,
-        allow_private=config.allow_private,
+        websocket=bool(config.websocket),
+        allow_private=allow_private,
     )
 
 
-class InjectConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class InjectConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The ``[inject]`` table.
 
     ``resolve`` maps upstream host names to addresses, as ``curl --resolve``
@@ -296,51 +323,46 @@ class InjectConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """
 
     resolve: dict[str, str] = msgspec.field(default_factory=dict)
-    tunnel: str = "refuse"
+    tunnel: Literal["refuse", "blind"] = "refuse"
 
 
-def parse_inject_config(raw: object) -> InjectConfig:
-    if raw is None:
-        return InjectConfig()
-    try:
-        config = msgspec.convert(raw, InjectConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"[inject] {exc}") from None
-    if config.tunnel not in ("refuse", "blind"):
-        raise ConfigError('[inject] tunnel: must be "refuse" or "blind"')
+def check_inject_config(config: InjectConfig) -> None:
+    """What the schema cannot say: every ``resolve`` value is an IP address."""
     for host, address in config.resolve.items():
         try:
             ipaddress.ip_address(address)
         except ValueError:
-            raise ConfigError(
+            raise _config_error(
                 f"[inject] resolve.{host}: {address!r} is not an IP address"
             ) from None
-    return config
 
 
-def parse_routes(raw: object) -> dict[str, Route]:
-    """The presets, with the config's ``routes`` table (``None`` when absent) laid over them."""
-    tables: dict[str, dict[str, Any]] = {name: dict(p) for name, p in PRESETS.items()}
-    if raw is not None:
-        if not isinstance(raw, Mapping):
-            raise ConfigError("[routes] must be a table of [routes.NAME] tables")
-        for name, table in raw.items():
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"[routes.{name}] must be a table")
-            base = dict(tables.get(str(name), {}))
-            pairs: tuple[tuple[str, ...], ...] = (("key", "token"), ("header", "query"))
-            for pair in pairs:
-                if any(k in table for k in pair):
-                    for k in pair:
-                        base.pop(k, None)
-            if ("header" in table or "query" in table) and "alt_header" not in table:
-                base.pop("alt_header", None)
-            tables[str(name)] = {**base, **table}
-    routes: dict[str, Route] = {}
+_PAIRED_KEYS: Final = (("key", "token"), ("header", "query"))
+"""Setting one of a pair in a table drops the preset's other: a route has one credential
+and one slot."""
+
+
+def _over_preset(preset: RouteConfig | None, table: RouteConfig) -> RouteConfig:
+    """``table``'s written keys laid over ``preset``'s."""
+    if preset is None:
+        return table
+    written = {
+        name: value
+        for name in RouteConfig.__struct_fields__
+        if (value := getattr(table, name)) is not None
+    }
+    dropped: dict[str, None] = {}
+    for pair in _PAIRED_KEYS:
+        if any(k in written for k in pair):
+            dropped.update(dict.fromkeys(pair))
+    if ("header" in written or "query" in written) and "alt_header" not in written:
+        dropped["alt_header"] = None
+    return msgspec.structs.replace(preset, **{**dropped, **written})
+
+
+def parse_routes(tables: Mapping[str, RouteConfig]) -> dict[str, Route]:
+    """The presets, with the config's ``[routes.NAME]`` tables laid over them, checked."""
+    merged = dict(PRESETS)
     for name, table in tables.items():
-        try:
-            config = msgspec.convert(table, RouteConfig)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(f"[routes.{name}] {exc}") from None
-        routes[name] = build_route(name, config)
-    return routes
+        merged[name] = _over_preset(PRESETS.get(name), table)
+    return {name: build_route(name, config) for name, config in merged.items()}
