@@ -46,10 +46,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, TypeAlias
 
 from credproxy.grants import Grant
 from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.protocol.messages import FLOW_TYPES, FlowType
 from credproxy.tokens import Token, sanitize
 
 __all__ = [
@@ -78,9 +79,6 @@ STARTS_PER_CAP: Final = 2
 """Logins one identity may start per ``START_WINDOW_S``, as a multiple of its open-session cap."""
 START_WINDOW_S: Final = 60.0
 SESSION_ID_BYTES: Final = 16
-
-FlowType = Literal["pkce_redirect", "device_code", "browser_redirect"]
-FLOW_TYPES: Final[frozenset[str]] = frozenset(get_args(FlowType))
 
 ResultStatus = Literal["pending", "complete", "error"]
 

@@ -28,7 +28,7 @@ import msgspec
 from msgspec import Meta
 
 from credproxy.inject.routes import InjectConfig, RouteConfig
-from credproxy.protocol.messages import NAME_PATTERN
+from credproxy.protocol.messages import NAME_PATTERN, FlowType
 
 CONFIG_ENV: Final = "CREDPROXY_CONFIG"
 MAX_CALL_TIMEOUT_S: Final = 15.0
@@ -43,7 +43,6 @@ ProviderName = Annotated[str, Meta(pattern=NAME_PATTERN)]
 Text = Annotated[str, Meta(min_length=1, max_length=1024)]
 Url = Annotated[str, Meta(min_length=1, max_length=2048)]
 ScopeName = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^\S+\Z")]
-FlowKind = Literal["pkce_redirect", "device_code", "browser_redirect"]
 TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 AdapterName = Literal["github", "microsoft", "anthropic", "codex"]
 """Small wire adapters for providers that depart from the RFCs (``credproxy.oauth.adapters``)."""
@@ -93,7 +92,7 @@ class ProviderTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     client_id: Text | None = None
     client_secret: Text | None = None
     token_auth_method: TokenAuthMethod | None = None
-    flow: FlowKind | None = None
+    flow: FlowType | None = None
     scopes: list[ScopeName] | Text | None = None
     issuer: Url | None = None
     base_url: Url | None = None

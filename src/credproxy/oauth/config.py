@@ -27,17 +27,16 @@ from credproxy.oauth.errors import OAuthFlowError, provider_not_found
 from credproxy.oauth.http import MAX_CALL_TIMEOUT_S, OAuthHttp
 from credproxy.oauth.presets import PRESETS, Preset
 from credproxy.protocol.errors import ErrorCode, ProxyError
+from credproxy.protocol.messages import FLOW_TYPES, FlowType
 from credproxy.settings import (
     AdapterName,
     BodyEncoding,
     ConfigError,
-    FlowKind,
     ProviderTable,
     Settings,
     TokenAuthMethod,
 )
 
-FLOW_KINDS: Final[tuple[FlowKind, ...]] = ("pkce_redirect", "device_code", "browser_redirect")
 DEFAULT_POLL_INTERVAL_S: Final = 5.0
 DEFAULT_TOKEN_LIFETIME_S: Final = 3600
 """Used when a token response has no ``expires_in`` (RFC 6749 5.1 makes it optional)."""
@@ -86,7 +85,7 @@ class Endpoints:
 class ProviderConfig:
     name: str
     client_id: str
-    flow: FlowKind
+    flow: FlowType
     client_secret: str | None = field(default=None, repr=False)
     token_auth_method: TokenAuthMethod = "none"
     scopes: tuple[str, ...] = ()
@@ -236,7 +235,7 @@ def resolve_provider(name: str, table: ProviderTable | None) -> ProviderConfig:
         raise _fail(name, "client_secret", f"is required by token_auth_method = {method!r}")
     flow = merged.flow
     if flow is None:
-        raise _fail(name, "flow", f"is required: one of {', '.join(FLOW_KINDS)}")
+        raise _fail(name, "flow", f"is required: one of {', '.join(FLOW_TYPES)}")
     base_url = merged.base_url
     if base_url is not None:
         _check_url(name, "base_url", base_url)

@@ -37,7 +37,7 @@ from credproxy.oauth.errors import OAuthFlowError
 from credproxy.oauth.http import OAuthHttp, basic_credentials
 from credproxy.oauth.pkce import CHALLENGE_METHOD, PkcePair, new_state
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.settings import FlowKind
+from credproxy.protocol.messages import FlowType
 from credproxy.tokens import NO_EXPIRY, Token, validate_token
 
 Clock = Callable[[], float]
@@ -280,7 +280,7 @@ class _RedirectFlow(_FlowBase):
 class CodePasteFlow(_RedirectFlow):
     """``pkce_redirect``: the user copies the code from the provider's page."""
 
-    flow_type: Final[FlowKind] = "pkce_redirect"
+    flow_type: Final[FlowType] = "pkce_redirect"
 
     def start(self) -> dict[str, Any]:
         return {"auth_url": self._auth_url()}
@@ -321,7 +321,7 @@ def next_poll_interval(current_s: float, error: str) -> float | None:
 class DeviceCodeFlow(_FlowBase):
     """``device_code``: the user enters a short code elsewhere; the host polls."""
 
-    flow_type: Final[FlowKind] = "device_code"
+    flow_type: Final[FlowType] = "device_code"
 
     def __init__(
         self,
@@ -486,7 +486,7 @@ class LoopbackFlow(_RedirectFlow):
     not be able to end someone else's login. The session timeout bounds the wait.
     """
 
-    flow_type: Final[FlowKind] = "browser_redirect"
+    flow_type: Final[FlowType] = "browser_redirect"
     # Set by start(); None until then (class defaults, so no constructor of its own).
     _runner: web.AppRunner | None = None
     _code: asyncio.Future[str] | None = None

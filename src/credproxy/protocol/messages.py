@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Final, Generic, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar, get_args
 
 import msgspec
 
@@ -21,6 +21,10 @@ NAME_PATTERN: Final = r"^[A-Za-z0-9._@-]{1,64}\Z"
 NAME_RE: Final = re.compile(NAME_PATTERN)
 """Provider, bucket and key names; the one compiled copy of the pattern."""
 DEFAULT_BUCKET: Final = "default"
+
+FlowType = Literal["pkce_redirect", "device_code", "browser_redirect"]
+"""The login flows, as ``flow_type`` names them on the wire and ``flow`` in the config."""
+FLOW_TYPES: Final[tuple[FlowType, ...]] = get_args(FlowType)
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 SessionId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\Z")]
