@@ -3,7 +3,7 @@
 One click group; each room of the house registers its commands from its own
 module, which is imported only when one of its commands runs (see
 ``_group.LazyGroup``). Command modules also import heavy dependencies
-(aiohttp, rich, the server) inside the command functions, so
+(aiohttp, the server) inside the command functions, so
 ``credproxy token get`` inside a sandbox loads the client and nothing else.
 """
 
