@@ -127,15 +127,6 @@ class ProxyConfigError(ProxyClientError):
     """The environment does not describe a usable proxy (socket or capability token)."""
 
 
-CLIENT_CODES: Final = {
-    "CONNECT_FAILED": ConnectFailedError,
-    "CONNECTION_LOST": ConnectionLostError,
-    "TIMEOUT": RequestTimeoutError,
-    "PROTOCOL_VIOLATION": ProtocolViolationError,
-    "CLIENT_CLOSED": ClientClosedError,
-    "CONFIG": ProxyConfigError,
-}
-
 SERVER_CODES: Final[dict[str, type[ProxyClientError]]] = {
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
     ErrorCode.UNKNOWN_VERSION: UnknownVersionError,

@@ -58,10 +58,6 @@ class LoginClient(Protocol):
     def oauth_cancel(self, session_id: str) -> None: ...
 
 
-class CodeSource(Protocol):
-    def __call__(self) -> str: ...
-
-
 MAX_URL_CHARS: Final = 8192
 """A login URL is printed whole up to this size: a clipped one would open a login the
 provider refuses (long scope lists and extra parameters pass 1 KiB easily)."""
