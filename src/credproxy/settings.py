@@ -47,12 +47,15 @@ TokenAuthMethod = Literal["client_secret_basic", "client_secret_post", "none"]
 AdapterName = Literal["github", "microsoft", "anthropic", "codex"]
 """Small wire adapters for providers that depart from the RFCs (``credproxy.oauth.adapters``)."""
 BodyEncoding = Literal["form", "json"]
+StoreBackend = Literal["file", "keyring", "memory", "redis"]
+STORE_BACKENDS: Final[tuple[StoreBackend, ...]] = get_args(StoreBackend)
+"""The store backends; ``credproxy.store.factory`` opens them, ``--store`` offers them."""
 
 
 class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """``[store]``: which backend keeps the credentials, and where."""
 
-    backend: Literal["file", "keyring", "memory", "redis"] | None = None
+    backend: StoreBackend | None = None
     path: Text | None = None
     key_source: Literal["auto", "keyring", "keyfile", "passphrase"] | None = None
     key_file: Text | None = None

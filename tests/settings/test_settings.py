@@ -158,3 +158,10 @@ def test_no_default_file_means_defaults_but_a_missing_explicit_one_is_an_error(
     assert settings.path is None and settings.providers == {}
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_store_option_offers_exactly_the_backends_the_config_accepts() -> None:
+    from credproxy.cli._daemon_options import store_choice
+    from credproxy.settings import STORE_BACKENDS
+
+    assert tuple(store_choice().choices) == STORE_BACKENDS == ("file", "keyring", "memory", "redis")

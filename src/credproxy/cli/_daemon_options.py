@@ -26,6 +26,8 @@ CONFIG_HELP = (
 )
 STORE_HELP = "Store backend (default: [store] backend in the config, else file)."
 STORE_BACKENDS = ("file", "keyring", "memory", "redis")
+"""A copy of ``credproxy.settings.STORE_BACKENDS``: the sandbox-side commands carry ``--store``
+and must not load the settings module; tests/settings pins the two equal."""
 
 
 def store_choice() -> click.Choice[str]:

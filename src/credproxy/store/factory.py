@@ -27,7 +27,6 @@ from credproxy.store.memory import MemoryStore
 if TYPE_CHECKING:
     from credproxy.settings import Settings, StoreSettings
 
-BACKENDS: Final = ("file", "keyring", "memory", "redis")
 DEFAULT_BACKEND: Final = "file"
 STORE_DIR_ENV: Final = "CREDPROXY_STORE_DIR"
 KEY_SOURCE_ENV: Final = "CREDPROXY_KEY_SOURCE"
@@ -110,4 +109,6 @@ def open_store(backend: str | None, settings: Settings | StoreSettings) -> Crede
         from credproxy.store.keyring import KeyringStore
 
         return KeyringStore.open()
-    raise StoreError(f"unknown store backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    from credproxy.settings import STORE_BACKENDS
+
+    raise StoreError(f"unknown store backend {name!r}; choose one of: {', '.join(STORE_BACKENDS)}")
