@@ -428,7 +428,9 @@ class OAuthSessionManager:
         self._clock = clock
         self._sessions: OrderedDict[str, OAuthSession] = OrderedDict()
         self._used_ids: set[str] = set()
-        self._flow_owners: dict[int, str] = {}
+        self._flow_owners: dict[object, str] = {}
+        """Live sessions by their flow object (flows hash by identity; the session holds
+        the flow, so an entry never outlives it): one flow must not serve two logins."""
         self._per_identity: dict[_IdentityKey, int] = {}
         """Open sessions plus held admissions, per identity."""
         self._admitted = 0
@@ -464,7 +466,7 @@ class OAuthSessionManager:
         """
         if flow_type not in FLOW_TYPES:
             raise ValueError(f"unknown flow type {flow_type!r}")
-        if flow is not None and id(flow) in self._flow_owners:
+        if flow is not None and flow in self._flow_owners:
             raise ValueError("this flow object already belongs to a live session")
         key = identity.key
         if admission is not None and admission.held and admission.key == key:
@@ -488,7 +490,7 @@ class OAuthSessionManager:
             used_ids=self._used_ids,
         )
         if flow is not None:
-            self._flow_owners[id(flow)] = session_id
+            self._flow_owners[flow] = session_id
         return session_id
 
     def ensure_capacity(self, identity: PeerIdentity) -> None:
@@ -659,7 +661,7 @@ class OAuthSessionManager:
         self._used_ids.discard(session_id)
         self._drop_place(session.identity.key)
         if session.flow is not None:
-            self._flow_owners.pop(id(session.flow), None)
+            self._flow_owners.pop(session.flow, None)
         session._end()
 
     def _drop_place(self, key: _IdentityKey) -> None:
