@@ -20,7 +20,6 @@ every command shares are here too: a cancelled prompt and a closed stdout.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -73,10 +72,10 @@ def plain_sandbox_command(args: Sequence[str]) -> Callable[[], None] | None:
             return None
         else:
             positional.append(arg)
-    from credproxy.protocol.messages import NAME_PATTERN
+    from credproxy.protocol.messages import NAME_RE
 
     names = [*positional[2:], *([] if bucket is None else [bucket])]
-    if not all(re.match(NAME_PATTERN, value) for value in names):
+    if not all(NAME_RE.match(value) for value in names):
         return None
     from credproxy.client import commands
 

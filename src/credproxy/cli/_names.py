@@ -7,8 +7,6 @@ usage error that says which characters a name may hold.
 
 from __future__ import annotations
 
-import re
-
 import click
 
 _KINDS = {"provider": "provider", "bucket": "bucket", "name": "key"}
@@ -16,9 +14,9 @@ _KINDS = {"provider": "provider", "bucket": "bucket", "name": "key"}
 
 def check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A click callback: refuse anything outside the protocol's name pattern."""
-    from credproxy.protocol.messages import NAME_PATTERN
+    from credproxy.protocol.messages import NAME_RE
 
-    if not re.match(NAME_PATTERN, value):
+    if not NAME_RE.match(value):
         kind = _KINDS.get(param.name or "", param.name or "")
         raise click.BadParameter(f"invalid {kind} name: use 1 to 64 of A-Z a-z 0-9 . _ @ -")
     return value

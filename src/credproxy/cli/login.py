@@ -11,7 +11,6 @@ terminal, the pasted code is read from it, one line.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,9 +38,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Provider and bucket names are checked while parsing, before any branch runs."""
-    from credproxy.protocol.messages import NAME_PATTERN
+    from credproxy.protocol.messages import NAME_RE
 
-    if not re.match(NAME_PATTERN, value):
+    if not NAME_RE.match(value):
         raise click.BadParameter(f"{param.name} names use 1 to 64 of A-Z a-z 0-9 . _ @ -")
     return value
 
