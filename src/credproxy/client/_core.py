@@ -26,7 +26,7 @@ from credproxy.client._exceptions import (
     from_wire,
     protocol_violation,
 )
-from credproxy.protocol.errors import ProxyError
+from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
 from credproxy.protocol.limits import DEFAULT_LIMITS
 from credproxy.protocol.messages import CANCEL, DEFAULT_BUCKET, OPERATIONS, convert_payload
@@ -135,7 +135,7 @@ class ClientCore:
         if spec is not None:
             if self._version < spec.min_version:
                 raise InvalidRequestError(
-                    "INVALID_REQUEST",
+                    ErrorCode.INVALID_REQUEST,
                     f"{op} needs protocol version {spec.min_version}; "
                     f"the daemon speaks {self._version}",
                 )
@@ -150,7 +150,7 @@ class ClientCore:
                 max_frame_bytes=frame_limit(self._version),
             )
         except FrameError as exc:
-            raise InvalidRequestError("INVALID_REQUEST", str(exc)) from None
+            raise InvalidRequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         self._pending.add(request_id)
         return request_id, frame
 

@@ -24,6 +24,7 @@ from credproxy.client._exceptions import (
     SessionNotFoundError,
     clean_message,
 )
+from credproxy.protocol.errors import ErrorCode
 from credproxy.protocol.messages import DEFAULT_BUCKET
 
 EXPIRED_MESSAGE: Final = "Login session expired. Run `credproxy login` again."
@@ -168,7 +169,7 @@ def explain(error: ProxyClientError) -> LoginError:
 
 
 def _poll_failure(result: dict[str, Any]) -> LoginError:
-    code = clean_message(result.get("code"))[:64] or "EXCHANGE_FAILED"
+    code = clean_message(result.get("code"))[:64] or ErrorCode.EXCHANGE_FAILED
     text = clean_message(result.get("error")) or "the login failed"
     if result.get("oauth_error") == "access_denied":
         return LoginError(DENIED_MESSAGE, code=code)
@@ -177,7 +178,7 @@ def _poll_failure(result: dict[str, Any]) -> LoginError:
             "The device code expired before the login was completed. Run `credproxy login` again.",
             code=code,
         )
-    if code == "SESSION_EXPIRED":
+    if code == ErrorCode.SESSION_EXPIRED:
         return LoginError(EXPIRED_MESSAGE, code=code)
     return LoginError(f"Login failed: {text}", code=code)
 
