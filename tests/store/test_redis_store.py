@@ -193,7 +193,9 @@ async def test_a_writer_whose_lease_ran_out_cannot_overwrite_the_newer_token(
     thread.start()
     try:
         assert await asyncio.to_thread(read_done.wait, 20)
-        host_b = make_store(lease_ttl_s=0.6)
+        # Only A's lease must run out; B's is the default, so a loaded machine
+        # that delays B's renewal cannot take B's lease away before it saves.
+        host_b = make_store()
         async with host_b.record_locks.hold(lock):
             assert (await host_b.get_token("acme", "default") or {})["refresh_token"] == "rt-1"
             await host_b.save_token("acme", "default", token(refresh="rt-2"))
