@@ -155,6 +155,7 @@ def _login_on_host(
     import asyncio
 
     from credproxy.client.login import LoginError
+    from credproxy.hardening import harden_process
     from credproxy.oauth.config import ProviderRegistry
     from credproxy.protocol.errors import ProxyError
     from credproxy.settings import ConfigError, load_settings
@@ -165,6 +166,7 @@ def _login_on_host(
         settings = load_settings(config)
         registry = ProviderRegistry.from_settings(settings)
         provider_config = registry.require(provider)
+        harden_process()
         credential_store = open_store(backend, settings)
     except ProxyError as exc:
         message = exc.message
@@ -308,12 +310,14 @@ def logout(
         return
     import asyncio
 
+    from credproxy.hardening import harden_process
     from credproxy.settings import ConfigError, load_settings
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     try:
         settings = load_settings(config)
+        harden_process()
         credential_store = open_store(store, settings)
     except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -176,6 +176,10 @@ def run(  # noqa: PLR0917  (click passes every option)
         raise click.UsageError("--intercept needs --inject ROUTE for the host's credential")
     if inject and kind not in ("none", "bwrap"):
         raise click.UsageError(f"--inject works with --sandbox none or bwrap, not {kind}")
+    from credproxy.hardening import harden_process
+
+    # The core limit would be inherited by COMMAND; this process is undumpable anyway.
+    harden_process(limit_core=False)
     try:
         settings = load_settings(config)
         if inject:

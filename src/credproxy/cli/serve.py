@@ -240,12 +240,14 @@ def run_serve(
     """Run the daemon until a signal stops it. ``limits`` and ``wrap_store`` are for
     programs that embed ``serve`` (the test suite holds store calls with them)."""
     from credproxy.audit import AuditLogError
+    from credproxy.hardening import harden_process
     from credproxy.protocol.limits import Limits
     from credproxy.server.listener import ListenerError
     from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
+    harden_process()
     try:
         settings = load_settings(opts.config)
         credential_store = open_store(opts.store, settings)

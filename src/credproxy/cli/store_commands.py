@@ -60,9 +60,11 @@ def _reported_errors() -> Iterator[None]:
 
 
 def open_host_store(backend: str | None, config_path: Path | None) -> CredentialStore:
+    from credproxy.hardening import harden_process
     from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
+    harden_process()
     return open_store(backend, load_settings(config_path))
 
 
