@@ -197,8 +197,11 @@ def _wait_for(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-def _owner(pid: int, name: str) -> int:
-    return Path(f"/proc/{pid}/{name}").stat().st_uid
+def _looks_undumpable(pid: int) -> bool:
+    """Runs as a non-root uid (not setpriv before its exec) and its files are root's."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    euid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[2])
+    return euid != 0 and Path(f"/proc/{pid}/environ").stat().st_uid == 0
 
 
 def _is_waiting_on_stdin(pid: int) -> bool:
@@ -236,7 +239,7 @@ def test_host_command_holding_the_data_key_is_undumpable(subject_dir: Path) -> N
     os.close(read_end)
     try:
         _wait_for(
-            lambda: _owner(process.pid, "environ") == 0 or _is_waiting_on_stdin(process.pid),
+            lambda: _looks_undumpable(process.pid) or _is_waiting_on_stdin(process.pid),
             "key set to harden itself or read stdin",
         )
         assert _core_limit(process.pid) == "0 0"
