@@ -57,6 +57,21 @@ def main() -> None:
     directly. key set/rm, token import/rm, import, store, run and doctor always
     work on the host.
     """
+    _sweep_leftovers()
+
+
+def _sweep_leftovers() -> None:
+    """On the host, remove sockets and full-access capability files that daemons
+    killed without cleaning up left in $XDG_RUNTIME_DIR/credproxy-UID, so such a
+    file lives only until the next credproxy command, not the next daemon.
+    Inside a sandbox there is nothing of ours to sweep."""
+    from credproxy.client.env import in_sandbox
+
+    if in_sandbox():
+        return
+    from credproxy.server.listener import sweep_runtime_dir
+
+    sweep_runtime_dir()
 
 
 @main.group(cls=LazyGroup, lazy={"get": _SANDBOX, "import": _STORE, "rm": _STORE})

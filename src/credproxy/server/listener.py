@@ -30,6 +30,8 @@ SUN_PATH_MAX: Final = 107
 NONCE_HEX: Final = 32
 _LEFTOVER_RE: Final = re.compile(r"^(\d+)-[0-9a-f]{32}\.(sock|token)\Z")
 _UCRED: Final = struct.Struct("3i")
+_START_TIME_SLACK_S: Final = 2.0
+"""``btime`` in ``/proc/stat`` has whole seconds; a daemon's files are written after it starts."""
 
 
 class ListenerError(Exception):
@@ -83,21 +85,59 @@ def default_socket_path(base: Path | None = None) -> Path:
     return directory / f"{os.getpid()}-{secrets.token_hex(NONCE_HEX // 2)}.sock"
 
 
-def sweep_stale_sockets(directory: Path) -> None:
+def sweep_stale_sockets(directory: Path) -> int:
     """Remove sockets and capability files left by daemons of ours that died
-    without cleaning up (SIGKILL, power loss); live daemons' files stay."""
+    without cleaning up (SIGKILL, power loss); live daemons' files stay.
+
+    A file is stale when the pid in its name is gone, or is now held by a
+    process that started after the file was written (the pid was reused).
+    A connect test would also tell, but every credproxy command on the host
+    sweeps, and it must not knock on every live daemon's socket to do so:
+    it is used only where the start time is unknown (no ``/proc``) and the
+    daemon's socket should be there. Returns how many files were removed.
+    """
     try:
         entries = list(directory.iterdir())
     except OSError:
-        return
+        return 0
+    removed = 0
     for entry in entries:
         match = _LEFTOVER_RE.match(entry.name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None:
             continue
         expected = stat.S_ISSOCK if match.group(2) == "sock" else stat.S_ISREG
+        try:
+            info = os.lstat(entry)
+        except OSError:
+            continue
+        if not expected(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        if _is_live_owner(int(match.group(1)), info.st_mtime, entry.with_suffix(".sock")):
+            continue
         with contextlib.suppress(OSError):
-            if expected(os.lstat(entry).st_mode):
-                entry.unlink()
+            entry.unlink()
+            removed += 1
+    return removed
+
+
+def sweep_runtime_dir() -> int:
+    """Sweep our ``credproxy-<uid>`` directory if it exists and is safe to use;
+    never creates it (commands that never serve should leave no trace)."""
+    directory = runtime_base() / f"{DIR_PREFIX}{os.getuid()}"
+    try:
+        check_private_dir(directory)
+    except ListenerError:
+        return 0
+    return sweep_stale_sockets(directory)
+
+
+def _is_live_owner(pid: int, written_at: float, socket_path: Path) -> bool:
+    if not _pid_alive(pid):
+        return False
+    started = _process_start_time(pid)
+    if started is not None:
+        return started <= written_at + _START_TIME_SLACK_S
+    return _accepts_connections(socket_path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -107,6 +147,33 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch, from ``/proc``; ``None``
+    where ``/proc`` does not say (not Linux, or the process just went)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(line for line in handle if line.startswith(b"btime "))
+        # Field 22, counted after the command name, which may hold spaces and ")".
+        ticks = int(raw[raw.rindex(b")") + 2 :].split()[19])
+        return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _accepts_connections(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(os.fsencode(path))
+    except OSError as exc:
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
     return True
 
 
