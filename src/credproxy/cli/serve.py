@@ -53,6 +53,7 @@ class _Options:
     audit_keep: int
     as_json: bool
     rate_limit: float
+    listen_backlog: int
 
 
 def _check_options(opts: _Options) -> None:
@@ -186,6 +187,14 @@ def write_capability_fd(fd: int, token: str) -> None:
     metavar="N",
     help="Requests per second allowed on one connection (bursts up to N).",
 )
+@click.option(
+    "--listen-backlog",
+    type=click.IntRange(min=1, max=65_535),
+    default=1024,
+    show_default=True,
+    metavar="N",
+    help="Connections the kernel queues for the daemon (capped by net.core.somaxconn).",
+)
 def serve(**params: Any) -> None:
     """Run the credential daemon in the foreground until SIGINT or SIGTERM.
 
@@ -226,6 +235,7 @@ def options_from(params: Mapping[str, Any]) -> _Options:
         audit_keep=params["audit_keep"],
         as_json=params["as_json"],
         rate_limit=params["rate_limit"],
+        listen_backlog=params["listen_backlog"],
     )
     _check_options(opts)
     return opts
@@ -242,12 +252,13 @@ def run_serve(
     from credproxy.audit import AuditLogError
     from credproxy.hardening import harden_process
     from credproxy.protocol.limits import Limits
-    from credproxy.server.listener import ListenerError
+    from credproxy.server.listener import ListenerError, configure_listen_backlog
     from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     harden_process()
+    configure_listen_backlog(opts.listen_backlog)
     try:
         settings = load_settings(opts.config)
         credential_store = open_store(opts.store, settings)

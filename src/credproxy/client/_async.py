@@ -30,7 +30,9 @@ from credproxy.client._base import (
 )
 from credproxy.client._core import ClientCore, ResponseReceived
 from credproxy.client._exceptions import (
+    ConnectFailedError,
     ProxyClientError,
+    ResourceExhaustedError,
     client_closed,
     connection_lost,
     request_timeout,
@@ -227,14 +229,32 @@ class AsyncProxyClient(BaseClient):
         return not conn.waiters and self._clock() - self._last_used >= self._idle_timeout
 
     async def _open(self) -> _Connection:
-        try:
-            reader, writer = await asyncio.open_unix_connection(self._path, limit=READ_BYTES)
-        except OSError as exc:
-            raise _core.connect_error(self._path, exc) from None
+        """Open and handshake, trying again while the daemon is merely busy
+        (see ``ConnectRetry``); the caller's timeout bounds the whole."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        retry = _core.ConnectRetry(self._timeout)
+        while True:
+            try:
+                return await self._open_once()
+            except (ConnectFailedError, ResourceExhaustedError, OSError) as exc:
+                failure = _core.classify_connect_failure(exc)
+                delay = retry.delay_after(failure, loop.time() - started)
+                if delay is None:
+                    if isinstance(exc, ConnectFailedError | ResourceExhaustedError):
+                        raise
+                    raise _core.connect_error(self._path, exc) from None
+            await asyncio.sleep(delay)
+
+    async def _open_once(self) -> _Connection:
+        reader, writer = await asyncio.open_unix_connection(self._path, limit=READ_BYTES)
         core = ClientCore(self._token)
         try:
-            writer.write(core.initiate_handshake())
-            await writer.drain()
+            try:
+                writer.write(core.initiate_handshake())
+                await writer.drain()
+            except (ConnectionError, OSError):
+                raise _core.closed_during_handshake() from None
             while True:
                 try:
                     data = await reader.read(READ_BYTES)

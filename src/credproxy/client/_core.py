@@ -11,6 +11,8 @@ it becomes an event, and anything malformed ends the connection.
 
 from __future__ import annotations
 
+import errno
+import random
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -22,6 +24,7 @@ from credproxy.client._exceptions import (
     ConnectFailedError,
     InvalidRequestError,
     ProxyClientError,
+    ResourceExhaustedError,
     connect_failed,
     from_wire,
     protocol_violation,
@@ -295,11 +298,84 @@ def connect_error(path: str, exc: OSError) -> ConnectFailedError:
         )
     if isinstance(exc, PermissionError):
         return connect_failed(f"permission denied opening {path}")
+    if exc.errno == errno.EAGAIN:
+        return connect_failed(
+            f"the credential proxy at {path} is not accepting connections (its queue is full)"
+        )
     return connect_failed(f"cannot connect to {path}: {exc.strerror or type(exc).__name__}")
 
 
+class _ClosedDuringHandshake(ConnectFailedError):
+    """The daemon dropped a connection still waiting for its handshake answer."""
+
+
 def closed_during_handshake() -> ConnectFailedError:
-    return connect_failed("the credential proxy closed the connection during the handshake")
+    return _ClosedDuringHandshake(
+        "CONNECT_FAILED", "the credential proxy closed the connection during the handshake"
+    )
+
+
+class ConnectFailure(Enum):
+    """Why an attempt to open a connection failed, as far as retrying goes."""
+
+    BUSY = "busy"
+    """Alive but busy: its listen queue is full, it closed a connection that
+    still waited for its handshake answer (its cap on waiting connections), or
+    it answered the handshake RESOURCE_EXHAUSTED (this grant's connections are
+    all taken, by clients that will close theirs)."""
+    NOT_LISTENING = "not listening"
+    """ECONNREFUSED: a socket file nobody listens on (a daemon restarting or gone)."""
+    FINAL = "final"
+
+
+def classify_connect_failure(exc: BaseException) -> ConnectFailure:
+    if isinstance(exc, _ClosedDuringHandshake | ResourceExhaustedError):
+        return ConnectFailure.BUSY
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailure.NOT_LISTENING
+    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+        return ConnectFailure.BUSY
+    return ConnectFailure.FINAL
+
+
+CONNECT_BACKOFF_FIRST_S: Final = 0.01
+CONNECT_BACKOFF_MAX_S: Final = 0.5
+NOT_LISTENING_WINDOW_S: Final = 1.0
+"""A refused connect is tried again only this long: past it the daemon is gone,
+and ``credproxy token get`` should say so at once, not after its whole timeout."""
+
+
+class ConnectRetry:
+    """When to try opening a connection again; decisions only, no clock or sleep.
+
+    Sandboxes that start together meet a daemon whose listen queue or
+    pre-handshake places are full. Such attempts are tried again after a
+    random delay (full jitter, doubling up to ``CONNECT_BACKOFF_MAX_S``) while
+    the caller's budget (the request timeout) lasts, so a burst spreads out
+    instead of failing. Only opening is retried: the handshake is the first
+    frame and carries nothing but the token, so a fresh connection is
+    harmless; a connection that broke after its handshake is never replaced
+    silently (``protocol.md``, "Limits and timeouts").
+    """
+
+    def __init__(self, budget_s: float, rand: Callable[[], float] = random.random) -> None:
+        self._budget = budget_s
+        self._rand = rand
+        self.attempts = 1
+
+    def delay_after(self, failure: ConnectFailure, elapsed_s: float) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up."""
+        if failure is ConnectFailure.FINAL:
+            return None
+        if failure is ConnectFailure.NOT_LISTENING and elapsed_s >= NOT_LISTENING_WINDOW_S:
+            return None
+        doubled = CONNECT_BACKOFF_FIRST_S * (1 << min(self.attempts, 16))
+        ceiling = min(CONNECT_BACKOFF_MAX_S, doubled)
+        delay = ceiling * self._rand()
+        if elapsed_s + delay >= self._budget:
+            return None
+        self.attempts += 1
+        return delay
 
 
 # One operation as both clients send it: the payload to write and the check

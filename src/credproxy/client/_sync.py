@@ -27,8 +27,10 @@ from credproxy.client._base import (
 )
 from credproxy.client._core import ClientCore, ResponseReceived
 from credproxy.client._exceptions import (
+    ConnectFailedError,
     ProxyClientError,
     RequestTimeoutError,
+    ResourceExhaustedError,
     client_closed,
     connection_lost,
     request_timeout,
@@ -165,14 +167,28 @@ class ProxyClient(BaseClient):
         return self._connect()
 
     def _connect(self) -> tuple[ClientCore, socket.socket]:
-        deadline = time.monotonic() + self._timeout
+        """Open and handshake, trying again while the daemon is merely busy
+        (see ``ConnectRetry``), all within one request timeout."""
+        started = time.monotonic()
+        deadline = started + self._timeout
+        retry = _core.ConnectRetry(self._timeout)
+        while True:
+            try:
+                return self._connect_once(deadline)
+            except (ConnectFailedError, ResourceExhaustedError, OSError) as exc:
+                failure = _core.classify_connect_failure(exc)
+                delay = retry.delay_after(failure, time.monotonic() - started)
+                if delay is None:
+                    if isinstance(exc, ConnectFailedError | ResourceExhaustedError):
+                        raise
+                    raise _core.connect_error(self._path, exc) from None
+            time.sleep(delay)
+
+    def _connect_once(self, deadline: float) -> tuple[ClientCore, socket.socket]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(self._timeout)
-            try:
-                sock.connect(self._path)
-            except OSError as exc:
-                raise _core.connect_error(self._path, exc) from None
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.connect(self._path)
             core = ClientCore(self._token)
             self._send(
                 sock, core.initiate_handshake(), deadline, "handshake", during_handshake=True
