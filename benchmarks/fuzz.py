@@ -136,8 +136,8 @@ class InputReader:
         return self._at >= len(self._data)
 
 
-def _values(reader: InputReader) -> Any:
-    """A field value: valid, boundary or hostile."""
+def _values(reader: InputReader, depth: int = 0) -> Any:
+    """A field value: valid, boundary or hostile (nested at most three deep)."""
     kind = reader.byte() % 16
     small = reader.byte()
     choices: list[Any] = [
@@ -159,8 +159,8 @@ def _values(reader: InputReader) -> Any:
         [],
     ]
     value = choices[kind]
-    if kind == 15:
-        value = [_values(reader) for _ in range(small % 4)]
+    if kind == 15 and depth < 3:
+        value = [_values(reader, depth + 1) for _ in range(small % 4)]
     if small % 11 == 0:
         value = {"refresh_token": "planted", "access_token": value, "nested": {"a": value}}
     if small % 13 == 0:
@@ -615,7 +615,8 @@ def run_atheris(target: str, seconds: float, hang_s: float, workdir: Path) -> Re
     corpus.mkdir(exist_ok=True)
     _seed_corpus(corpus)
     args = f"-max_total_time={int(seconds)} -timeout={int(hang_s * 3) + 5} -rss_limit_mb=4096"
-    args += f" -max_len={MAX_INPUT_BYTES} -len_control=0 -print_final_stats=1 {corpus}"
+    args += f" -max_len={MAX_INPUT_BYTES} -len_control=0 -print_final_stats=1"
+    args += f" -artifact_prefix={workdir}/ {corpus}"
     command = [sys.executable, __file__, "--worker", target, "--workdir", str(workdir)]
     command += ["--hang-s", str(hang_s), "--stats", str(stats_path)]
     env = dict(os.environ, FUZZ_LIBFUZZER_ARGS=args)
