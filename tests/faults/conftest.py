@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,11 +103,11 @@ def token_endpoint() -> Iterator[TokenEndpoint]:
         app.router.add_post("/token", endpoint.handle)
         runner = web.AppRunner(app, handler_cancellation=True)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        endpoint.port = listener.getsockname()[1]
+        site = web.SockSite(runner, listener)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        endpoint.port = server.sockets[0].getsockname()[1]
         runner_box.append(runner)
 
     def serve() -> None:
