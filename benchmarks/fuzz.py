@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -51,10 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-SRC_DIR: Final = Path(__file__).resolve().parents[1] / "src"
-if str(SRC_DIR) not in sys.path:
-    sys.path.insert(0, str(SRC_DIR))
+ROOT: Final = Path(__file__).resolve().parents[1]
+SRC_DIR: Final = ROOT / "src"
+for _path in (str(SRC_DIR), str(ROOT)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
+from benchmarks.bench_daemon import _wait_ready as wait_ready  # noqa: E402
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame  # noqa: E402
 
 PROVIDER: Final = "fuzz"
@@ -68,7 +70,6 @@ TOKEN: Final[dict[str, Any]] = {
     "expiry": 4_000_000_000,
     "token_type": "Bearer",
 }
-READY_TIMEOUT_S: Final = 30.0
 MAX_INPUT_BYTES: Final = 4096
 PROBE_EVERY: Final = 250
 _HEADER_LEN: Final = 4
@@ -309,19 +310,7 @@ def start_daemon(workdir: Path) -> Daemon:
             env=_daemon_env(),
             cwd=workdir,
         )
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    buffer = b""
-    while b"\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        readable, _, _ = select.select([process.stdout], [], [], max(remaining, 0.0))
-        chunk = os.read(process.stdout.fileno(), 4096) if readable else b""
-        if not chunk:
-            process.kill()
-            process.wait()
-            raise RuntimeError(f"the daemon did not start: {stderr_path.read_text()}")
-        buffer += chunk
-    ready = json.loads(buffer.split(b"\n", 1)[0])
+    ready = wait_ready(process, stderr_path)
     token = Path(ready["capability_file"]).read_text().strip()
     return Daemon(process, workdir, Path(ready["socket"]), token, stderr_path)
 
