@@ -529,6 +529,7 @@ def _worker_atheris(target_name: str, workdir: Path, hang_s: float, stats_path: 
         stats: dict[str, Any] = {"inputs": findings.inputs, "answers": dict(findings.answers)}
         stats["findings"] = findings.items[:200]
         if request_path is not None:
+            stats["daemon_pid"] = request_path.daemon.process.pid
             stats["rss_kib"] = request_path.daemon.rss_kib()
             stats["stderr_bytes"] = request_path.daemon.stderr_bytes()
         tmp = stats_path.with_suffix(".tmp")
@@ -544,6 +545,7 @@ def _worker_atheris(target_name: str, workdir: Path, hang_s: float, stats_path: 
         if findings.inputs % 200 == 0:
             flush()
 
+    flush()  # the daemon's pid is on record before anything can end the worker
     atheris.Setup([sys.argv[0], *os.environ.get("FUZZ_LIBFUZZER_ARGS", "").split()], one_input)
     atheris.Fuzz()
 
@@ -598,6 +600,14 @@ def _seed_corpus(corpus: Path) -> None:
             path.write_bytes(seed)
 
 
+def _stop_orphan(pid: object) -> None:
+    """libFuzzer ends the worker without running its cleanup, so the daemon the
+    worker started is stopped here, by the pid the worker recorded."""
+    if isinstance(pid, int) and pid > 1:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def run_atheris(target: str, seconds: float, hang_s: float, workdir: Path) -> Report:
     stats_path = workdir / "stats.json"
     corpus = workdir / "corpus"
@@ -622,6 +632,7 @@ def run_atheris(target: str, seconds: float, hang_s: float, workdir: Path) -> Re
                 rss_warm = json.loads(stats_path.read_text()).get("rss_kib") or None
         worker.wait()
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    _stop_orphan(stats.get("daemon_pid"))
     runs, coverage = _libfuzzer_figures(log_path.read_text(errors="replace"))
     findings = list(stats.get("findings", []))
     if worker.returncode not in (0, None):
