@@ -69,7 +69,7 @@ def test_provider_answering_garbage_is_a_clear_refresh_error(
     daemon = daemon_with_provider(credproxy_daemon, token_endpoint.url)
     answer = _refresh_fails_cleanly(daemon)
     assert answer["code"] == "EXCHANGE_FAILED"
-    assert token_endpoint.calls == 1
+    assert 1 <= token_endpoint.calls <= 5  # a 5xx is retried, a bounded number of times
     _assert_nothing_lost_and_still_serving(daemon)
 
 
