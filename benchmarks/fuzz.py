@@ -275,11 +275,12 @@ def _daemon_env() -> dict[str, str]:
 
 
 def _seed(store_dir: Path) -> None:
+    from credproxy.settings import parse_settings
     from credproxy.store.factory import open_store
 
     async def seed() -> None:
         config = {"store": {"backend": "file", "path": str(store_dir), "key_source": "keyfile"}}
-        store = open_store("file", config)
+        store = open_store("file", parse_settings(config))
         try:
             await store.save_token(PROVIDER, BUCKET, dict(TOKEN))
             await store.set_key(KEY_NAME, KEY_VALUE)

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from credproxy.oauth.config import ProviderRegistry, parse_providers
+from credproxy.oauth.config import ProviderRegistry
 from credproxy.oauth.runtime import OAuthRuntime
 from credproxy.protocol.errors import ProxyError
 from credproxy.sessions import OAuthSessionManager
+from credproxy.settings import parse_settings
 from credproxy.store.memory import MemoryStore
 from tests.faults.conftest import (
     FRESH_ACCESS,
@@ -66,7 +67,7 @@ def _runtime(endpoint: TokenEndpoint, wall: WallClock) -> tuple[OAuthRuntime, Me
         "timeout_s": PROVIDER_TIMEOUT_S,
     }
     store = MemoryStore()
-    registry = ProviderRegistry(parse_providers({"providers": {PROVIDER: table}}))
+    registry = ProviderRegistry.from_settings(parse_settings({"providers": {PROVIDER: table}}))
     return OAuthRuntime(registry, store, clock=wall), store
 
 
