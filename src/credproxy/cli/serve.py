@@ -252,13 +252,12 @@ def run_serve(
     from credproxy.audit import AuditLogError
     from credproxy.hardening import harden_process
     from credproxy.protocol.limits import Limits
-    from credproxy.server.listener import ListenerError, configure_listen_backlog
+    from credproxy.server.listener import ListenerError
     from credproxy.settings import ConfigError
     from credproxy.store.base import StoreError
     from credproxy.store.factory import open_store
 
     harden_process()
-    configure_listen_backlog(opts.listen_backlog)
     try:
         settings = load_settings(opts.config)
         credential_store = open_store(opts.store, settings)
@@ -319,6 +318,7 @@ async def _run(
             allowed_uids=frozenset(opts.allow_uid),
             limits=limits,
             wrap_store=wrap_store,
+            listen_backlog=opts.listen_backlog,
         )
     )
     daemon, token = built.daemon, built.capability_token

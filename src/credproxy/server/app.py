@@ -22,8 +22,10 @@ from credproxy.protocol.limits import DEFAULT_LIMITS, LARGE_FRAME_BUDGET_BYTES, 
 from credproxy.server.connection import Connection, ConnectionSettings, HandshakeThrottle
 from credproxy.server.context import HandlerTable, PeerCredentials, ServerState
 from credproxy.server.listener import (
+    DEFAULT_LISTEN_BACKLOG,
     bind_socket,
     default_socket_path,
+    effective_backlog,
     peer_allowed,
     peer_credentials,
     unlink_socket,
@@ -79,6 +81,7 @@ class Daemon:
         max_connections: int = MAX_CONNECTIONS,
         max_unauthenticated: int = MAX_UNAUTHENTICATED,
         max_connections_per_grant: int = MAX_CONNECTIONS_PER_GRANT,
+        listen_backlog: int = DEFAULT_LISTEN_BACKLOG,
     ) -> None:
         if capabilities is None and allowed_uids:
             raise ValueError("other uids can only be admitted with capability tokens")
@@ -90,6 +93,7 @@ class Daemon:
         self._max_connections = max_connections
         self._max_unauthenticated = max_unauthenticated
         self._max_per_grant = max_connections_per_grant
+        self._listen_backlog = listen_backlog
         self._saturated = False
         self._refusals_noted: dict[int | None, float] = {}
         self._audit = audit or AuditLog.to_stderr()
@@ -179,11 +183,15 @@ class Daemon:
                 path.parent,
             )
         mode = 0o666 if self._allowed_uids else 0o600
-        sock = bind_socket(path, mode=mode)
+        backlog = effective_backlog(self._listen_backlog)
+        sock = bind_socket(path, mode=mode, backlog=backlog)
         self._path = path
         try:
             loop = asyncio.get_running_loop()
-            self._server = await loop.create_unix_server(self._new_connection, sock=sock)
+            # asyncio calls listen() again when it starts serving, with 100 unless told.
+            self._server = await loop.create_unix_server(
+                self._new_connection, sock=sock, backlog=backlog
+            )
         except BaseException:
             sock.close()
             unlink_socket(path)

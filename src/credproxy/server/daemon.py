@@ -17,6 +17,7 @@ from credproxy.grants import CapabilityTable, Grant
 from credproxy.protocol.limits import DEFAULT_LIMITS, Limits
 from credproxy.server.app import EXTENSION_CLOSE_TIMEOUT_S, Daemon
 from credproxy.server.context import ServerState
+from credproxy.server.listener import DEFAULT_LISTEN_BACKLOG
 from credproxy.settings import Settings
 from credproxy.store.base import CredentialStore
 
@@ -37,6 +38,8 @@ class DaemonSettings:
     wrap_store: Callable[[CredentialStore], CredentialStore] | None = None
     """Wraps the store the handlers see (an embedder's instrumentation)."""
     close_timeout_s: float = EXTENSION_CLOSE_TIMEOUT_S
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+    """Connections the kernel queues before the daemon accepts them (capped by somaxconn)."""
 
 
 @dataclass(frozen=True)
@@ -67,5 +70,6 @@ def build_daemon(settings: DaemonSettings) -> BuiltDaemon:
         audit=settings.audit,
         limits=settings.limits,
         extension_close_timeout_s=settings.close_timeout_s,
+        listen_backlog=settings.listen_backlog,
     )
     return BuiltDaemon(daemon, token)

@@ -32,7 +32,6 @@ _LEFTOVER_RE: Final = re.compile(r"^(\d+)-[0-9a-f]{32}\.(sock|token)\Z")
 _UCRED: Final = struct.Struct("3i")
 DEFAULT_LISTEN_BACKLOG: Final = 1024
 SOMAXCONN_PATH: Final = "/proc/sys/net/core/somaxconn"
-_listen_backlog = DEFAULT_LISTEN_BACKLOG
 _START_TIME_SLACK_S: Final = 2.0
 """``btime`` in ``/proc/stat`` has whole seconds; a daemon's files are written after it starts."""
 
@@ -238,59 +237,34 @@ def check_parent(path: Path) -> None:
         )
 
 
-def configure_listen_backlog(backlog: int) -> None:
-    """The backlog later ``bind_socket`` calls use (``serve --listen-backlog``).
-
-    A setting of the process rather than a ``Daemon`` argument because the
-    daemon binds through ``bind_socket`` with only a path and a mode.
-    """
-    global _listen_backlog  # noqa: PLW0603  (one setting, read at bind time)
-    if backlog < 1:
-        raise ValueError("the listen backlog must be at least 1")
-    _listen_backlog = backlog
-
-
-def effective_backlog(requested: int | None = None) -> int:
-    """``requested`` (or the configured backlog), capped by ``net.core.somaxconn``,
-    which the kernel applies silently anyway; the cap is read so the daemon can say it."""
-    wanted = _listen_backlog if requested is None else requested
+def effective_backlog(requested: int = DEFAULT_LISTEN_BACKLOG) -> int:
+    """``requested`` capped by ``net.core.somaxconn``, which the kernel applies
+    silently anyway; the cap is read so the daemon can pass the real figure on."""
     try:
         with open(SOMAXCONN_PATH, encoding="ascii") as handle:
             ceiling = int(handle.read().strip())
     except (OSError, ValueError):
-        return wanted
-    return max(1, min(wanted, ceiling))
+        return requested
+    return max(1, min(requested, ceiling))
 
 
-class _ListeningSocket(socket.socket):
-    """A listening socket that keeps the backlog it was bound with.
-
-    ``asyncio.start_unix_server(sock=...)`` calls ``listen(100)`` again when it
-    starts serving, which would quietly replace the queue ``bind_socket`` chose;
-    the argument is ignored.
-    """
-
-    bound_backlog = DEFAULT_LISTEN_BACKLOG
-
-    def listen(self, backlog: int = DEFAULT_LISTEN_BACKLOG, /) -> None:
-        super().listen(self.bound_backlog)
-
-
-def bind_socket(path: Path, *, mode: int = 0o600, backlog: int | None = None) -> socket.socket:
+def bind_socket(
+    path: Path, *, mode: int = 0o600, backlog: int = DEFAULT_LISTEN_BACKLOG
+) -> socket.socket:
     """A listening socket at ``path`` with ``mode``; the caller owns it afterwards.
 
-    ``backlog`` (default: the configured one, 1024) is how many connections
-    the kernel queues before the daemon accepts them: sandboxes that start
-    together connect at once, and a full queue refuses them."""
+    ``backlog`` is how many connections the kernel queues before the daemon
+    accepts them: sandboxes that start together connect at once, and a full
+    queue refuses them. asyncio listens again when it starts serving the
+    socket, so its server must be given the same backlog (``Daemon.start``)."""
     check_path_length(path)
     check_parent(path)
     remove_stale_socket(path)
-    sock = _ListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bound_backlog = effective_backlog(backlog)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(os.fsencode(path))
         os.chmod(path, mode)
-        sock.listen(sock.bound_backlog)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
