@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -106,3 +107,51 @@ async def test_one_sandbox_cannot_hold_every_connection(setup: _Setup) -> None:
     other_writer.close()
     for writer in held:
         writer.close()
+
+
+async def _answer_or_closed(sock: socket.socket) -> dict[str, Any] | None:
+    """The first frame the daemon sends on ``sock``, or None when it closes it."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    decoder = FrameDecoder()
+    try:
+        async with asyncio.timeout(BOUND_S):
+            while True:
+                try:
+                    data = await reader.read(65_536)
+                except ConnectionResetError:
+                    return None
+                if not data:
+                    return None
+                frames = decoder.feed(data)
+                if frames:
+                    return frames[0]
+    finally:
+        writer.close()
+
+
+async def test_a_queued_handshake_is_answered_when_the_waiting_cap_makes_room(
+    setup: _Setup,
+) -> None:
+    """Four peers connect and write before the daemon's loop runs, as a burst of
+    sandboxes does, so the daemon accepts all four in one turn with two places
+    for connections before their handshake. Both peers whose whole handshake
+    already waits are served; room is made by closing the oldest that sent only
+    part of one."""
+
+    def handshake(token: str) -> bytes:
+        payload = {"minVersion": 1, "maxVersion": 2, "capabilityToken": token}
+        return encode_frame({"v": 2, "op": "handshake", "payload": payload})
+
+    partial = handshake(setup.token_a)[:10]
+    sent = [handshake(setup.token_a), partial, partial, handshake(setup.token_b)]
+    socks = []
+    for data in sent:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(setup.daemon.socket_path))  # queued: the daemon's loop is this one
+        sock.sendall(data)
+        socks.append(sock)
+    first, older_partial, newer_partial, last = socks
+    assert (await _answer_or_closed(first) or {}).get("ok") is True
+    assert await _answer_or_closed(older_partial) is None
+    assert (await _answer_or_closed(last) or {}).get("ok") is True
+    newer_partial.close()

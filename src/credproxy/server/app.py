@@ -168,10 +168,24 @@ class Daemon:
         )
 
     def _make_room_before_handshake(self) -> None:
-        """Close the oldest connection still waiting to handshake when too many wait."""
-        waiting = [c for c in self._connections if c.grant is None and not c.shutting_down]
-        if len(waiting) >= self._max_unauthenticated:
-            min(waiting, key=lambda c: c.opened).begin_shutdown(0.0)
+        """Close the oldest connection still waiting to handshake when too many wait.
+
+        A burst of honest clients is accepted in one loop turn, before any of
+        them is read, so each waiting connection first takes in what its peer
+        already sent: one whose handshake was merely queued is served, and only
+        a connection with no complete handshake sent is closed."""
+        waiting = self._waiting_for_handshake()
+        if len(waiting) < self._max_unauthenticated:
+            return
+        for connection in sorted(waiting, key=lambda c: c.opened):
+            connection.read_what_was_sent()
+            waiting = self._waiting_for_handshake()
+            if len(waiting) < self._max_unauthenticated:
+                return
+        min(waiting, key=lambda c: c.opened).begin_shutdown(0.0)
+
+    def _waiting_for_handshake(self) -> list[Connection]:
+        return [c for c in self._connections if c.grant is None and not c.shutting_down]
 
     async def start(self) -> Path:
         """Bind and listen; returns the socket path clients must use."""

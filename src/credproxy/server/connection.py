@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
@@ -24,8 +25,8 @@ from typing import Any, Final, cast
 from credproxy.audit import KNOWN_OPS, AuditEvent, AuditLog, safe_grant, safe_name
 from credproxy.grants import Grant
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.framing import FrameBudget, FrameError, SecretLeakError
-from credproxy.protocol.limits import DEFAULT_LIMITS, Limits
+from credproxy.protocol.framing import HEADER_BYTES, FrameBudget, FrameError, SecretLeakError
+from credproxy.protocol.limits import DEFAULT_LIMITS, SMALL_FRAME_BYTES, Limits
 from credproxy.protocol.messages import Request
 from credproxy.protocol.server import (
     Authenticate,
@@ -45,6 +46,8 @@ from credproxy.store.base import UNREACHABLE_ANSWER, StoreError, StoreUnavailabl
 
 PARTIAL_FRAME_TIMEOUT_S: Final = DEFAULT_LIMITS.partial_frame_s
 HANDSHAKE_TIMEOUT_S: Final = DEFAULT_LIMITS.handshake_s
+PRE_HANDSHAKE_READ_BYTES: Final = HEADER_BYTES + SMALL_FRAME_BYTES
+"""The largest handshake frame: what ``read_what_was_sent`` takes at most."""
 
 _GENERIC_FAILURE: Final = "the host could not complete the operation; see the daemon log"
 _TIMEOUT_FAILURE: Final = "the operation timed out on the host"
@@ -224,6 +227,26 @@ class Connection(asyncio.Protocol):
     @property
     def shutting_down(self) -> bool:
         return self._stopping
+
+    def read_what_was_sent(self) -> None:
+        """Take in, now, what the peer sent that the loop has not read yet.
+
+        The daemon calls this before closing a connection still waiting for its
+        handshake, so a handshake that only waits for the loop's next read is
+        answered instead of cut off. The socket is non-blocking: nothing waits."""
+        if self._transport is None or self._broken or self._stopping or self._reading_paused:
+            return
+        if self._core.waiting_for_budget:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            data = os.read(sock.fileno(), PRE_HANDSHAKE_READ_BYTES)
+        except OSError:
+            return  # nothing there (EAGAIN) or a reset the transport will see itself
+        if data:
+            self.data_received(data)
 
     # --- transport callbacks ----------------------------------------------------------
 
