@@ -283,11 +283,13 @@ def host_token_get(
     config_path: Path | None,
 ) -> None:
     """``credproxy token get`` on the host: read the store, refresh a due token here."""
+    from credproxy.hardening import harden_process
     from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
     with _reported_errors():
         settings = load_settings(config_path)
+        harden_process()
         token = _run_on(
             open_store(backend, settings),
             lambda store: usable_host_token(store, settings, provider, bucket),
@@ -675,11 +677,13 @@ def store_copy(
     """
     if source == target:
         raise click.BadParameter("--from and --to name the same backend", param_hint="--to")
+    from credproxy.hardening import harden_process
     from credproxy.settings import load_settings
     from credproxy.store.factory import open_store
 
     with _reported_errors():
         settings = load_settings(config)
+        harden_process()
         origin = open_store(source, settings)
         try:
             destination = open_store(target, settings)
