@@ -15,6 +15,7 @@ working directory.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import json
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeGuard
 
 import pytest
 
@@ -310,3 +312,62 @@ def test_hardening_reports_what_holds_in_this_process() -> None:
         timeout=WAIT_S,
     )
     assert json.loads(out.stdout) == [True, sys.platform.startswith("linux"), [0, 0]]
+
+
+def _is_call_to(node: ast.AST, name: str) -> TypeGuard[ast.Call]:
+    return isinstance(node, ast.Call) and (
+        (isinstance(node.func, ast.Name) and node.func.id == name)
+        or (isinstance(node.func, ast.Attribute) and node.func.attr == name)
+    )
+
+
+def _unhardened_store_openings(source: str) -> list[int]:
+    """Lines that call ``open_store`` with no ``harden_process`` call earlier in an
+    enclosing function."""
+    tree = ast.parse(source)
+    missing: list[int] = []
+
+    def visit(node: ast.AST, hardened_before: list[int]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = [
+                    call.lineno for call in ast.walk(child) if _is_call_to(call, "harden_process")
+                ]
+                visit(child, hardened_before + lines)
+                continue
+            if _is_call_to(child, "open_store") and not any(
+                line < child.lineno for line in hardened_before
+            ):
+                missing.append(child.lineno)
+            visit(child, hardened_before)
+
+    visit(tree, [])
+    return missing
+
+
+def test_every_command_that_opens_the_store_hardens_the_process_first() -> None:
+    """Opening the store loads its data key (and then every secret): each command of the
+    command line that does so must have called ``harden_process`` before, as ``serve``,
+    ``run``, ``login``, the ``key``/``token``/``store`` commands, ``providers`` and
+    ``doctor`` do. Read from the source, so a new command cannot forget it."""
+    cli = Path(__file__).parents[2] / "src" / "credproxy" / "cli"
+    openings = {
+        path.name: _unhardened_store_openings(path.read_text())
+        for path in sorted(cli.glob("*.py"))
+        if "open_store(" in path.read_text()
+    }
+    assert len(openings) >= 6, openings
+    assert {name: lines for name, lines in openings.items() if lines} == {}
+
+
+def test_the_hardening_check_flags_a_store_opened_before_hardening() -> None:
+    source = (
+        "def command():\n"
+        "    store = open_store(None, settings)\n"
+        "    harden_process()\n"
+        "def other():\n"
+        "    harden_process()\n"
+        "    def inner():\n"
+        "        return open_store(None, settings)\n"
+    )
+    assert _unhardened_store_openings(source) == [2]

@@ -162,6 +162,7 @@ def check_config(config: Path | None) -> tuple[Check, Settings | None]:
 def check_store(backend: str | None, settings: Settings | None) -> Check:
     if settings is None:
         return Check("store", "info", "not checked: the config file must be fixed first")
+    from credproxy.hardening import harden_process
     from credproxy.store.base import StoreError
     from credproxy.store.factory import backend_name, open_store, store_directory
     from credproxy.store.file import DATA_FILE
@@ -175,6 +176,7 @@ def check_store(backend: str | None, settings: Settings | None) -> Check:
                 f"no store yet in {store_directory(settings)}: the first key set, token "
                 "import, login or serve creates it",
             )
+        harden_process()
         store = open_store(backend, settings)
     except StoreError as exc:
         return Check("store", "fail", str(exc), "see docs/storage.md")

@@ -55,10 +55,12 @@ def describe_providers(
 
 
 async def _stored(backend: str | None, settings: Settings) -> dict[str, list[str]]:
+    from credproxy.hardening import harden_process
     from credproxy.store.factory import backend_name, open_store, store_directory
 
     if backend_name(backend, settings) == "file" and not store_directory(settings).exists():
         return {}  # listing must not create a store (and its key) as a side effect
+    harden_process()
     store = open_store(backend, settings)
     try:
         return {name: await store.list_buckets(name) for name in await store.list_providers()}
