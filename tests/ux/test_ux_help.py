@@ -93,3 +93,25 @@ def test_the_top_level_help_says_where_to_begin() -> None:
     assert "On the host, to begin:" in result.output
     assert "credproxy serve" in result.output
     assert "docs/cli.md" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (("login", "bad/name"), "provider"),
+        (("login", "github", "--bucket", "a b"), "bucket"),
+        (("logout", "bad/name"), "provider"),
+        (("token", "get", "bad/name"), "provider"),
+        (("key", "set", "bad name"), "key"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, tuple) else value,
+)
+def test_every_command_refuses_a_bad_name_in_the_same_words(
+    args: tuple[str, ...], kind: str
+) -> None:
+    """``login`` and ``logout`` had their own check with other wording."""
+    result = CliRunner().invoke(main, list(args), prog_name="credproxy", env={})
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1].endswith(
+        f"invalid {kind} name: use 1 to 64 of A-Z a-z 0-9 . _ @ -"
+    )

@@ -21,6 +21,7 @@ import click
 from credproxy.cli import main
 from credproxy.cli._daemon_options import CONFIG_HELP, STORE_HELP, store_choice
 from credproxy.cli._group import EXIT_INTERRUPTED
+from credproxy.cli._names import check_name
 
 if TYPE_CHECKING:
     import asyncio
@@ -36,21 +37,12 @@ _SUMMARY_FIELDS: Final = ("token_type", "expiry", "scope")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Provider and bucket names are checked while parsing, before any branch runs."""
-    from credproxy.protocol.messages import NAME_RE
-
-    if not NAME_RE.match(value):
-        raise click.BadParameter(f"{param.name} names use 1 to 64 of A-Z a-z 0-9 . _ @ -")
-    return value
-
-
 def _name_options(function: F) -> F:
     """PROVIDER and ``--bucket``, which both commands take."""
     function = click.option(
-        "--bucket", default="default", show_default=True, callback=_name, help="Token bucket."
+        "--bucket", default="default", show_default=True, callback=check_name, help="Token bucket."
     )(function)
-    return click.argument("provider", callback=_name)(function)
+    return click.argument("provider", callback=check_name)(function)
 
 
 def _host_options(function: F) -> F:
