@@ -18,6 +18,12 @@ requests it cannot record; the refusals are counted and written as one line
 when it does. Files rotate by size (``max_bytes``), keeping ``keep`` old files
 (``audit.log.1`` the newest); a batch is never split across files, so nothing
 is lost at rotation.
+
+Refusals of what a peer sent (``summarised``) are held to the budget of
+``credproxy.logbudget``: past it, lines of one op, outcome, peer uid and
+grant are counted and written as one line with ``repeated``, so a hostile
+peer cannot grow the log by the number of its attempts. Every admitted
+handshake and every served request is written whole.
 """
 
 from __future__ import annotations
@@ -31,12 +37,19 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Final
 
 import msgspec
 
+from credproxy.logbudget import (
+    DEFAULT_LOG_BUDGET,
+    BudgetedHandler,
+    LogBudget,
+    RepeatLimiter,
+    Repeats,
+)
 from credproxy.protocol.messages import ALL_OPS, NAME_RE
 
 _GRANT_RE: Final = re.compile(r"^[A-Za-z0-9._@:,*=+\[\] -]{1,1024}\Z")
@@ -117,6 +130,10 @@ class AuditEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     duration_ms: float | None = None
     refused: int | None = None
     """On an ``audit`` line: operations refused while the writer was behind."""
+    repeated: int | None = None
+    """On a summary line: this many more lines like it (same op, outcome, peer
+    uid and grant) within ``within_s`` seconds were not written one by one."""
+    within_s: float | None = None
 
     @classmethod
     def build(
@@ -236,17 +253,27 @@ class AuditLog:
     tests); ``to_file`` and ``to_stderr`` write through the background writer.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        budget: LogBudget = DEFAULT_LOG_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._stream: IO[str] | None = stream
         self._writer: _Writer | None = None
         self._batch: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refused = 0
+        self._init_budget(budget, clock)
 
     @classmethod
-    def to_stderr(cls) -> AuditLog:
+    def to_stderr(
+        cls, *, budget: LogBudget = DEFAULT_LOG_BUDGET, clock: Callable[[], float] = time.monotonic
+    ) -> AuditLog:
         log = cls.__new__(cls)
         log._init_writer(_Writer(None, sys.stderr.fileno(), None, DEFAULT_MAX_BACKLOG))
+        log._init_budget(budget, clock)
         return log
 
     @classmethod
@@ -257,6 +284,8 @@ class AuditLog:
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG,
+        budget: LogBudget = DEFAULT_LOG_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
     ) -> AuditLog:
         """Append to ``path`` (created 0600; an existing file must be ours),
         rotating past ``max_bytes`` and keeping ``keep`` old files (0 keeps none:
@@ -267,6 +296,7 @@ class AuditLog:
         fd = _open_owned(path)
         log = cls.__new__(cls)
         log._init_writer(_Writer(path, fd, _Rotation(max_bytes, keep), max_backlog_bytes))
+        log._init_budget(budget, clock)
         return log
 
     def _init_writer(self, writer: _Writer) -> None:
@@ -275,6 +305,11 @@ class AuditLog:
         self._batch = []
         self._loop = None
         self._refused = 0
+
+    def _init_budget(self, budget: LogBudget, clock: Callable[[], float]) -> None:
+        self._repeats: RepeatLimiter[_RefusalKind, AuditEvent] = RepeatLimiter(budget, clock)
+        self._clock = clock
+        self._repeats_timer: asyncio.TimerHandle | None = None
 
     @property
     def accepting(self) -> bool:
@@ -287,7 +322,44 @@ class AuditLog:
         self._refused += 1
 
     def record(self, event: AuditEvent | ProxyRequestEvent) -> None:
-        line = _PREFIX + _encoder.encode(event) + b"\n"
+        """Write ``event``; a refusal of what a peer sent past the budget for its
+        kind is counted instead, and the count written as one line later."""
+        if isinstance(event, AuditEvent) and summarised(event):
+            kind = (event.op, event.outcome, event.peer_uid, event.grant)
+            write, due = self._repeats.admit(kind, event)
+            for repeats in due:
+                self._append(_summary_line(repeats))
+            if not write:
+                self._arm_repeats_timer()
+                return
+        self._append(_PREFIX + _encoder.encode(event) + b"\n")
+
+    def _arm_repeats_timer(self) -> None:
+        """Counts are written when their window ends even if the peer went quiet."""
+        if self._repeats_timer is not None:
+            return
+        at = self._repeats.next_due()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: the count waits for the next line or ``close``
+        if at is not None:
+            self._repeats_timer = loop.call_later(at - self._clock(), self._write_due_repeats)
+
+    def _write_due_repeats(self) -> None:
+        self._repeats_timer = None
+        for repeats in self._repeats.due():
+            self._append(_summary_line(repeats))
+        self._arm_repeats_timer()
+
+    def _write_all_repeats(self) -> None:
+        if self._repeats_timer is not None:
+            self._repeats_timer.cancel()
+            self._repeats_timer = None
+        for repeats in self._repeats.drain():
+            self._append(_summary_line(repeats))
+
+    def _append(self, line: bytes) -> None:
         if self._writer is None:
             self._write_stream(line)
             return
@@ -332,10 +404,42 @@ class AuditLog:
             self._writer.drain()
 
     def close(self) -> None:
-        """Write what is queued, then close the file (not stderr or a caller's stream)."""
+        """Write what is queued and every count of lines not written one by one,
+        then close the file (not stderr or a caller's stream)."""
+        self._write_all_repeats()
         if self._writer is not None:
             self._hand_over()
             self._writer.close()
+
+
+SUMMARISED_OUTCOMES: Final = frozenset(
+    {"INVALID_REQUEST", "UNKNOWN_VERSION", "UNAUTHORIZED", "RATE_LIMITED", "RESOURCE_EXHAUSTED"}
+)
+"""Refusals of what a peer sent, before any credential was read or written:
+past the budget, lines of one (op, outcome, peer uid, grant) are counted."""
+
+_RefusalKind = tuple[str | None, str | None, int | None, str | None]
+
+
+def summarised(event: AuditEvent) -> bool:
+    """Whether ``event`` may be counted instead of written past the budget: a
+    refusal, or a connection closed for what it sent (op ``invalid``). Served
+    requests (``ok``, ``NOT_FOUND``, failures of the host) are always written."""
+    return event.outcome in SUMMARISED_OUTCOMES or event.op == "invalid"
+
+
+def _summary_line(repeats: Repeats[_RefusalKind, AuditEvent]) -> bytes:
+    op, outcome, peer_uid, grant = repeats.kind
+    event = AuditEvent(
+        ts=round(time.time(), 3),
+        op=op,
+        outcome=outcome,
+        peer_uid=peer_uid,
+        grant=grant,
+        repeated=repeats.count,
+        within_s=repeats.interval_s,
+    )
+    return _PREFIX + _encoder.encode(event) + b"\n"
 
 
 def _open_owned(path: Path) -> int:
@@ -491,9 +595,12 @@ class SecretScrubber(logging.Filter):
         return True
 
 
-def configure_daemon_logging(level: int = logging.INFO) -> logging.Handler:
-    """Send the ``credproxy`` loggers to stderr through the scrubber."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_daemon_logging(
+    level: int = logging.INFO, budget: LogBudget = DEFAULT_LOG_BUDGET
+) -> BudgetedHandler:
+    """Send the ``credproxy`` loggers to stderr through the scrubber, with repeats
+    of one kind beyond ``budget`` counted instead of written."""
+    handler = BudgetedHandler(sys.stderr, budget)
     handler.addFilter(SecretScrubber())
     handler.setFormatter(logging.Formatter("credproxy: %(levelname)s %(message)s"))
     logger = logging.getLogger("credproxy")

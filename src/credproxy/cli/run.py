@@ -223,9 +223,10 @@ async def _run(plan: _RunPlan, credential_store: CredentialStore) -> int:
     from credproxy.server.listener import ListenerError
     from credproxy.settings import ConfigError
 
-    configure_daemon_logging(logging.WARNING)
+    log_handler = configure_daemon_logging(logging.WARNING)
     closing_async: list[Callable[[], Awaitable[None]]] = []
     with contextlib.ExitStack() as closing:
+        closing.callback(log_handler.flush_repeats)
         try:
             audit = _open_audit(plan.audit_log, closing)
             if plan.grant.providers:

@@ -30,9 +30,13 @@ from credproxy.cli._daemon_options import (
 
 if TYPE_CHECKING:
     from credproxy.grants import Grant
+    from credproxy.logbudget import LogBudget
     from credproxy.protocol.limits import Limits
     from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
+
+
+LOG_LEVELS = ("debug", "info", "warning")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class _Options:
     as_json: bool
     rate_limit: float
     listen_backlog: int
+    log_level: str
 
 
 def _check_options(opts: _Options) -> None:
@@ -195,6 +200,14 @@ def write_capability_fd(fd: int, token: str) -> None:
     metavar="N",
     help="Connections the kernel queues for the daemon (capped by net.core.somaxconn).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+    help="What the daemon logs to stderr: debug adds a line per connection "
+    "(opened, closed, what a peer did wrong).",
+)
 def serve(**params: Any) -> None:
     """Run the credential daemon in the foreground until SIGINT or SIGTERM.
 
@@ -236,6 +249,7 @@ def options_from(params: Mapping[str, Any]) -> _Options:
         as_json=params["as_json"],
         rate_limit=params["rate_limit"],
         listen_backlog=params["listen_backlog"],
+        log_level=params["log_level"],
     )
     _check_options(opts)
     return opts
@@ -246,9 +260,11 @@ def run_serve(
     *,
     limits: Limits | None = None,
     wrap_store: Callable[[CredentialStore], CredentialStore] | None = None,
+    log_budget: LogBudget | None = None,
 ) -> None:
-    """Run the daemon until a signal stops it. ``limits`` and ``wrap_store`` are for
-    programs that embed ``serve`` (the test suite holds store calls with them)."""
+    """Run the daemon until a signal stops it. ``limits``, ``wrap_store`` and
+    ``log_budget`` are for programs that embed ``serve`` (the test suite holds
+    store calls with them, and keeps one budget window for a whole test)."""
     from credproxy.audit import AuditLogError
     from credproxy.hardening import harden_process
     from credproxy.protocol.limits import Limits
@@ -267,7 +283,9 @@ def run_serve(
 
     limits = replace(limits or Limits(), rate_per_second=opts.rate_limit)
     try:
-        asyncio.run(_run(opts, credential_store, settings, limits, wrap_store))
+        asyncio.run(
+            _run(opts, credential_store, settings, limits, wrap_store, log_budget=log_budget)
+        )
     except (ListenerError, StoreError, AuditLogError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -293,17 +311,24 @@ async def _run(
     settings: Settings,
     limits: Limits,
     wrap_store: Callable[[CredentialStore], CredentialStore] | None,
+    *,
+    log_budget: LogBudget | None,
 ) -> None:
     from credproxy.audit import AuditLog, configure_daemon_logging
+    from credproxy.logbudget import DEFAULT_LOG_BUDGET
     from credproxy.server.daemon import DaemonSettings, build_daemon
 
-    configure_daemon_logging()
+    budget = log_budget or DEFAULT_LOG_BUDGET
+    log_handler = configure_daemon_logging(getattr(logging, opts.log_level.upper()), budget)
     audit = (
         AuditLog.to_file(
-            opts.audit_log, max_bytes=opts.audit_max_mb * 1024 * 1024, keep=opts.audit_keep
+            opts.audit_log,
+            max_bytes=opts.audit_max_mb * 1024 * 1024,
+            keep=opts.audit_keep,
+            budget=budget,
         )
         if opts.audit_log
-        else AuditLog.to_stderr()
+        else AuditLog.to_stderr(budget=budget)
     )
     if opts.allow:
         warn_unknown_providers(opts.allow, settings, await credential_store.list_providers())
@@ -344,6 +369,7 @@ async def _run(
                 token_file.unlink()
         await credential_store.close()
         audit.close()
+        log_handler.flush_repeats()
 
 
 def _announce(opts: _Options, path: Path, token_file: Path | None, grant: Grant) -> None:

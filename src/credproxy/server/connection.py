@@ -260,6 +260,7 @@ class Connection(asyncio.Protocol):
             return
         self._admitted = True
         self.peer = peer
+        log.debug("connection opened by uid %s (pid %s)", peer.uid, peer.pid)
         self._transport = transport
         high = self._settings.limits.write_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)
@@ -332,7 +333,7 @@ class Connection(asyncio.Protocol):
             elif isinstance(event, ConnectionTimedOut):
                 if event.reason != "the peer stopped reading its answers":
                     self._audit("invalid", "TIMEOUT", None, None)
-                log.info("closing connection of uid %s: %s", self.peer.uid, event.reason)
+                log.debug("closing connection of uid %s: %s", self.peer.uid, event.reason)
                 self._abort()
 
     def _offered(self, event: HandshakeOffered) -> None:
@@ -370,7 +371,7 @@ class Connection(asyncio.Protocol):
             self._audit(event.op or "invalid", event.error.code, None, None)
         self._rate_limited = limited
         if event.close:
-            log.info("closing connection of uid %s: %s", self.peer.uid, event.error.message)
+            log.debug("closing connection of uid %s: %s", self.peer.uid, event.error.message)
             self._drop_work()
 
     # --- running ops -------------------------------------------------------------------
