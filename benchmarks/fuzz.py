@@ -263,6 +263,10 @@ class Daemon:
         except OSError:
             return 0
 
+    def audit_bytes(self) -> int:
+        """The audit file and its rotated copies."""
+        return sum(path.stat().st_size for path in self.workdir.glob("audit.log*"))
+
 
 def _daemon_env() -> dict[str, str]:
     env = {
@@ -533,6 +537,7 @@ def _worker_atheris(target_name: str, workdir: Path, hang_s: float, stats_path: 
             stats["daemon_pid"] = request_path.daemon.process.pid
             stats["rss_kib"] = request_path.daemon.rss_kib()
             stats["stderr_bytes"] = request_path.daemon.stderr_bytes()
+            stats["audit_bytes"] = request_path.daemon.audit_bytes()
         tmp = stats_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(stats))
         tmp.replace(stats_path)
@@ -563,6 +568,7 @@ class Report:
     rss_kib_warm: int | None = None
     rss_kib_end: int | None = None
     stderr_bytes: int | None = None
+    audit_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -649,6 +655,7 @@ def run_atheris(target: str, seconds: float, hang_s: float, workdir: Path) -> Re
         rss_kib_warm=rss_warm,
         rss_kib_end=stats.get("rss_kib") or None,
         stderr_bytes=stats.get("stderr_bytes"),
+        audit_bytes=stats.get("audit_bytes"),
     )
     if target == "request-path":
         report.notes.append("coverage is the harness's: the daemon runs in another process")
@@ -672,9 +679,11 @@ def run_campaign(target: str, engine: str, seconds: float, hang_s: float, workdi
         rss_warm = request_path.daemon.rss_kib()
         run_hypothesis(request_path, max(0.0, seconds - warm))
         rss_end = request_path.daemon.rss_kib()
-        stderr_bytes = request_path.daemon.stderr_bytes()
     finally:
         request_path.close()
+    # Measured once the daemon has stopped, so the counts it writes on stop are in.
+    stderr_bytes = request_path.daemon.stderr_bytes()
+    audit_bytes = request_path.daemon.audit_bytes()
     return Report(
         target,
         "hypothesis",
@@ -685,6 +694,7 @@ def run_campaign(target: str, engine: str, seconds: float, hang_s: float, workdi
         rss_kib_warm=rss_warm,
         rss_kib_end=rss_end,
         stderr_bytes=stderr_bytes,
+        audit_bytes=audit_bytes,
     )
 
 

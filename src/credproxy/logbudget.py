@@ -222,8 +222,13 @@ class BudgetedHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 sample.levelno,
                 sample.pathname,
                 sample.lineno,
-                "%s [repeated %s more times within %s s]",
-                (text, f"{repeats.count:,}", f"{repeats.interval_s:g}"),
+                "%s [repeated %s more %s within %s s]",
+                (
+                    text,
+                    f"{repeats.count:,}",
+                    "time" if repeats.count == 1 else "times",
+                    f"{repeats.interval_s:g}",
+                ),
                 None,
             )
             super().handle(summary)
