@@ -70,9 +70,7 @@ def test_a_kind_recurring_after_its_window_gets_its_count_first() -> None:
     clock.now += 10.0
     write, due = limiter.admit("flood", 9999)
     assert write is True
-    assert [(r.kind, r.count, r.sample, r.interval_s) for r in due] == [
-        ("flood", 1231, 1233, 10.0)
-    ]
+    assert [(r.kind, r.count, r.sample, r.interval_s) for r in due] == [("flood", 1231, 1233, 10.0)]
     # The new window starts with that record: two more are written, then counting.
     assert [limiter.admit("flood", n)[0] for n in range(3)] == [True, True, False]
 
