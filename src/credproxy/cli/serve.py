@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from credproxy.grants import Grant
     from credproxy.logbudget import LogBudget
     from credproxy.protocol.limits import Limits
+    from credproxy.server.app import ConnectionCaps
     from credproxy.settings import Settings
     from credproxy.store.base import CredentialStore
 
@@ -261,10 +262,12 @@ def run_serve(
     limits: Limits | None = None,
     wrap_store: Callable[[CredentialStore], CredentialStore] | None = None,
     log_budget: LogBudget | None = None,
+    caps: ConnectionCaps | None = None,
 ) -> None:
-    """Run the daemon until a signal stops it. ``limits``, ``wrap_store`` and
-    ``log_budget`` are for programs that embed ``serve`` (the test suite holds
-    store calls with them, and keeps one budget window for a whole test)."""
+    """Run the daemon until a signal stops it. ``limits``, ``wrap_store``,
+    ``log_budget`` and ``caps`` are for programs that embed ``serve`` (the test
+    suite holds store calls with them, keeps one budget window for a whole
+    test and makes the connection caps small)."""
     from credproxy.audit import AuditLogError
     from credproxy.hardening import harden_process
     from credproxy.protocol.limits import Limits
@@ -284,7 +287,15 @@ def run_serve(
     limits = replace(limits or Limits(), rate_per_second=opts.rate_limit)
     try:
         asyncio.run(
-            _run(opts, credential_store, settings, limits, wrap_store, log_budget=log_budget)
+            _run(
+                opts,
+                credential_store,
+                settings,
+                limits,
+                wrap_store,
+                log_budget=log_budget,
+                caps=caps,
+            )
         )
     except (ListenerError, StoreError, AuditLogError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -313,9 +324,11 @@ async def _run(
     wrap_store: Callable[[CredentialStore], CredentialStore] | None,
     *,
     log_budget: LogBudget | None,
+    caps: ConnectionCaps | None,
 ) -> None:
     from credproxy.audit import AuditLog, configure_daemon_logging
     from credproxy.logbudget import DEFAULT_LOG_BUDGET
+    from credproxy.server.app import ConnectionCaps
     from credproxy.server.daemon import DaemonSettings, build_daemon
 
     budget = log_budget or DEFAULT_LOG_BUDGET
@@ -344,6 +357,7 @@ async def _run(
             limits=limits,
             wrap_store=wrap_store,
             listen_backlog=opts.listen_backlog,
+            caps=caps or ConnectionCaps(),
         )
     )
     daemon, token = built.daemon, built.capability_token

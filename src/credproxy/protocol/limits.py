@@ -39,6 +39,12 @@ class Limits:
     """A peer that does not read its answers for this long loses the connection."""
     write_high_water: int = 256 * 1024
     """Unwritten answer bytes past which a connection stops reading its peer."""
+    stall_s: float = 2.0
+    """A frame or handshake unfinished this long, with nothing in flight, marks a
+    stalled connection: when the daemon is full it gives its place to a newcomer."""
+    idle_s: float = 30.0
+    """A connection that sent nothing and got no answer this long may likewise give
+    its place to a newcomer when the daemon is full (after stalled ones)."""
 
     def frame_limit(self, version: int | None) -> int:
         """The frame body limit: large only once version 2 is agreed."""

@@ -185,6 +185,8 @@ class ServerConnection:
         self._outgoing: list[bytes] = []
         self._close_after_write = False
         self._opened = now
+        self.last_frame_at = now
+        """When the last whole frame arrived (the open time before the first)."""
         self._partial_since: float | None = None
         self._write_blocked_since: float | None = None
         self.state = ConnectionState.AWAIT_HANDSHAKE
@@ -279,6 +281,8 @@ class ServerConnection:
             error = ProxyError(ErrorCode.INVALID_REQUEST, str(exc))
             events.append(ProtocolViolation(error, True))
             return events
+        if progressed:
+            self.last_frame_at = now
         if not decoder.has_partial_frame:
             self._partial_since = None
         elif progressed or not had_partial:

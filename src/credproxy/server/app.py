@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -19,6 +19,7 @@ from credproxy.audit import AuditEvent, AuditLog
 from credproxy.grants import CapabilityTable, Grant
 from credproxy.protocol.framing import FrameBudget
 from credproxy.protocol.limits import DEFAULT_LIMITS, LARGE_FRAME_BUDGET_BYTES, Limits
+from credproxy.server.admission import choose_victim, oldest_of_largest
 from credproxy.server.connection import Connection, ConnectionSettings, HandshakeThrottle
 from credproxy.server.context import HandlerTable, PeerCredentials, ServerState
 from credproxy.server.listener import (
@@ -48,6 +49,16 @@ MAX_REFUSALS_NOTED: Final = 1024
 a peer that opens connections in a loop cannot take the descriptors the store needs."""
 
 
+@dataclass(frozen=True)
+class ConnectionCaps:
+    """How many connections one daemon holds; at a cap, ``admission`` decides
+    whether a stalled or over-share connection gives its place to the newcomer."""
+
+    total: int = MAX_CONNECTIONS
+    before_handshake: int = MAX_UNAUTHENTICATED
+    per_grant: int = MAX_CONNECTIONS_PER_GRANT
+
+
 class Daemon:
     """One listening socket and the connections it accepted.
 
@@ -56,9 +67,11 @@ class Daemon:
     Other uids (``allowed_uids``) are then refused at construction, because
     without tokens nothing would tell their grants apart.
 
-    At most ``max_connections`` are served at once; the first refusal of a
-    saturated spell is audited and logged, later ones are not, so a peer
-    reconnecting in a loop cannot flood the audit log either.
+    At most ``max_connections`` are served at once. A newcomer at a cap takes
+    the place of a stalled connection, or of one held by a peer over its fair
+    share, where there is one (``admission``); otherwise it is refused, and the
+    first refusal of a saturated spell is audited and logged, later ones are
+    not, so a peer reconnecting in a loop cannot flood the audit log either.
 
     Each extension's ``aclose()`` gets ``extension_close_timeout_s``: a
     background task that ignores cancellation must not keep the daemon from
@@ -154,26 +167,66 @@ class Daemon:
             return Grant.full()
         return self._capabilities.lookup(presented)
 
-    def _admit_grant(self, grant: Grant) -> str | None:
-        """Refuse one more connection of a grant at its cap. Without capability
-        tokens every peer is the same user with the same full grant, so no cap."""
+    def _admit_grant(self, grant: Grant, peer: PeerCredentials) -> str | None:
+        """Refuse one more connection of a grant at its cap, unless one of the
+        grant's connections is stalled or its peer holds more than its share.
+        Without capability tokens every peer is the same user with the same
+        full grant, so no cap."""
         if self._capabilities is None:
             return None
-        held = sum(1 for c in self._connections if c.grant == grant)
-        if held < self._max_per_grant:
+        same_grant = [c for c in self._connections if c.grant == grant and not c.closing]
+        if len(same_grant) < self._max_per_grant:
+            return None
+        if self._evict_for(peer, same_grant, self._max_per_grant):
             return None
         return (
-            f"this sandbox already has {self._max_per_grant} connections open; "
+            f"this sandbox already has {self._max_per_grant} connections open, all in use; "
             "close one before opening another"
         )
 
+    def _evict_for(self, peer: PeerCredentials, holders: list[Connection], capacity: int) -> bool:
+        """Free one of ``holders`` (connections under a full cap of ``capacity``)
+        for a newcomer of ``peer``; ``False`` when every one of them has a claim.
+
+        The chosen connection first takes in what its peer already sent: a
+        request that was merely queued makes it busy, and the choice is made again."""
+        now = asyncio.get_running_loop().time()
+        candidates = list(holders)
+        while candidates:
+            victim = choose_victim(
+                candidates,
+                Connection.admission_view,
+                newcomer_pid=peer.pid,
+                capacity=capacity,
+                now=now,
+            )
+            if victim is None:
+                return False
+            victim.read_what_was_sent()
+            candidates.remove(victim)
+            if victim.closing:
+                self._connections.discard(victim)
+                return True
+            if victim.admission_view().serving:
+                continue
+            self._connections.discard(victim)
+            victim.evict()
+            log.debug(
+                "gave the place of a connection of pid %s to one of pid %s",
+                victim.peer.pid,
+                peer.pid,
+            )
+            return True
+        return False
+
     def _make_room_before_handshake(self) -> None:
-        """Close the oldest connection still waiting to handshake when too many wait.
+        """Close a connection still waiting to handshake when too many wait.
 
         A burst of honest clients is accepted in one loop turn, before any of
         them is read, so each waiting connection first takes in what its peer
         already sent: one whose handshake was merely queued is served, and only
-        a connection with no complete handshake sent is closed."""
+        a connection with no complete handshake sent is closed: of the peer
+        process with the most such connections, the oldest."""
         waiting = self._waiting_for_handshake()
         if len(waiting) < self._max_unauthenticated:
             return
@@ -182,7 +235,10 @@ class Daemon:
             waiting = self._waiting_for_handshake()
             if len(waiting) < self._max_unauthenticated:
                 return
-        min(waiting, key=lambda c: c.opened).begin_shutdown(0.0)
+        now = asyncio.get_running_loop().time()
+        victim = oldest_of_largest(waiting, Connection.admission_view, now=now)
+        if victim is not None:
+            victim.begin_shutdown(0.0)
 
     def _waiting_for_handshake(self) -> list[Connection]:
         return [c for c in self._connections if c.grant is None and not c.shutting_down]
@@ -302,7 +358,9 @@ class Daemon:
                 self._audit_connect("UNAUTHORIZED", peer)
                 log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
             return None
-        if len(self._connections) >= self._max_connections:
+        if len(self._connections) >= self._max_connections and not self._evict_for(
+            peer, [c for c in self._connections if not c.closing], self._max_connections
+        ):
             if not self._saturated:
                 self._saturated = True
                 self._audit_connect("RESOURCE_EXHAUSTED", peer)

@@ -40,6 +40,7 @@ from credproxy.protocol.server import (
     RequestTimedOut,
     ServerConnection,
 )
+from credproxy.server.admission import SlotView
 from credproxy.server.context import HandlerTable, PeerCredentials, RequestContext, ServerState
 from credproxy.server.handlers import not_available
 from credproxy.store.base import UNREACHABLE_ANSWER, StoreError, StoreUnavailableError
@@ -127,7 +128,7 @@ class ConnectionSettings:
     throttle: HandshakeThrottle
     limits: Limits = DEFAULT_LIMITS
     budget: FrameBudget | None = None
-    admit: Callable[[Grant], str | None] | None = None
+    admit: Callable[[Grant, PeerCredentials], str | None] | None = None
     """Asked once the token checks out; a message refuses the connection with
     ``RESOURCE_EXHAUSTED`` (the daemon's per-grant connection cap)."""
 
@@ -192,6 +193,7 @@ class Connection(asyncio.Protocol):
         self._admitted = False
         self._loop = asyncio.get_running_loop()
         self.opened = self._loop.time()
+        self._last_answer_at = self.opened
         self._core = ServerConnection(
             settings.authenticate,
             limits=settings.limits,
@@ -227,6 +229,33 @@ class Connection(asyncio.Protocol):
     @property
     def shutting_down(self) -> bool:
         return self._stopping
+
+    @property
+    def closing(self) -> bool:
+        """It gives its place up by itself: shutting down, or its transport closing."""
+        transport = self._transport
+        return self._stopping or self._broken or transport is None or transport.is_closing()
+
+    def admission_view(self) -> SlotView:
+        """How this connection looks to admission when the daemon is full."""
+        core = self._core
+        limits = self._settings.limits
+        unfinished = self._grant is None or core.has_partial_frame
+        return SlotView(
+            pid=self.peer.pid,
+            serving=core.in_flight > 0 or bool(self._tasks),
+            last_progress=max(core.last_frame_at, self._last_answer_at),
+            stall_after_s=limits.stall_s if unfinished else limits.idle_s,
+            unfinished=unfinished,
+        )
+
+    def evict(self) -> None:
+        """Give the place up to a newcomer: nothing is in flight, so nothing is lost."""
+        self._stopping = True
+        self._pause_reading()
+        self._drop_work()
+        if self._transport is not None:
+            self._transport.close()
 
     def read_what_was_sent(self) -> None:
         """Take in, now, what the peer sent that the loop has not read yet.
@@ -339,7 +368,7 @@ class Connection(asyncio.Protocol):
     def _offered(self, event: HandshakeOffered) -> None:
         grant = event.grant
         assert isinstance(grant, Grant)
-        refusal = self._settings.admit(grant) if self._settings.admit else None
+        refusal = self._settings.admit(grant, self.peer) if self._settings.admit else None
         if refusal is not None:
             self._audit("handshake", ErrorCode.RESOURCE_EXHAUSTED, None, None)
             self._core.refuse(refusal)
@@ -515,7 +544,8 @@ class Connection(asyncio.Protocol):
                     "allows; connect with protocol version 2",
                 )
         names = ctx.audit if ctx is not None else None
-        duration = (self._loop.time() - started) * 1000.0
+        self._last_answer_at = self._loop.time()
+        duration = (self._last_answer_at - started) * 1000.0
         self._audit(request.op, "ok" if error is None else error.code, names, duration)
         if error is not None:
             core.fail(request.id, error)

@@ -15,7 +15,7 @@ from pathlib import Path
 from credproxy.audit import AuditLog
 from credproxy.grants import CapabilityTable, Grant
 from credproxy.protocol.limits import DEFAULT_LIMITS, Limits
-from credproxy.server.app import EXTENSION_CLOSE_TIMEOUT_S, Daemon
+from credproxy.server.app import EXTENSION_CLOSE_TIMEOUT_S, ConnectionCaps, Daemon
 from credproxy.server.context import ServerState
 from credproxy.server.listener import DEFAULT_LISTEN_BACKLOG
 from credproxy.settings import Settings
@@ -40,6 +40,7 @@ class DaemonSettings:
     close_timeout_s: float = EXTENSION_CLOSE_TIMEOUT_S
     listen_backlog: int = DEFAULT_LISTEN_BACKLOG
     """Connections the kernel queues before the daemon accepts them (capped by somaxconn)."""
+    caps: ConnectionCaps = field(default_factory=ConnectionCaps)
 
 
 @dataclass(frozen=True)
@@ -71,5 +72,8 @@ def build_daemon(settings: DaemonSettings) -> BuiltDaemon:
         limits=settings.limits,
         extension_close_timeout_s=settings.close_timeout_s,
         listen_backlog=settings.listen_backlog,
+        max_connections=settings.caps.total,
+        max_unauthenticated=settings.caps.before_handshake,
+        max_connections_per_grant=settings.caps.per_grant,
     )
     return BuiltDaemon(daemon, token)
