@@ -202,13 +202,15 @@ class Daemon:
             )
             if victim is None:
                 return False
+            before = victim.admission_view()
             victim.read_what_was_sent()
             candidates.remove(victim)
             if victim.closing:
                 self._connections.discard(victim)
                 return True
-            if victim.admission_view().serving:
-                continue
+            after = victim.admission_view()
+            if after.serving or after.last_progress != before.last_progress:
+                continue  # what it had sent was a whole frame: it is making progress
             self._connections.discard(victim)
             victim.evict()
             log.debug(
@@ -230,11 +232,16 @@ class Daemon:
         waiting = self._waiting_for_handshake()
         if len(waiting) < self._max_unauthenticated:
             return
+        count = len(waiting)
         for connection in sorted(waiting, key=lambda c: c.opened):
             connection.read_what_was_sent()
-            waiting = self._waiting_for_handshake()
-            if len(waiting) < self._max_unauthenticated:
-                return
+            if connection.grant is not None or connection.shutting_down:
+                count -= 1
+                if count < self._max_unauthenticated:
+                    return
+        waiting = self._waiting_for_handshake()
+        if len(waiting) < self._max_unauthenticated:
+            return
         now = asyncio.get_running_loop().time()
         victim = oldest_of_largest(waiting, Connection.admission_view, now=now)
         if victim is not None:
