@@ -17,8 +17,10 @@ a time) each connect, handshake and ask for the token once, as a sandbox
 that just started does; each is served or fails after its 30 s timeout.
 
 Reported: fresh clients served and failed (with the reasons), p50/p99/max of
-their whole call (connect, handshake, request), hostile places held, daemon
-RSS after warm-up and at its peak, and daemon CPU over the fresh phase.
+their whole call (connect, handshake, request), hostile places held (as the
+hostile process counts them: a close it has not read yet still counts), the
+daemon's open sockets (from ``/proc``: what it really holds), daemon RSS
+after warm-up and at its peak, and daemon CPU over the fresh phase.
 With ``PYTHONPATH=DIR/src`` the daemon runs another checkout's code (how the
 before-figures were taken).
 """
@@ -72,6 +74,17 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def _sockets(pid: int) -> int:
+    """Sockets the daemon has open: its connections, plus its listening socket
+    and any socket of its own (a few, the same before and after)."""
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                count += 1
+    return count
 
 
 class _Counters:
@@ -159,6 +172,7 @@ def measure(daemon: Daemon, hostile: int, fresh: int, workers: int, delay: float
     for _ in range(WARMUP_CLIENTS):
         _fresh_client(path, token)
     rss_warm = _rss_kib(pid)
+    sockets_idle = _sockets(pid)
     ctx = multiprocessing.get_context("spawn")
     counters = _Counters(ctx)
     process = ctx.Process(
@@ -168,13 +182,16 @@ def measure(daemon: Daemon, hostile: int, fresh: int, workers: int, delay: float
     try:
         time.sleep(STALL_WAIT_S)
         held_before = counters.held.value
+        sockets_before = _sockets(pid)
         peak = [_rss_kib(pid)]
+        sockets = [sockets_before]
         sampling = threading.Event()
 
         def sample() -> None:
             while not sampling.wait(0.25):
                 with contextlib.suppress(OSError):
                     peak.append(_rss_kib(pid))
+                    sockets.append(_sockets(pid))
 
         sampler = threading.Thread(target=sample)
         sampler.start()
@@ -204,6 +221,9 @@ def measure(daemon: Daemon, hostile: int, fresh: int, workers: int, delay: float
         "hostile_opened": counters.opened.value,
         "hostile_closed_by_daemon": counters.closed.value,
         "hostile_refused": counters.refused.value,
+        "daemon_sockets_idle": sockets_idle,
+        "daemon_sockets_before_fresh": sockets_before,
+        "daemon_sockets_peak": max(sockets),
         "fresh": fresh,
         "served": len(durations),
         "failed": errors,
@@ -251,6 +271,11 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
         f"before and {figures['hostile_held_after']} after the fresh clients; the daemon "
         f"closed {figures['hostile_closed_by_daemon']} of them and refused "
         f"{figures['hostile_refused']} attempts"
+    )
+    out(
+        f"daemon sockets: {figures['daemon_sockets_idle']} idle, "
+        f"{figures['daemon_sockets_before_fresh']} before the fresh clients, "
+        f"{figures['daemon_sockets_peak']} at the peak"
     )
     out(
         f"fresh clients: {figures['served']} of {args.fresh} served, failed: "

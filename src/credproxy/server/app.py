@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -43,6 +44,11 @@ place taken (each of its connections would otherwise hold one for 30 s)."""
 MAX_CONNECTIONS_PER_GRANT: Final = 128
 """With capability tokens, one grant (one sandbox) may hold at most this many
 connections, so it cannot take the places every other sandbox needs."""
+NO_ROOM_RECHECK_S: Final = 0.05
+"""After a full cap had no place for a peer process, its next newcomers at that cap are
+refused without looking again for this long: a process reconnecting in a loop would
+otherwise make the daemon weigh every connection under the cap for each attempt."""
+MAX_NO_ROOM_NOTED: Final = 1024
 REFUSAL_NOTE_INTERVAL_S: Final = 60.0
 MAX_REFUSALS_NOTED: Final = 1024
 """Each connection holds a file descriptor; past this many, new ones are closed at once so
@@ -109,6 +115,7 @@ class Daemon:
         self._listen_backlog = listen_backlog
         self._saturated = False
         self._refusals_noted: dict[int | None, float] = {}
+        self._no_room_until: dict[tuple[Grant | None, int | None], float] = {}
         self._audit = audit or AuditLog.to_stderr()
         if handlers is None:
             from credproxy.server.oauth_handlers import ALL_HANDLERS
@@ -177,20 +184,40 @@ class Daemon:
         same_grant = [c for c in self._connections if c.grant == grant and not c.closing]
         if len(same_grant) < self._max_per_grant:
             return None
-        if self._evict_for(peer, same_grant, self._max_per_grant):
+        if self._evict_for(peer, lambda: same_grant, self._max_per_grant, grant):
             return None
         return (
             f"this sandbox already has {self._max_per_grant} connections open, all in use; "
             "close one before opening another"
         )
 
-    def _evict_for(self, peer: PeerCredentials, holders: list[Connection], capacity: int) -> bool:
-        """Free one of ``holders`` (connections under a full cap of ``capacity``)
+    def _evict_for(
+        self,
+        peer: PeerCredentials,
+        holders: Callable[[], list[Connection]],
+        capacity: int,
+        grant: Grant | None = None,
+    ) -> bool:
+        """Free one of ``holders()`` (connections under a full cap of ``capacity``)
         for a newcomer of ``peer``; ``False`` when every one of them has a claim.
 
         The chosen connection first takes in what its peer already sent: a
-        request that was merely queued makes it busy, and the choice is made again."""
+        request that was merely queued makes it busy, and the choice is made again.
+        ``grant`` names the grant's cap, ``None`` the daemon's."""
         now = asyncio.get_running_loop().time()
+        key = (grant, peer.pid)
+        if self._no_room_until.get(key, float("-inf")) > now:
+            return False
+        if self._evict_from(peer, holders(), capacity, now):
+            return True
+        if len(self._no_room_until) >= MAX_NO_ROOM_NOTED:
+            self._no_room_until.clear()
+        self._no_room_until[key] = now + NO_ROOM_RECHECK_S
+        return False
+
+    def _evict_from(
+        self, peer: PeerCredentials, holders: list[Connection], capacity: int, now: float
+    ) -> bool:
         candidates = list(holders)
         while candidates:
             victim = choose_victim(
@@ -246,6 +273,9 @@ class Daemon:
         victim = oldest_of_largest(waiting, Connection.admission_view, now=now)
         if victim is not None:
             victim.begin_shutdown(0.0)
+
+    def _open_connections(self) -> list[Connection]:
+        return [c for c in self._connections if not c.closing]
 
     def _waiting_for_handshake(self) -> list[Connection]:
         return [c for c in self._connections if c.grant is None and not c.shutting_down]
@@ -366,7 +396,7 @@ class Daemon:
                 log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
             return None
         if len(self._connections) >= self._max_connections and not self._evict_for(
-            peer, [c for c in self._connections if not c.closing], self._max_connections
+            peer, self._open_connections, self._max_connections
         ):
             if not self._saturated:
                 self._saturated = True
