@@ -18,6 +18,7 @@ from typing import Final
 
 from credproxy.audit import AuditEvent, AuditLog
 from credproxy.grants import CapabilityTable, Grant
+from credproxy.protocol.errors import ErrorCode
 from credproxy.protocol.framing import FrameBudget
 from credproxy.protocol.limits import DEFAULT_LIMITS, LARGE_FRAME_BUDGET_BYTES, Limits
 from credproxy.server.admission import choose_victim, oldest_of_largest
@@ -392,7 +393,7 @@ class Daemon:
             return None
         if not peer_allowed(peer, self._allowed_uids):
             if self._first_refusal_in_window(peer.uid):
-                self._audit_connect("UNAUTHORIZED", peer)
+                self._audit_connect(ErrorCode.UNAUTHORIZED, peer)
                 log.warning("refused a connection from uid %s (pid %s)", peer.uid, peer.pid)
             return None
         if len(self._connections) >= self._max_connections and not self._evict_for(
@@ -400,7 +401,7 @@ class Daemon:
         ):
             if not self._saturated:
                 self._saturated = True
-                self._audit_connect("RESOURCE_EXHAUSTED", peer)
+                self._audit_connect(ErrorCode.RESOURCE_EXHAUSTED, peer)
                 log.warning(
                     "%d connections open; refusing new ones (first from uid %s, pid %s)",
                     len(self._connections),
@@ -425,7 +426,9 @@ class Daemon:
         self._refusals_noted[uid] = now
         return True
 
-    def _audit_connect(self, outcome: str, peer: PeerCredentials) -> None:
+    def _audit_connect(self, outcome: ErrorCode, peer: PeerCredentials) -> None:
         self._audit.record(
-            AuditEvent.build(op="connect", outcome=outcome, peer_uid=peer.uid, peer_pid=peer.pid)
+            AuditEvent.build(
+                op="connect", outcome=outcome.value, peer_uid=peer.uid, peer_pid=peer.pid
+            )
         )
