@@ -15,8 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-import msgspec
-
+from credproxy.protocol.codec import msgspec_json
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.limits import LARGE_FRAME_BYTES
 
@@ -27,7 +26,6 @@ HOST_METADATA: Final = "credproxy_host"
 """Host-only bookkeeping kept in the stored record (last refresh outcome); never served."""
 HOST_ONLY_FIELDS: Final = frozenset({REFRESH_TOKEN, HOST_METADATA})
 _REQUIRED_FIELDS: Final = ("access_token", "expiry", "token_type")
-_encoder: Final = msgspec.json.Encoder()
 NO_EXPIRY: Final = 253_402_300_799
 """``expiry`` of a token that does not expire (GitHub OAuth App tokens): 9999-12-31
 23:59:59 UTC, the last second ``datetime`` can show. The protocol needs a number, and
@@ -75,7 +73,8 @@ def check_merged_size(token: Mapping[str, Any]) -> None:
             ErrorCode.INVALID_REQUEST,
             f"token would have more than {MAX_TOKEN_FIELDS} fields merged with the stored one",
         )
-    if len(_encoder.encode(sanitize(token))) > MAX_TOKEN_BYTES:
+    # Measured as the daemon encodes it for a frame.
+    if len(msgspec_json().encode(sanitize(token))) > MAX_TOKEN_BYTES:
         raise ProxyError(
             ErrorCode.INVALID_REQUEST,
             f"token would exceed {MAX_TOKEN_BYTES} bytes merged with the stored one",

@@ -1,4 +1,8 @@
-"""Framing: the length-prefixed JSON decoder's limits and the encoder's secret guard."""
+"""Framing: the length-prefixed JSON decoder's limits and the encoder's secret guard.
+
+What the body may hold is checked with both JSON codecs (``protocol.codec``):
+the daemon's msgspec and the sandbox client's standard library.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from credproxy.protocol.codec import STDLIB_JSON, JsonCodec, msgspec_json
 from credproxy.protocol.framing import (
     MAX_FRAME_BYTES,
     FrameDecoder,
@@ -22,6 +27,12 @@ from credproxy.protocol.framing import (
 
 def raw_frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
+
+
+@pytest.fixture(params=[msgspec_json(), STDLIB_JSON], ids=lambda codec: codec.name)
+def codec(request: pytest.FixtureRequest) -> JsonCodec:
+    chosen: JsonCodec = request.param
+    return chosen
 
 
 # --- decoding ----------------------------------------------------------------
@@ -100,9 +111,9 @@ def test_custom_frame_limit_admits_smaller_frames_and_rejects_a_longer_header() 
         pytest.param(b"\xef\xbb\xbf{}", id="byte-order-mark"),
     ],
 )
-def test_body_that_is_not_utf8_is_a_frame_error(body: bytes) -> None:
+def test_body_that_is_not_utf8_is_a_frame_error(body: bytes, codec: JsonCodec) -> None:
     with pytest.raises(FrameError):
-        FrameDecoder().feed(raw_frame(body))
+        FrameDecoder(codec=codec).feed(raw_frame(body))
 
 
 @pytest.mark.parametrize(
@@ -116,19 +127,28 @@ def test_body_that_is_not_utf8_is_a_frame_error(body: bytes) -> None:
         b'{"a":Infinity}',
         b'{"a":1e99999}',
         b'{"a":"\\ud800"}',  # lone surrogate escape
+        b'{"a":"\\udc00\\ud800"}',  # surrogates in the wrong order
+        b'{"\\ud83d":1}',  # lone surrogate in a key
+        b'{"a":["x",{"b":"\\udfff"}]}',  # deep inside
+        b'{"a":-Infinity}',
+        b'{"a":-1e400}',
+        b'{"a":01}',
+        b'{"a":1,}',
+        b'{"a":"\\x41"}',
+        b"\x0c{}",
         b'{"a":"\x00"}',  # raw control character in a string
         b'{"a":' + b"1" * 5000 + b"}",  # past Python's int digit limit
     ],
 )
-def test_body_that_is_not_valid_json_is_a_frame_error(body: bytes) -> None:
+def test_body_that_is_not_valid_json_is_a_frame_error(body: bytes, codec: JsonCodec) -> None:
     with pytest.raises(FrameError, match="not valid JSON"):
-        FrameDecoder().feed(raw_frame(body))
+        FrameDecoder(codec=codec).feed(raw_frame(body))
 
 
 @pytest.mark.parametrize("body", [b"[]", b'"s"', b"1", b"null", b"true", b"[{}]"])
-def test_top_level_that_is_not_an_object_is_a_frame_error(body: bytes) -> None:
+def test_top_level_that_is_not_an_object_is_a_frame_error(body: bytes, codec: JsonCodec) -> None:
     with pytest.raises(FrameError, match="not a JSON object"):
-        FrameDecoder().feed(raw_frame(body))
+        FrameDecoder(codec=codec).feed(raw_frame(body))
 
 
 @pytest.mark.parametrize(
@@ -139,14 +159,14 @@ def test_top_level_that_is_not_an_object_is_a_frame_error(body: bytes) -> None:
     ],
     ids=["arrays", "objects"],
 )
-def test_deep_nesting_is_a_frame_error_not_a_crash(body: bytes) -> None:
+def test_deep_nesting_is_a_frame_error_not_a_crash(body: bytes, codec: JsonCodec) -> None:
     with pytest.raises(FrameError):
-        FrameDecoder().feed(raw_frame(body))
+        FrameDecoder(codec=codec).feed(raw_frame(body))
 
 
-def test_error_messages_do_not_echo_the_body() -> None:
+def test_error_messages_do_not_echo_the_body(codec: JsonCodec) -> None:
     with pytest.raises(FrameError) as info:
-        FrameDecoder().feed(raw_frame(b'{"access_token":"sekrit-value"'))
+        FrameDecoder(codec=codec).feed(raw_frame(b'{"access_token":"sekrit-value"'))
     assert "sekrit" not in str(info.value)
 
 
@@ -172,18 +192,32 @@ class TokenStruct(msgspec.Struct):
         pytest.param({"data": [{"a": 1}, {"refresh_token": "r"}]}, id="inside-list"),
         pytest.param({"data": ({"refresh_token": "r"},)}, id="inside-tuple"),
         pytest.param({"data": {"refresh_token": None}}, id="null-value"),
+    ],
+)
+def test_encoder_refuses_a_refresh_token_key_at_any_depth(
+    message: dict[str, Any], codec: JsonCodec
+) -> None:
+    with pytest.raises(SecretLeakError):
+        encode_frame(message, codec=codec)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
         pytest.param({"data": TokenRecord("a", "r")}, id="dataclass"),
         pytest.param({"data": [TokenStruct("a", "r")]}, id="msgspec-struct"),
     ],
 )
-def test_encoder_refuses_a_refresh_token_key_at_any_depth(message: dict[str, Any]) -> None:
+def test_msgspec_encoder_refuses_a_refresh_token_inside_any_object_it_encodes(
+    message: dict[str, Any],
+) -> None:
     with pytest.raises(SecretLeakError):
         encode_frame(message)
 
 
-def test_secret_leak_error_is_a_frame_error_and_does_not_show_the_value() -> None:
+def test_secret_leak_error_is_a_frame_error_and_does_not_show_the_value(codec: JsonCodec) -> None:
     with pytest.raises(FrameError) as info:
-        encode_frame({"refresh_token": "sekrit-refresh"})
+        encode_frame({"refresh_token": "sekrit-refresh"}, codec=codec)
     assert "sekrit" not in str(info.value)
 
 
@@ -200,13 +234,13 @@ def test_host_side_frames_may_carry_a_refresh_token_when_asked() -> None:
         pytest.param({"refresh_token_expires_in": 3600}, id="longer-key"),
     ],
 )
-def test_the_word_outside_a_key_is_not_refused(message: dict[str, Any]) -> None:
-    assert FrameDecoder().feed(encode_frame(message)) == [message]
+def test_the_word_outside_a_key_is_not_refused(message: dict[str, Any], codec: JsonCodec) -> None:
+    assert FrameDecoder(codec=codec).feed(encode_frame(message, codec=codec)) == [message]
 
 
-def test_encoder_refuses_a_body_over_the_limit() -> None:
+def test_encoder_refuses_a_body_over_the_limit(codec: JsonCodec) -> None:
     with pytest.raises(FrameError, match="exceeds"):
-        encode_frame({"a": "x" * MAX_FRAME_BYTES})
+        encode_frame({"a": "x" * MAX_FRAME_BYTES}, codec=codec)
 
 
 # --- properties --------------------------------------------------------------

@@ -4,6 +4,11 @@ Sans-IO in the manner of h11: ``FrameDecoder.feed`` takes bytes and returns the
 objects completed so far; nothing here touches a socket or a clock. The length
 is checked the moment the four header bytes are in, before any body byte is
 buffered, so a hostile peer cannot make us allocate more than the limit.
+
+Both directions take the JSON codec as a parameter (``protocol.codec``):
+msgspec's by default, as the daemon uses it; the standard library's where a
+short-lived process should not pay for importing msgspec (the sandbox-side
+client). The frames are the same bytes either way.
 """
 
 from __future__ import annotations
@@ -12,8 +17,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import msgspec
-
+from credproxy.protocol.codec import JsonCodec, msgspec_json
 from credproxy.protocol.limits import FRAME_HEADER_BYTES, SMALL_FRAME_BYTES
 
 MAX_FRAME_BYTES: Final = SMALL_FRAME_BYTES
@@ -24,9 +28,6 @@ _FORBIDDEN_KEY: Final = "refresh_token"
 # The encoder never escapes ASCII letters, so an object key of that name
 # always shows up as these bytes in the encoded body.
 _FORBIDDEN_KEY_BYTES: Final = b'"' + _FORBIDDEN_KEY.encode("ascii") + b'"'
-
-_json_decoder = msgspec.json.Decoder()
-_json_encoder = msgspec.json.Encoder()
 
 
 class FrameError(Exception):
@@ -55,14 +56,17 @@ def encode_frame(
     *,
     allow_refresh_token: bool = False,
     max_frame_bytes: int = MAX_FRAME_BYTES,
+    codec: JsonCodec | None = None,
 ) -> bytes:
-    """Serialize one message as a frame.
+    """Serialize one message as a frame (with msgspec unless ``codec`` says otherwise).
 
     The encoder is the second, independent guard of the secret boundary: a frame
     with a ``refresh_token`` key anywhere is refused unless the caller says the
     frame stays on the host side (``allow_refresh_token``).
     """
-    body = _json_encoder.encode(message)
+    if codec is None:
+        codec = msgspec_json()
+    body = codec.encode(message)
     # Checked on the encoded body, not the input: msgspec also encodes structs,
     # dataclasses and other mappings, which a walk over dicts would miss. The
     # byte search is cheap; only a hit pays for decoding, which tells a key
@@ -70,7 +74,7 @@ def encode_frame(
     if (
         not allow_refresh_token
         and _FORBIDDEN_KEY_BYTES in body
-        and _contains_forbidden_key(_json_decoder.decode(body))
+        and _contains_forbidden_key(codec.decode(body.decode("utf-8")))
     ):
         raise SecretLeakError("refusing to encode a frame that carries a refresh_token")
     if len(body) > max_frame_bytes:
@@ -127,10 +131,14 @@ class FrameDecoder:
     """
 
     def __init__(
-        self, max_frame_bytes: int = MAX_FRAME_BYTES, budget: FrameBudget | None = None
+        self,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        budget: FrameBudget | None = None,
+        codec: JsonCodec | None = None,
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._budget = budget
+        self._codec = codec if codec is not None else msgspec_json()
         self._reserved = 0
         self._buffer = bytearray()
         self._start = 0
@@ -179,7 +187,7 @@ class FrameDecoder:
         if end == len(buffer):
             buffer.clear()
             self._start = 0
-        return _decode_body(body)
+        return _decode_body(body, self._codec)
 
     def _reserve(self, length: int) -> bool:
         if self._budget is None or length <= SMALL_FRAME_BYTES or self._reserved:
@@ -212,14 +220,14 @@ class FrameDecoder:
         return frames
 
 
-def _decode_body(body: bytes) -> dict[str, Any]:
+def _decode_body(body: bytes, codec: JsonCodec) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise FrameError("frame body is not valid UTF-8") from None
     try:
-        value = _json_decoder.decode(text)
-    except (msgspec.DecodeError, RecursionError):
+        value = codec.decode(text)
+    except codec.decode_errors:
         raise FrameError("frame body is not valid JSON") from None
     if not isinstance(value, dict):
         raise FrameError("frame body is not a JSON object")
