@@ -50,7 +50,8 @@ from credproxy.logbudget import (
     RepeatLimiter,
     Repeats,
 )
-from credproxy.protocol.messages import ALL_OPS, NAME_RE
+from credproxy.protocol.messages import ALL_OPS
+from credproxy.protocol.ops import NAME_RE
 
 _GRANT_RE: Final = re.compile(r"^[A-Za-z0-9._@:,*=+\[\] -]{1,1024}\Z")
 _REDACTED: Final = "<redacted>"

@@ -72,7 +72,7 @@ def plain_sandbox_command(args: Sequence[str]) -> Callable[[], None] | None:
             return None
         else:
             positional.append(arg)
-    from credproxy.protocol.messages import NAME_RE
+    from credproxy.protocol.ops import NAME_RE
 
     names = [*positional[2:], *([] if bucket is None else [bucket])]
     if not all(NAME_RE.match(value) for value in names):

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Final
 
-from credproxy.protocol.messages import DEFAULT_BUCKET
+from credproxy.protocol.ops import DEFAULT_BUCKET
 
 CAPABILITY_TOKEN_HEX: Final = 64
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from credproxy.protocol.errors import ProxyError
-from credproxy.protocol.messages import DEFAULT_BUCKET, NAME_RE
+from credproxy.protocol.ops import DEFAULT_BUCKET, NAME_RE
 from credproxy.store.base import CredentialStore, StoreError
 from credproxy.store.secretservice import SecretService
 from credproxy.tokens import Token, validate_token

@@ -28,7 +28,8 @@ import msgspec
 from msgspec import Meta
 
 from credproxy.inject.routes import InjectConfig, RouteConfig
-from credproxy.protocol.messages import NAME_PATTERN, FlowType
+from credproxy.protocol.messages import FlowType
+from credproxy.protocol.ops import NAME_PATTERN
 
 CONFIG_ENV: Final = "CREDPROXY_CONFIG"
 MAX_CALL_TIMEOUT_S: Final = 15.0

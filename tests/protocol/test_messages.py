@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from credproxy.protocol.errors import ProxyError
 from credproxy.protocol.limits import MAX_ID_LENGTH
 from credproxy.protocol.messages import (
-    DEFAULT_BUCKET,
     OPERATIONS,
     Cancel,
     Empty,
@@ -26,6 +25,7 @@ from credproxy.protocol.messages import (
     parse_request,
     success,
 )
+from credproxy.protocol.ops import DEFAULT_BUCKET
 
 SESSION = "0123456789abcdef" * 2
 TOKEN = {"access_token": "at", "expiry": 1, "token_type": "Bearer"}

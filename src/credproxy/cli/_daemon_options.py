@@ -91,7 +91,7 @@ def store_options(function: F) -> F:
 
 def check_names(allow: tuple[str, ...], allow_key: tuple[str, ...]) -> None:
     """Refuse a malformed ``--allow`` or ``--allow-key`` before anything starts."""
-    from credproxy.protocol.messages import NAME_RE as name
+    from credproxy.protocol.ops import NAME_RE as name
 
     for entry in allow:
         parts = entry.split(":")

@@ -14,7 +14,7 @@ _KINDS = {"provider": "provider", "bucket": "bucket", "name": "key"}
 
 def check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A click callback: refuse anything outside the protocol's name pattern."""
-    from credproxy.protocol.messages import NAME_RE
+    from credproxy.protocol.ops import NAME_RE
 
     if not NAME_RE.match(value):
         kind = _KINDS.get(param.name or "", param.name or "")

@@ -37,7 +37,7 @@ from credproxy.client._exceptions import (
     connection_lost,
     request_timeout,
 )
-from credproxy.protocol.messages import DEFAULT_BUCKET
+from credproxy.protocol.ops import DEFAULT_BUCKET
 
 DEFAULT_MAX_IN_FLIGHT: Final = 16
 

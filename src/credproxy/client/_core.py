@@ -32,7 +32,8 @@ from credproxy.client._exceptions import (
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
 from credproxy.protocol.limits import DEFAULT_LIMITS
-from credproxy.protocol.messages import CANCEL, DEFAULT_BUCKET, OPERATIONS, convert_payload
+from credproxy.protocol.messages import CANCEL, OPERATIONS, convert_payload
+from credproxy.protocol.ops import DEFAULT_BUCKET
 from credproxy.protocol.version import MAX_VERSION, MIN_VERSION
 from credproxy.tokens import sanitize
 

@@ -35,7 +35,7 @@ from credproxy.client._exceptions import (
     connection_lost,
     request_timeout,
 )
-from credproxy.protocol.messages import DEFAULT_BUCKET
+from credproxy.protocol.ops import DEFAULT_BUCKET
 
 T = TypeVar("T")
 

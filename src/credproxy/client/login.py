@@ -25,7 +25,7 @@ from credproxy.client._exceptions import (
     clean_message,
 )
 from credproxy.protocol.errors import ErrorCode
-from credproxy.protocol.messages import DEFAULT_BUCKET
+from credproxy.protocol.ops import DEFAULT_BUCKET
 
 EXPIRED_MESSAGE: Final = "Login session expired. Run `credproxy login` again."
 USED_MESSAGE: Final = "This login session was already used. Run `credproxy login` again."

@@ -2,7 +2,8 @@
 
 Every payload is converted into a frozen msgspec struct before a handler sees
 it, so a handler never touches unvalidated input. Validation messages name the
-field, never echo the value.
+field, never echo the value. Each op is declared on its ``protocol.ops`` entry
+(name, minimum version), the part of the table that loads without msgspec.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from typing import Annotated, Any, Final, Generic, Literal, TypeVar, get_args
 
 import msgspec
 
+from credproxy.protocol import ops
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.limits import MAX_ID_LENGTH, MAX_OP_ECHO
-
-NAME_PATTERN: Final = r"^[A-Za-z0-9._@-]{1,64}\Z"
-NAME_RE: Final = re.compile(NAME_PATTERN)
-"""Provider, bucket and key names; the one compiled copy of the pattern."""
-DEFAULT_BUCKET: Final = "default"
+from credproxy.protocol.ops import DEFAULT_BUCKET, NAME_PATTERN, OpFacts
 
 FlowType = Literal["pkce_redirect", "device_code", "browser_redirect"]
 """The login flows, as ``flow_type`` names them on the wire and ``flow`` in the config."""
@@ -162,31 +160,41 @@ class Op(Generic[P]):
     """One operation, declared once: the daemon's handler table, the client's
     schema check, the audit's op names and the docs test all read it."""
 
-    name: str
+    facts: OpFacts
+    """Name and minimum version, from ``protocol.ops``."""
     payload: type[P]
     result: type[Result]
     grant: GrantRule
-    min_version: int = 1
     connection_level: bool = False
     """Answered by the protocol core itself (handshake, cancel), not by a handler."""
 
+    @property
+    def name(self) -> str:
+        return self.facts.name
 
-HANDSHAKE: Final = Op("handshake", Handshake, VersionResult, GrantRule.NONE, connection_level=True)
-CANCEL: Final = Op("cancel", Cancel, CancelResult, GrantRule.NONE, 2, connection_level=True)
-GET_TOKEN: Final = Op("get_token", ProviderBucket, TokenResult, GrantRule.TOKEN)
-SAVE_TOKEN: Final = Op("save_token", SaveToken, Done, GrantRule.TOKEN_SAVE)
-REMOVE_TOKEN: Final = Op("remove_token", ProviderBucket, Done, GrantRule.TOKEN_REMOVE)
-LIST_PROVIDERS: Final = Op("list_providers", Empty, ProvidersResult, GrantRule.PROVIDER)
-LIST_BUCKETS: Final = Op("list_buckets", ProviderOnly, BucketsResult, GrantRule.PROVIDER)
-GET_API_KEY: Final = Op("get_api_key", KeyName, KeyResult, GrantRule.KEY)
-LIST_API_KEYS: Final = Op("list_api_keys", Empty, KeysResult, GrantRule.KEY)
-HAS_API_KEY: Final = Op("has_api_key", KeyName, ExistsResult, GrantRule.KEY)
-GET_BUCKET_STATS: Final = Op("get_bucket_stats", ProviderBucket, BucketStatsResult, GrantRule.TOKEN)
-REFRESH_TOKEN: Final = Op("refresh_token", ProviderBucket, TokenResult, GrantRule.TOKEN)
-OAUTH_INITIATE: Final = Op("oauth_initiate", ProviderBucket, LoginStarted, GrantRule.TOKEN)
-OAUTH_EXCHANGE: Final = Op("oauth_exchange", Exchange, TokenResult, GrantRule.SESSION)
-OAUTH_POLL: Final = Op("oauth_poll", SessionRef, PollResult, GrantRule.SESSION)
-OAUTH_CANCEL: Final = Op("oauth_cancel", SessionRef, Done, GrantRule.SESSION)
+    @property
+    def min_version(self) -> int:
+        return self.facts.min_version
+
+
+HANDSHAKE: Final = Op(ops.HANDSHAKE, Handshake, VersionResult, GrantRule.NONE, True)
+CANCEL: Final = Op(ops.CANCEL, Cancel, CancelResult, GrantRule.NONE, True)
+GET_TOKEN: Final = Op(ops.GET_TOKEN, ProviderBucket, TokenResult, GrantRule.TOKEN)
+SAVE_TOKEN: Final = Op(ops.SAVE_TOKEN, SaveToken, Done, GrantRule.TOKEN_SAVE)
+REMOVE_TOKEN: Final = Op(ops.REMOVE_TOKEN, ProviderBucket, Done, GrantRule.TOKEN_REMOVE)
+LIST_PROVIDERS: Final = Op(ops.LIST_PROVIDERS, Empty, ProvidersResult, GrantRule.PROVIDER)
+LIST_BUCKETS: Final = Op(ops.LIST_BUCKETS, ProviderOnly, BucketsResult, GrantRule.PROVIDER)
+GET_API_KEY: Final = Op(ops.GET_API_KEY, KeyName, KeyResult, GrantRule.KEY)
+LIST_API_KEYS: Final = Op(ops.LIST_API_KEYS, Empty, KeysResult, GrantRule.KEY)
+HAS_API_KEY: Final = Op(ops.HAS_API_KEY, KeyName, ExistsResult, GrantRule.KEY)
+GET_BUCKET_STATS: Final = Op(
+    ops.GET_BUCKET_STATS, ProviderBucket, BucketStatsResult, GrantRule.TOKEN
+)
+REFRESH_TOKEN: Final = Op(ops.REFRESH_TOKEN, ProviderBucket, TokenResult, GrantRule.TOKEN)
+OAUTH_INITIATE: Final = Op(ops.OAUTH_INITIATE, ProviderBucket, LoginStarted, GrantRule.TOKEN)
+OAUTH_EXCHANGE: Final = Op(ops.OAUTH_EXCHANGE, Exchange, TokenResult, GrantRule.SESSION)
+OAUTH_POLL: Final = Op(ops.OAUTH_POLL, SessionRef, PollResult, GrantRule.SESSION)
+OAUTH_CANCEL: Final = Op(ops.OAUTH_CANCEL, SessionRef, Done, GrantRule.SESSION)
 
 ALL_OPS: Final[tuple[Op[Any], ...]] = (
     HANDSHAKE,
@@ -206,7 +214,8 @@ ALL_OPS: Final[tuple[Op[Any], ...]] = (
     OAUTH_POLL,
     OAUTH_CANCEL,
 )
-"""The op table. Adding an op is one declaration here plus one handler."""
+"""The op table. Adding an op is one declaration here and in ``protocol.ops``, plus
+one handler."""
 
 OPERATIONS: Final[dict[str, Op[Any]]] = {op.name: op for op in ALL_OPS if op is not HANDSHAKE}
 """Ops valid after the handshake, by name."""

@@ -2,7 +2,7 @@
 
 All methods are coroutines so a backend that blocks (keyring over D-Bus, file
 locks) runs its work off the event loop; the server bounds every call by time.
-Names arrive validated (``protocol.messages.NAME_PATTERN``); backends check
+Names arrive validated (``protocol.ops.NAME_PATTERN``); backends check
 again with ``validate_name`` since the host CLI calls them directly.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol, runtime_checkable
 
-from credproxy.protocol.messages import NAME_RE
+from credproxy.protocol.ops import NAME_RE
 
 Token = dict[str, Any]
 
