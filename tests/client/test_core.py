@@ -208,6 +208,29 @@ def test_bad_payload_is_refused_locally_naming_the_field_not_the_value() -> None
     assert core.pending == frozenset()
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (float("nan"), "Out of range float"),
+        (float("inf"), "Out of range float"),
+        ({"sekrit-value"}, "set is not JSON serializable"),
+        (b"sekrit-value", "bytes is not JSON serializable"),
+        ("sekrit-value\ud800", "lone UTF-16 surrogate"),
+    ],
+)
+def test_a_token_json_cannot_carry_is_refused_locally_without_its_value(
+    value: object, reason: str
+) -> None:
+    """msgspec wrote NaN as null, changing the token; the client says so instead."""
+    core = ready_core()
+    token = {"access_token": "at", "expiry": 1.0, "token_type": "Bearer", "extra": value}
+    with pytest.raises(InvalidRequestError) as caught:
+        core.send_request("save_token", {"provider": "p", "bucket": "b", "token": token})
+    assert reason in caught.value.message
+    assert "sekrit" not in caught.value.message
+    assert core.pending == frozenset()
+
+
 def test_unknown_ops_are_sent_unchecked_so_the_daemon_decides() -> None:
     core = ready_core()
     request_id, frame = core.send_request("future_op", {"anything": 1})

@@ -1,4 +1,10 @@
-"""The client stays small: it never pulls in the host side or heavy libraries."""
+"""The client stays small: it never pulls in the host side or heavy libraries.
+
+Nor msgspec: the client frames with the standard ``json`` module and checks
+payloads against ``protocol.ops``, since importing msgspec alone costs a
+sandbox command about a third of its start-up. msgspec loads only for a
+payload that must go through its schema (``ClientCore.send_request``).
+"""
 
 from __future__ import annotations
 
@@ -60,6 +66,48 @@ def test_sync_client_import_does_not_load_asyncio() -> None:
     assert "asyncio" not in modules
 
 
+def test_client_and_its_protocol_modules_import_no_msgspec() -> None:
+    modules = loaded_modules(
+        """
+        import credproxy.client, credproxy.client.commands, credproxy.client.login
+        from credproxy.client import AsyncProxyClient
+        import credproxy.protocol
+        from credproxy.protocol import FrameDecoder, encode_frame
+        import credproxy.protocol.ops, credproxy.protocol.version, credproxy.tokens
+        """
+    )
+    assert "credproxy.protocol.framing" in modules
+    assert [m for m in modules if m.split(".")[0] == "msgspec"] == []
+    assert "credproxy.protocol.messages" not in modules
+
+
+def test_a_payload_only_the_schema_can_judge_loads_msgspec_then() -> None:
+    """The lazy half of the payload check: a bad name is worded by the daemon's schema."""
+    modules = loaded_modules(
+        """
+        from credproxy.client import InvalidRequestError
+        from credproxy.client._core import ClientCore
+        from credproxy.protocol.codec import STDLIB_JSON
+        from credproxy.protocol.framing import encode_frame
+        core = ClientCore(None)
+        core.initiate_handshake()
+        answer = {"v": 2, "op": "handshake", "ok": True, "data": {"version": 2}}
+        core.receive_data(encode_frame(answer, codec=STDLIB_JSON))
+        import sys
+        assert "msgspec" not in sys.modules
+        core.send_request("get_token", {"provider": "gemini", "bucket": "default"})
+        assert "msgspec" not in sys.modules
+        try:
+            core.send_request("get_token", {"provider": "no/such name"})
+        except InvalidRequestError as exc:
+            assert "payload.provider" in exc.message, exc.message
+        else:
+            raise AssertionError("a bad name was sent")
+        """
+    )
+    assert "credproxy.protocol.messages" in modules
+
+
 HOST_SIDE_OF_THE_CLI = (
     "credproxy.cli.serve",
     "credproxy.cli.run",
@@ -94,7 +142,8 @@ def modules_of_a_command(daemon: DaemonHandle, *args: str) -> list[str]:
 def test_sandbox_commands_load_nothing_of_the_host_side(credproxy_daemon: DaemonFactory) -> None:
     """`credproxy token get` used to import every command module (serve, run, login,
     the store commands and through them the sandbox launcher) and click before
-    running; a plain sandbox command line now loads neither."""
+    running, and then msgspec through protocol/; a plain sandbox command line
+    now loads none of them."""
     token = {"access_token": "import-test", "expiry": time.time() + 3600}
     daemon = credproxy_daemon(tokens={("alpha", "default"): token}, keys={"openai": "sk-i"})
     for command in (("token", "get", "alpha"), ("key", "get", "openai"), ("status",)):
@@ -105,7 +154,15 @@ def test_sandbox_commands_load_nothing_of_the_host_side(credproxy_daemon: Daemon
             for m in modules
             if any(
                 m == f or m.startswith(f + ".")
-                for f in (*FORBIDDEN, *HOST_SIDE_OF_THE_CLI, "click", "credproxy.cli")
+                for f in (
+                    *FORBIDDEN,
+                    *HOST_SIDE_OF_THE_CLI,
+                    "click",
+                    "credproxy.cli",
+                    "msgspec",
+                    "credproxy.protocol.messages",
+                    "credproxy.protocol.server",
+                )
             )
         ]
         assert loaded == [], command

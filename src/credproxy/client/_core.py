@@ -7,6 +7,10 @@ share every protocol decision and differ only in how bytes move.
 
 The daemon is trusted less than it might seem: every frame is checked before
 it becomes an event, and anything malformed ends the connection.
+
+Frames go through the standard library's JSON codec and payloads are checked
+against ``protocol.ops`` first, so a sandbox-side command never imports
+msgspec; only a payload that check cannot pass loads the msgspec schemas.
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ from credproxy.client._exceptions import (
     from_wire,
     protocol_violation,
 )
+from credproxy.protocol.codec import STDLIB_JSON
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
 from credproxy.protocol.limits import DEFAULT_LIMITS
-from credproxy.protocol.messages import CANCEL, OPERATIONS, convert_payload
-from credproxy.protocol.ops import DEFAULT_BUCKET
+from credproxy.protocol.ops import CANCEL, DEFAULT_BUCKET, REQUEST_OPS
 from credproxy.protocol.version import MAX_VERSION, MIN_VERSION
 from credproxy.tokens import sanitize
 
@@ -90,7 +94,7 @@ class ClientCore:
         self._token = capability_token
         self._min = min_version
         self._max = max_version
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(codec=STDLIB_JSON)
         self._state = State.NEW
         self._version: int | None = None
         self._pending: set[str] = set()
@@ -123,38 +127,42 @@ class ClientCore:
         if self._token is not None:
             payload["capabilityToken"] = self._token
         self._state = State.HANDSHAKING
-        return encode_frame({"v": self._max, "op": "handshake", "payload": payload})
+        return encode_frame(
+            {"v": self._max, "op": "handshake", "payload": payload}, codec=STDLIB_JSON
+        )
 
     def send_request(self, op: str, payload: Mapping[str, Any] | None = None) -> tuple[str, bytes]:
         """A new request id and the frame to write.
 
-        Payloads of known operations are checked against the same schema the
-        daemon uses, so a bad name fails here with a clear message and never
-        costs a round trip.
+        Payloads of known operations are checked as the daemon checks them (one
+        of names only at a glance, any other against the daemon's own schema),
+        so a bad name fails here with a clear message and never costs a round
+        trip.
         """
         if self._state is not State.READY or self._version is None:
             raise RuntimeError("requests are sent only after a successful handshake")
         body = dict(payload or {})
-        spec = OPERATIONS.get(op)
-        if spec is not None:
-            if self._version < spec.min_version:
+        facts = REQUEST_OPS.get(op)
+        if facts is not None:
+            if self._version < facts.min_version:
                 raise InvalidRequestError(
                     ErrorCode.INVALID_REQUEST,
-                    f"{op} needs protocol version {spec.min_version}; "
+                    f"{op} needs protocol version {facts.min_version}; "
                     f"the daemon speaks {self._version}",
                 )
-            try:
-                convert_payload(body, spec.payload)
-            except ProxyError as exc:
-                raise InvalidRequestError(exc.code, exc.message) from None
+            if not facts.plainly_valid(body):
+                check_against_schema(op, body)
         request_id = str(uuid.uuid4())
         try:
             frame = encode_frame(
                 {"v": self._version, "id": request_id, "op": op, "payload": body},
                 max_frame_bytes=frame_limit(self._version),
+                codec=STDLIB_JSON,
             )
         except FrameError as exc:
             raise InvalidRequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(ErrorCode.INVALID_REQUEST, unencodable(exc)) from None
         self._pending.add(request_id)
         return request_id, frame
 
@@ -273,6 +281,30 @@ class ClientCore:
         if error is None:
             raise protocol_violation("the credential proxy sent a malformed handshake answer")
         return HandshakeFailed(error)
+
+
+def unencodable(exc: TypeError | ValueError) -> str:
+    """Why a payload is not JSON, without its text (it may hold a token)."""
+    if isinstance(exc, UnicodeEncodeError):
+        why = "a string holds a lone UTF-16 surrogate"
+    else:
+        # json's own messages name a type or the problem, never a value.
+        why = str(exc)
+    return f"the payload cannot be sent as JSON: {why}"
+
+
+def check_against_schema(op: str, payload: dict[str, Any]) -> None:
+    """Check ``payload`` against the op's msgspec schema, the same one the daemon uses.
+
+    Loaded here, on the first payload ``protocol.ops`` cannot pass at a
+    glance (a bad name, a token, a session id), not by every sandbox command.
+    """
+    from credproxy.protocol.messages import OPERATIONS, convert_payload
+
+    try:
+        convert_payload(payload, OPERATIONS[op].payload)
+    except ProxyError as exc:
+        raise InvalidRequestError(exc.code, exc.message) from None
 
 
 def _error_of(frame: dict[str, Any]) -> ProxyClientError | None:

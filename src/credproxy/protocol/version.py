@@ -5,10 +5,12 @@ The server supports versions 1 and 2; version 2 adds only ``cancel``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.messages import Handshake
+
+if TYPE_CHECKING:
+    from credproxy.protocol.messages import Handshake
 
 SUPPORTED_VERSIONS: Final = (1, 2)
 MIN_VERSION: Final = min(SUPPORTED_VERSIONS)
