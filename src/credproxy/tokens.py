@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from credproxy.protocol.codec import msgspec_json
 from credproxy.protocol.errors import ErrorCode, ProxyError
-from credproxy.protocol.limits import LARGE_FRAME_BYTES
+from credproxy.protocol.sizes import LARGE_FRAME_BYTES
 
 Token = dict[str, Any]
 

@@ -23,6 +23,7 @@ from credproxy.client._core import (
     HandshakeFailed,
     ResponseReceived,
     State,
+    new_request_id,
     outgoing_token,
     string_list,
 )
@@ -86,6 +87,15 @@ def test_requests_carry_the_negotiated_version_and_fresh_uuid4_ids() -> None:
     assert uuid.UUID(first_id).version == 4
     assert first_id != second_id
     assert core.pending == {first_id, second_id}
+
+
+def test_request_ids_are_uuid4_text_exactly_as_the_uuid_module_writes_it() -> None:
+    ids = {new_request_id() for _ in range(500)}
+    assert len(ids) == 500
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == request_id
 
 
 def test_refused_handshake_becomes_a_typed_error_and_closes_the_core() -> None:

@@ -11,18 +11,19 @@ it becomes an event, and anything malformed ends the connection.
 Frames go through the standard library's JSON codec and payloads are checked
 against ``protocol.ops`` first, so a sandbox-side command never imports
 msgspec; only a payload that check cannot pass loads the msgspec schemas.
+For the same reason the records here are named tuples, not dataclasses
+(``dataclasses`` brings ``inspect``), request ids are made without ``uuid``
+(which brings ``platform``) and ``random`` loads only for a retry.
 """
 
 from __future__ import annotations
 
 import errno
-import random
-import uuid
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from credproxy.client._exceptions import (
     ConnectFailedError,
@@ -36,8 +37,8 @@ from credproxy.client._exceptions import (
 from credproxy.protocol.codec import STDLIB_JSON
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame
-from credproxy.protocol.limits import DEFAULT_LIMITS
 from credproxy.protocol.ops import CANCEL, DEFAULT_BUCKET, REQUEST_OPS
+from credproxy.protocol.sizes import frame_limit
 from credproxy.protocol.version import MAX_VERSION, MIN_VERSION
 from credproxy.tokens import sanitize
 
@@ -54,18 +55,15 @@ class State(Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class HandshakeComplete:
+class HandshakeComplete(NamedTuple):
     version: int
 
 
-@dataclass(frozen=True, slots=True)
-class HandshakeFailed:
+class HandshakeFailed(NamedTuple):
     error: ProxyClientError
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseReceived:
+class ResponseReceived(NamedTuple):
     request_id: str
     data: dict[str, Any] | None
     error: ProxyClientError | None
@@ -152,7 +150,7 @@ class ClientCore:
                 )
             if not facts.plainly_valid(body):
                 check_against_schema(op, body)
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         try:
             frame = encode_frame(
                 {"v": self._version, "id": request_id, "op": op, "payload": body},
@@ -283,6 +281,15 @@ class ClientCore:
         return HandshakeFailed(error)
 
 
+def new_request_id() -> str:
+    """A random (version 4) UUID in its usual text form, as ``str(uuid.uuid4())`` makes it."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def unencodable(exc: TypeError | ValueError) -> str:
     """Why a payload is not JSON, without its text (it may hold a token)."""
     if isinstance(exc, UnicodeEncodeError):
@@ -391,7 +398,7 @@ class ConnectRetry:
     silently (``protocol.md``, "Limits and timeouts").
     """
 
-    def __init__(self, budget_s: float, rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, budget_s: float, rand: Callable[[], float] | None = None) -> None:
         self._budget = budget_s
         self._rand = rand
         self.attempts = 1
@@ -404,6 +411,10 @@ class ConnectRetry:
             return None
         doubled = CONNECT_BACKOFF_FIRST_S * (1 << min(self.attempts, 16))
         ceiling = min(CONNECT_BACKOFF_MAX_S, doubled)
+        if self._rand is None:
+            import random  # only now: most connections never retry
+
+            self._rand = random.random
         delay = ceiling * self._rand()
         if elapsed_s + delay >= self._budget:
             return None
@@ -416,8 +427,7 @@ class ConnectRetry:
 # they wait for ``request``.
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
+class Call(NamedTuple, Generic[T]):
     op: str
     payload: dict[str, Any]
     result: Callable[[dict[str, Any]], T]
@@ -524,8 +534,3 @@ def oauth_poll(session_id: str) -> Call[dict[str, Any]]:
 
 def oauth_cancel(session_id: str) -> Call[None]:
     return Call("oauth_cancel", {"session_id": session_id}, _nothing)
-
-
-def frame_limit(version: int) -> int:
-    """The frame body limit both sides keep on a connection of ``version``."""
-    return DEFAULT_LIMITS.frame_limit(version)

@@ -17,8 +17,7 @@ import re
 import select
 import time
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from credproxy.client._exceptions import config_error
 
@@ -32,12 +31,17 @@ _TOKEN_RE: Final = re.compile(r"[0-9a-f]{64}")
 _FD_RE: Final = re.compile(r"[0-9]{1,9}")
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyEnvironment:
-    """Where the proxy is and the token to present; the token never shows in ``repr``."""
+class ProxyEnvironment(NamedTuple):
+    """Where the proxy is and the token to present; the token never shows in ``repr``.
+
+    A named tuple, not a dataclass: a sandbox command does not load ``dataclasses``.
+    """
 
     socket_path: str
-    capability_token: str | None = field(default=None, repr=False)
+    capability_token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ProxyEnvironment(socket_path={self.socket_path!r})"
 
 
 def in_sandbox(environ: MutableMapping[str, str] | None = None) -> bool:

@@ -33,13 +33,13 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
 
-@dataclass(frozen=True, slots=True)
-class JsonCodec:
+class JsonCodec(NamedTuple):
+    """A named tuple, not a dataclass: the client's imports stay free of ``dataclasses``."""
+
     name: str
     encode: Callable[[Any], bytes]
     """Compact UTF-8 JSON; raises ``TypeError`` or ``ValueError`` for what JSON cannot hold."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from credproxy.protocol.codec import JsonCodec, msgspec_json
-from credproxy.protocol.limits import FRAME_HEADER_BYTES, SMALL_FRAME_BYTES
+from credproxy.protocol.sizes import FRAME_HEADER_BYTES, SMALL_FRAME_BYTES
 
 MAX_FRAME_BYTES: Final = SMALL_FRAME_BYTES
 """The limit before the handshake and on version 1; see ``limits.Limits.frame_limit``."""

@@ -2,7 +2,8 @@
 
 The sans-IO core enforces the ones about bytes and counts; the I/O shell
 enforces the ones about time, reading the same table. Tests and operators
-override a field with ``dataclasses.replace``.
+override a field with ``dataclasses.replace``. The frame sizes are kept in
+``sizes``, which the sandbox-side client reads without loading ``dataclasses``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-FRAME_HEADER_BYTES: Final = 4
-SMALL_FRAME_BYTES: Final = 65_536
-"""Frame body limit before the handshake and on a version 1 connection."""
-LARGE_FRAME_BYTES: Final = 4 * 1024 * 1024
-"""Frame body limit on a version 2 connection, as LLxprt Code's v2 allows."""
+from credproxy.protocol.sizes import (
+    FRAME_HEADER_BYTES,
+    LARGE_FRAME_BYTES,
+    SMALL_FRAME_BYTES,
+    frame_limit,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FRAME_HEADER_BYTES",
+    "LARGE_FRAME_BUDGET_BYTES",
+    "LARGE_FRAME_BYTES",
+    "MAX_ID_LENGTH",
+    "MAX_OP_ECHO",
+    "SMALL_FRAME_BYTES",
+    "Limits",
+]
+
 MAX_ID_LENGTH: Final = 128
 MAX_OP_ECHO: Final = 32
 """At most this many characters of an unknown op name are echoed in an error."""
@@ -48,11 +62,7 @@ class Limits:
 
     def frame_limit(self, version: int | None) -> int:
         """The frame body limit: large only once version 2 is agreed."""
-        return (
-            self.large_frame_bytes
-            if version is not None and version >= 2
-            else (self.small_frame_bytes)
-        )
+        return frame_limit(version, self.small_frame_bytes, self.large_frame_bytes)
 
 
 DEFAULT_LIMITS: Final = Limits()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9._@-]{1,64}\Z"
 NAME_RE: Final = re.compile(NAME_PATTERN)
@@ -20,8 +19,9 @@ NAME_RE: Final = re.compile(NAME_PATTERN)
 DEFAULT_BUCKET: Final = "default"
 
 
-@dataclass(frozen=True, slots=True)
-class OpFacts:
+class OpFacts(NamedTuple):
+    """A named tuple, not a dataclass: the client's imports stay free of ``dataclasses``."""
+
     name: str
     min_version: int = 1
     name_fields: tuple[str, ...] | None = None
