@@ -20,11 +20,17 @@ handshake, one request, exit.
 
 ``--src DIR`` runs another checkout's ``src`` (e.g. the main branch's, from
 ``git archive main | tar -x -C DIR``) with this interpreter, to compare.
+
+Both trees are measured with their bytecode cached, as an installed package
+has it (pip compiles at install): the tree is byte-compiled first, and
+``PYTHONDONTWRITEBYTECODE`` is not passed on. Without that every run would
+compile each credproxy module from source, some 25 ms of CPU that no user pays.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -64,7 +70,11 @@ def entry_of(src: Path | None) -> str:
 
 
 def base_env(workdir: Path, src: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDPROXY_", "LLXPRT_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CREDPROXY_", "LLXPRT_")) and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update(
         HOME=str(workdir),
         XDG_DATA_HOME=str(workdir / "data"),
@@ -192,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
+    tree = args.src if args.src is not None else ROOT / "src"
+    if not compileall.compile_dir(tree / "credproxy", quiet=1):
+        raise SystemExit(f"could not byte-compile {tree / 'credproxy'}")
     workdir = Path(tempfile.mkdtemp(prefix="cpbs-", dir="/tmp"))
     try:
         env = base_env(workdir, args.src)
