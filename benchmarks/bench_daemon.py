@@ -32,12 +32,9 @@ import json
 import multiprocessing
 import os
 import pstats
-import select
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +48,20 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._daemon import (
+    BENCH_RATE_LIMIT,
+    READY_TIMEOUT_S,
+    ServeProcess,
+    cpu_model,
+    cpu_ticks,
+    machine_ticks,
+    percentile,
+    seed_file_store,
+    start_serve,
+    write_file_store_config,
+)
 from credproxy.protocol.framing import FrameDecoder, encode_frame
 
 PROVIDER: Final = "bench"
@@ -65,10 +76,8 @@ TOKEN: Final[dict[str, Any]] = {
 """The shape bench_store uses: about 1.1 KB of JSON, the refresh token stripped on the way out."""
 
 DEPTHS: Final = (1, 16)
-BENCH_RATE_LIMIT: Final = "1000000"
 SENTINEL_ID: Final = "00000000-0000-4000-8000-000000000000"
 """As long as the real client's uuid4 ids, so the captured response has their size."""
-READY_TIMEOUT_S: Final = 30.0
 MAX_ERRORS: Final = 100
 _HEADER: Final = struct.Struct(">I")
 _READ: Final = 65_536
@@ -142,88 +151,40 @@ def _exchange(path: Path, token: str | None, frames: Sequence[bytes]) -> Capture
 
 @dataclass
 class Daemon:
-    process: subprocess.Popen[bytes]
-    socket_path: Path
+    serve: ServeProcess
     token: str
     audit_path: Path | None
     profile_path: Path | None
 
-
-def _daemon_env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CREDPROXY_", "LLXPRT_")) and k != "XDG_RUNTIME_DIR"
-    }
-
-
-def _seed_file_store(store_dir: Path) -> None:
-    from credproxy.settings import parse_settings
-    from credproxy.store.factory import open_store
-
-    async def seed() -> None:
-        table = {"backend": "file", "path": str(store_dir), "key_source": "keyfile"}
-        store = open_store("file", parse_settings({"store": table}))
-        try:
-            await store.save_token(PROVIDER, BUCKET, dict(TOKEN))
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
-
-
-def _wait_ready(process: subprocess.Popen[bytes], stderr_path: Path) -> dict[str, Any]:
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    buffer = b""
-    while b"\n" not in buffer:
-        remaining = deadline - time.monotonic()
-        readable, _, _ = select.select([process.stdout], [], [], max(remaining, 0.0))
-        chunk = os.read(process.stdout.fileno(), 4096) if readable else b""
-        if not chunk:
-            process.kill()
-            process.wait()
-            raise RuntimeError(f"the daemon did not start: {stderr_path.read_text()}")
-        buffer += chunk
-    ready: dict[str, Any] = json.loads(buffer.split(b"\n", 1)[0])
-    return ready
+    @property
+    def socket_path(self) -> Path:
+        return self.serve.socket_path
 
 
 def start_daemon(workdir: Path, *, store: str, audit: str, profile: bool) -> Daemon:
     """``credproxy serve`` with a capability token, seeded with ``TOKEN``."""
     config = workdir / "config.toml"
+    options: list[str] = []
     if store == "file":
         store_dir = workdir / "store"
-        _seed_file_store(store_dir)
-        config.write_text(
-            f'[store]\nbackend = "file"\npath = "{store_dir}"\nkey_source = "keyfile"\n'
-        )
+        seed_file_store(store_dir, {(PROVIDER, BUCKET): TOKEN})
+        write_file_store_config(config, store_dir)
     else:
         config.write_text("")
+        options += ["--store", store]
     profile_path = workdir / "daemon.prof" if profile else None
-    command = [sys.executable]
-    if profile_path is not None:
-        command += ["-m", "cProfile", "-o", str(profile_path)]
-    command += ["-m", "credproxy", "serve", "--json", "--config", str(config)]
-    command += ["--socket", str(workdir / "d.sock"), "--rate-limit", BENCH_RATE_LIMIT]
-    if store != "file":
-        command += ["--store", store]
+    python_options = ["-m", "cProfile", "-o", str(profile_path)] if profile_path else []
     audit_path = workdir / "audit.log" if audit == "file" else None
     if audit_path is not None:
-        command += ["--audit-log", str(audit_path)]
-    stderr_path = workdir / "daemon.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr if audit_path is not None else subprocess.DEVNULL,
-            env=_daemon_env(),
-            cwd=workdir,
-        )
-    ready = _wait_ready(process, stderr_path)
-    token = Path(ready["capability_file"]).read_text().strip()
-    daemon = Daemon(process, Path(ready["socket"]), token, audit_path, profile_path)
+        options += ["--audit-log", str(audit_path)]
+    serve = start_serve(
+        workdir,
+        config,
+        options,
+        python_options=python_options,
+        keep_stderr=audit_path is not None,
+    )
+    daemon = Daemon(serve, serve.capability_token, audit_path, profile_path)
     if store != "file":
         # The same token, saved through the socket as a host tool would; the
         # daemon keeps the refresh token and strips it from every answer.
@@ -236,20 +197,8 @@ def start_daemon(workdir: Path, *, store: str, audit: str, profile: bool) -> Dae
             },
             allow_refresh_token=True,
         )
-        _exchange(daemon.socket_path, token, [save])
+        _exchange(daemon.socket_path, daemon.token, [save])
     return daemon
-
-
-def stop_daemon(daemon: Daemon) -> None:
-    if daemon.process.poll() is None:
-        daemon.process.send_signal(signal.SIGTERM)
-        try:
-            daemon.process.wait(30.0)
-        except subprocess.TimeoutExpired:
-            daemon.process.kill()
-            daemon.process.wait()
-    if daemon.process.stdout is not None:
-        daemon.process.stdout.close()
 
 
 # --- the bare server: framing and canned answers only ---
@@ -460,20 +409,6 @@ def _client_main(  # noqa: PLR0917  (a process target takes positional arguments
 # --- measurement ---
 
 
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid``, in clock ticks (``proc(5)``, fields 14 and 15)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from ``/proc/stat``."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
 @dataclass(frozen=True)
 class Cell:
     target: str
@@ -490,10 +425,6 @@ class Cell:
     server_cpu_us: float
     """Server CPU time per request."""
     machine_busy: float
-
-
-def _percentile(ordered: Sequence[float], fraction: float) -> float:
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def measure(  # noqa: PLR0917
@@ -523,9 +454,9 @@ def measure(  # noqa: PLR0917
     try:
         barrier.wait(timeout=READY_TIMEOUT_S)
         time.sleep(warmup)
-        cpu_before, machine_before = _cpu_ticks(server_pid), _machine_ticks()
+        cpu_before, machine_before = cpu_ticks(server_pid), machine_ticks()
         time.sleep(duration)
-        cpu_after, machine_after = _cpu_ticks(server_pid), _machine_ticks()
+        cpu_after, machine_after = cpu_ticks(server_pid), machine_ticks()
         collected = [results.get(timeout=READY_TIMEOUT_S + duration) for _ in processes]
     finally:
         for process in processes:
@@ -552,8 +483,8 @@ def measure(  # noqa: PLR0917
         requests=len(latencies),
         errors=sum(errors for _, errors, _, _ in collected),
         rate=len(latencies) / duration,
-        p50_us=_percentile(latencies, 0.50) * 1e6,
-        p99_us=_percentile(latencies, 0.99) * 1e6,
+        p50_us=percentile(latencies, 0.50) * 1e6,
+        p99_us=percentile(latencies, 0.99) * 1e6,
         server_cpu=server_s / duration,
         server_cpu_us=server_s / len(latencies) * 1e6,
         machine_busy=busy,
@@ -561,14 +492,6 @@ def measure(  # noqa: PLR0917
 
 
 # --- report ---
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def _results_table(cells: Sequence[Cell]) -> str:
@@ -686,7 +609,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
 
     load = os.getloadavg()
     out(
-        f"{os.cpu_count()} CPUs ({_cpu_model()}), python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs ({cpu_model()}), python {sys.version.split()[0]}, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     out(
@@ -707,7 +630,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
         out(f"get_token response frame: {len(captured.response)} bytes from both servers")
         assert bare.pid is not None
         servers = {
-            "daemon": (daemon.socket_path, daemon.process.pid),
+            "daemon": (daemon.socket_path, daemon.serve.pid),
             "bare": (bare_path, bare.pid),
         }
         cells = []
@@ -742,7 +665,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
                 f"(the daemon answered {served:,} requests inside the measured windows, "
                 "more in warm-ups)"
             )
-        stop_daemon(daemon)
+        daemon.serve.stop()
         if daemon.profile_path is not None:
             out("")
             _print_profile(daemon.profile_path, out)
@@ -751,7 +674,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
             bare.terminate()
             bare.join(10.0)
         if daemon is not None:
-            stop_daemon(daemon)
+            daemon.serve.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

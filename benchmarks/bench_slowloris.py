@@ -48,14 +48,13 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._daemon import cpu_ticks  # noqa: E402
 from benchmarks.bench_daemon import (  # noqa: E402
     BUCKET,
     PROVIDER,
     Daemon,
-    _cpu_ticks,
     _handshake_frame,
     start_daemon,
-    stop_daemon,
 )
 from credproxy.client import ProxyClient  # noqa: E402
 from credproxy.protocol.framing import FrameDecoder  # noqa: E402
@@ -168,7 +167,7 @@ def _percentile(ordered: Sequence[float], fraction: float) -> float:
 
 
 def measure(daemon: Daemon, hostile: int, fresh: int, workers: int, delay: float) -> dict[str, Any]:
-    path, token, pid = str(daemon.socket_path), daemon.token, daemon.process.pid
+    path, token, pid = str(daemon.socket_path), daemon.token, daemon.serve.pid
     for _ in range(WARMUP_CLIENTS):
         _fresh_client(path, token)
     rss_warm = _rss_kib(pid)
@@ -195,10 +194,10 @@ def measure(daemon: Daemon, hostile: int, fresh: int, workers: int, delay: float
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        cpu_before, wall_before = _cpu_ticks(pid), time.monotonic()
+        cpu_before, wall_before = cpu_ticks(pid), time.monotonic()
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(lambda _: _fresh_client(path, token), range(fresh)))
-        cpu_after, wall_after = _cpu_ticks(pid), time.monotonic()
+        cpu_after, wall_after = cpu_ticks(pid), time.monotonic()
         sampling.set()
         sampler.join()
         held_after = counters.held.value
@@ -260,7 +259,7 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], object] = print
     try:
         figures = measure(daemon, args.hostile, args.fresh, args.workers, args.reopen_delay)
     finally:
-        stop_daemon(daemon)
+        daemon.serve.stop()
     figures["load_average_at_start"] = [round(value, 2) for value in load]
     if args.json:
         out(json.dumps(figures))

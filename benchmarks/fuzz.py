@@ -32,7 +32,6 @@ report; findings become regression tests.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -51,12 +50,17 @@ from pathlib import Path
 from typing import Any, Final
 
 ROOT: Final = Path(__file__).resolve().parents[1]
-SRC_DIR: Final = ROOT / "src"
-for _path in (str(SRC_DIR), str(ROOT)):
+for _path in (str(ROOT / "src"), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from benchmarks.bench_daemon import _wait_ready as wait_ready  # noqa: E402
+from benchmarks._daemon import (  # noqa: E402
+    SRC_DIR,
+    ServeProcess,
+    seed_file_store,
+    start_serve,
+    write_file_store_config,
+)
 from credproxy.protocol.framing import FrameDecoder, FrameError, encode_frame  # noqa: E402
 
 PROVIDER: Final = "fuzz"
@@ -243,93 +247,15 @@ def stream_from_input(data: bytes, token: str) -> bytes:
 # --- the daemon ---------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    process: subprocess.Popen[bytes]
-    workdir: Path
-    socket_path: Path
-    token: str
-    stderr_path: Path
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    def stderr_bytes(self) -> int:
-        try:
-            return self.stderr_path.stat().st_size
-        except OSError:
-            return 0
-
-    def audit_bytes(self) -> int:
-        """The audit file and its rotated copies."""
-        return sum(path.stat().st_size for path in self.workdir.glob("audit.log*"))
-
-
-def _daemon_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CREDPROXY_", "LLXPRT_")) and k != "XDG_RUNTIME_DIR"
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
-    return env
-
-
-def _seed(store_dir: Path) -> None:
-    from credproxy.settings import parse_settings
-    from credproxy.store.factory import open_store
-
-    async def seed() -> None:
-        config = {"store": {"backend": "file", "path": str(store_dir), "key_source": "keyfile"}}
-        store = open_store("file", parse_settings(config))
-        try:
-            await store.save_token(PROVIDER, BUCKET, dict(TOKEN))
-            await store.set_key(KEY_NAME, KEY_VALUE)
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
-
-
-def start_daemon(workdir: Path) -> Daemon:
+def start_daemon(workdir: Path) -> ServeProcess:
     """``credproxy serve`` on an encrypted file store seeded with a token and a key;
     the per-connection rate limit raised so the campaign measures the code, not it."""
     store_dir = workdir / "store"
     if not store_dir.exists():
-        _seed(store_dir)
+        seed_file_store(store_dir, {(PROVIDER, BUCKET): TOKEN}, {KEY_NAME: KEY_VALUE})
     config = workdir / "config.toml"
-    config.write_text(f'[store]\nbackend = "file"\npath = "{store_dir}"\nkey_source = "keyfile"\n')
-    stderr_path = workdir / "daemon.stderr"
-    command = [sys.executable, "-m", "credproxy", "serve", "--json", "--config", str(config)]
-    command += ["--socket", str(workdir / "d.sock"), "--rate-limit", "1000000"]
-    command += ["--audit-log", str(workdir / "audit.log")]
-    with stderr_path.open("ab") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=_daemon_env(),
-            cwd=workdir,
-        )
-    ready = wait_ready(process, stderr_path)
-    token = Path(ready["capability_file"]).read_text().strip()
-    return Daemon(process, workdir, Path(ready["socket"]), token, stderr_path)
-
-
-def stop_daemon(daemon: Daemon) -> None:
-    if daemon.process.poll() is None:
-        daemon.process.send_signal(signal.SIGTERM)
-        try:
-            daemon.process.wait(30.0)
-        except subprocess.TimeoutExpired:
-            daemon.process.kill()
-            daemon.process.wait()
-    if daemon.process.stdout is not None:
-        daemon.process.stdout.close()
+    write_file_store_config(config, store_dir)
+    return start_serve(workdir, config, ["--audit-log", str(workdir / "audit.log")])
 
 
 # --- one input through the request path -----------------------------------------------------
@@ -387,13 +313,14 @@ def answers_of(received: bytes) -> list[dict[str, Any]]:
         return [{"code": "UNDECODABLE_FROM_DAEMON"}]
 
 
-def probe(daemon: Daemon, hang_s: float) -> str | None:
+def probe(daemon: ServeProcess, hang_s: float) -> str | None:
     """A well-behaved client must still be served; the reason when it is not."""
     from credproxy.client import ProxyClient
     from credproxy.client._exceptions import ProxyClientError
 
     try:
-        with ProxyClient(str(daemon.socket_path), daemon.token, timeout=hang_s) as client:
+        token = daemon.capability_token
+        with ProxyClient(str(daemon.socket_path), token, timeout=hang_s) as client:
             if client.get_api_key(KEY_NAME) != KEY_VALUE:
                 return "the probe read a wrong key value"
     except ProxyClientError as exc:
@@ -413,7 +340,7 @@ class RequestPathTarget:
     def __call__(self, data: bytes) -> None:
         findings = self.findings
         findings.inputs += 1
-        stream = stream_from_input(data, self.daemon.token)
+        stream = stream_from_input(data, self.daemon.capability_token)
         outcome, received = exchange(self.daemon.socket_path, stream, self.hang_s)
         if outcome == "hang":
             findings.add("hang", data, f"no close within {self.hang_s} s")
@@ -435,7 +362,7 @@ class RequestPathTarget:
                 findings.add("probe", data, reason)
 
     def close(self) -> None:
-        stop_daemon(self.daemon)
+        self.daemon.stop()
 
 
 def _count_answer(counter: Counter[str], ok: object, code: object) -> None:
