@@ -49,6 +49,8 @@ FORMAT_VERSION: Final = 1
 TEMP_PREFIX: Final = f".{DATA_FILE}."
 TEMP_SUFFIX: Final = ".tmp"
 DEFAULT_LOCK_TIMEOUT_S: Final = 10.0
+WRITE_BATCH: Final = 256
+"""Records encoded per piece of a write: about 400 KB of file, whatever the store's size."""
 
 
 _Signature = tuple[int, int, int, int]
@@ -84,6 +86,10 @@ class FileStore(RecordStore):
         self._lock_timeout_s = lock_timeout_s
         self._write_lock = threading.Lock()
         self._install_lock = threading.Lock()
+        self._reload_lock = threading.RLock()
+        """Held to read the file anew and by a write from its rename to its
+        install, so concurrent readers load a changed file once, and none
+        loads the file this process just wrote."""
         self._retired_fd: int | None = None
         self._header: dict[str, Any] = {}
         self._snapshot = _Snapshot(signature=None, records={})
@@ -165,7 +171,10 @@ class FileStore(RecordStore):
             raise StoreError(f"cannot read the store file {self.path}: {exc.strerror}") from None
         if _signature(info) == snapshot.signature:
             return snapshot
-        return self._load()
+        with self._reload_lock:
+            if self._snapshot is not snapshot:
+                return self._current()
+            return self._load()
 
     def _load(self) -> _Snapshot:
         previous = self._snapshot
@@ -188,10 +197,7 @@ class FileStore(RecordStore):
             raise
         records = header.pop("records")
         snapshot = _Snapshot(signature=_signature(info), records=records, fd=fd)
-        for record_id, blob in records.items():
-            cached = previous.plain.get(record_id)
-            if cached is not None and cached[0] == blob:
-                snapshot.plain[record_id] = cached
+        _keep_plaintexts(previous, snapshot)
         self._install(snapshot, header)
         return snapshot
 
@@ -282,43 +288,67 @@ class FileStore(RecordStore):
     def _write(
         self, records: dict[str, Any], changed: str | None = None, plain: bytes | None = None
     ) -> None:
-        document = {
+        """Replace the file with ``records`` and make them the current snapshot.
+
+        Memory per save stays small beside the file: the document is encoded
+        and written a batch of records at a time, and the snapshot is the
+        records in hand, not the file read back. Encoding it whole and reading
+        it back allocated the file four times per save; at 10,000 credentials
+        (16 MB) the daemon's RSS went from 80 MB idle to over 400 MB after a
+        minute of saves under load, memory malloc kept after it was freed.
+        The file stays open as the snapshot's, exactly as after a read.
+        """
+        header: dict[str, Any] = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "store_id": self._sealer.store_id,
             "key": self._sealer.key_info,
             "check": self._sealer.check,
-            "records": dict(sorted(records.items())),
         }
-        data = msgspec.json.encode(document)
+        ordered = dict(sorted(records.items()))
         self._remove_stale_temps()
         temp = self.directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        kept: int | None = None
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for chunk in document_chunks(header, ordered):
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, self.path)
+            kept = os.open(temp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            info = os.fstat(kept)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise _write_error(self.directory, exc) from None
-        try:
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            raise self._abandon(temp, kept, exc) from None
+        snapshot = _Snapshot(signature=_signature(info), records=ordered, fd=kept)
+        _keep_plaintexts(self._snapshot, snapshot)
+        if changed is not None and plain is not None and changed in ordered:
+            snapshot.plain[changed] = (ordered[changed], plain)
+        # A reader of this process that sees the new file before it is
+        # installed waits for it here instead of reading it back itself.
+        with self._reload_lock:
             try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            raise _write_error(self.directory, exc) from None
-        snapshot = self._load()
-        if changed is not None and plain is not None and changed in snapshot.records:
-            snapshot.plain[changed] = (snapshot.records[changed], plain)
+                os.replace(temp, self.path)
+                dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:
+                raise self._abandon(temp, kept, exc) from None
+            self._install(snapshot, header)
+
+    def _abandon(self, temp: Path, kept: int | None, exc: OSError) -> StoreError:
+        """Undo a write that failed; the error to raise."""
+        if kept is not None:
+            os.close(kept)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        return _write_error(self.directory, exc)
 
     def _remove_stale_temps(self) -> None:
         """Temp files seen while holding the lock belong to writers that died."""
@@ -338,6 +368,26 @@ class FileStore(RecordStore):
                     os.close(fd)
         self._retired_fd = None
         self._snapshot = _Snapshot(signature=None, records={})
+
+
+def document_chunks(header: dict[str, Any], records: dict[str, Any]) -> Iterator[bytes]:
+    """``{**header, "records": records}`` encoded as msgspec encodes it whole, in pieces
+    of ``WRITE_BATCH`` records."""
+    yield msgspec.json.encode(header)[:-1] + b',"records":{'
+    items = list(records.items())
+    for start in range(0, len(items), WRITE_BATCH):
+        if start:
+            yield b","
+        yield msgspec.json.encode(dict(items[start : start + WRITE_BATCH]))[1:-1]
+    yield b"}}"
+
+
+def _keep_plaintexts(previous: _Snapshot, snapshot: _Snapshot) -> None:
+    """Carry over decrypted records whose ciphertext did not change."""
+    for record_id, blob in snapshot.records.items():
+        cached = previous.plain.get(record_id)
+        if cached is not None and cached[0] == blob:
+            snapshot.plain[record_id] = cached
 
 
 def _parse(raw: bytes, path: Path) -> dict[str, Any]:
