@@ -41,10 +41,12 @@ import base64
 import json
 import multiprocessing
 import os
+import queue
 import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -425,6 +427,18 @@ def _wait_for_fds(daemon: ServeProcess, idle: int) -> int:
     return fds
 
 
+def _first_failure(results: ResultQueue, count: int) -> str:
+    """Why the clients did not all get connected, from the first that says."""
+    for _ in range(count):
+        try:
+            result = results.get(timeout=READY_TIMEOUT_S)
+        except queue.Empty:
+            break
+        if result.failure is not None:
+            return "a client process failed:\n" + result.failure
+    return "the client processes did not all connect in time"
+
+
 def run_load(
     ctx: multiprocessing.context.SpawnContext,
     workdir: Path,
@@ -476,7 +490,10 @@ def run_load(
         for worker in workers:
             worker.start()
         try:
-            barrier.wait(timeout=READY_TIMEOUT_S * 2)
+            try:
+                barrier.wait(timeout=READY_TIMEOUT_S * 2)
+            except threading.BrokenBarrierError:
+                raise RuntimeError(_first_failure(results, len(plans))) from None
             opened = time.monotonic()
             sampler = Sampler(daemon)
             sampler.sleep_until(opened + warmup)
