@@ -95,6 +95,8 @@ MAX_RSS_GROWTH: Final = 0.10
 FD_SETTLE_S: Final = 10.0
 CLIENT_TIMEOUT_S: Final = 30.0
 ERROR_SAMPLES: Final = 5
+MAX_ERRORS_PER_CONNECTION: Final = 100
+"""A connection that keeps failing (a daemon gone) stops rather than spin to the end."""
 
 ResultQueue: TypeAlias = "Queue[ClientResult]"
 
@@ -304,6 +306,7 @@ async def _connection_loop(
     start, end = window
     clock = time.perf_counter
     turn = rng.randrange(len(schedule))
+    failures = 0
     while True:
         op = schedule[turn % len(schedule)]
         turn += 1
@@ -321,6 +324,9 @@ async def _connection_loop(
         ended = clock()
         if failure is not None:
             tally.error(op, *failure)  # in the warm-up too: no request may fail
+            failures += 1
+            if failures >= MAX_ERRORS_PER_CONNECTION:
+                return
         elif began >= start and ended <= end:
             tally.latencies[op].append(ended - began)
 
