@@ -6,9 +6,10 @@ coverage-guided campaign. The reference parses the whole stream at once with
 the simplest loop that follows ``protocol.md`` ("Framing"); the incremental
 decoder must agree with it frame for frame, raise exactly where it finds the
 stream unusable, and say it holds a partial frame exactly when bytes are left.
-The one liberty it takes: when a chunk ends in a bad frame, the good frames
-earlier in that same chunk are dropped with the error (the connection is
-closed anyway).
+The one liberty ``feed`` takes: when a chunk ends in a bad frame, the good
+frames earlier in that same chunk are dropped with the error. The server core
+takes one frame at a time with ``next_frame`` and answers those frames, so
+the liberty never reaches the wire (``test_protocol_server.py`` pins that).
 """
 
 from __future__ import annotations

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import time
+from typing import Any
+
+import pytest
 
 from tests.fixtures.daemon import DaemonFactory, DaemonHandle, RawClient
 
@@ -160,3 +164,55 @@ def test_garbage_on_one_connection_leaves_other_connections_working(
                 bad.wait_closed()
         assert good.request("list_providers")["ok"] is True
     assert daemon.process.poll() is None
+
+
+BROKEN_FRAMES = {
+    "length over the limit": struct.pack(">I", 4 * 1024 * 1024 + 1),
+    "body not JSON": _frame(b'{"v":2,"id":'),
+}
+
+
+def _request(rid: str, op: str, payload: dict[str, Any]) -> bytes:
+    return _frame(json.dumps({"v": 2, "id": rid, "op": op, "payload": payload}).encode())
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FRAMES.values()), ids=list(BROKEN_FRAMES))
+def test_good_frames_sent_with_a_broken_one_are_answered_before_the_close(
+    credproxy_daemon: DaemonFactory, broken: bytes
+) -> None:
+    """Fuzzing finding: the answers to the good frames of the chunk were lost.
+    They come back exactly as when each is sent alone; the frame after the
+    broken one is never read."""
+    daemon = credproxy_daemon(store="memory")
+    good: list[tuple[str, str, dict[str, Any]]] = [
+        ("task", "has_api_key", {"name": "k"}),
+        ("inline", "list_providers", {}),
+        ("unknown", "no_such_op", {}),
+        ("invalid", "get_api_key", {"name": 5}),
+    ]
+    with daemon.client() as client:
+        alone = {rid: client.request(op, payload, request_id=rid) for rid, op, payload in good}
+    with daemon.client() as client:
+        chunk = b"".join(_request(rid, op, payload) for rid, op, payload in good)
+        client.send_raw(chunk + broken + _request("after", "list_providers", {}))
+        answers = client.wait_closed()
+    assert sorted(answers, key=lambda frame: frame["id"]) == sorted(
+        alone.values(), key=lambda frame: frame["id"]
+    )
+    _assert_daemon_serves(daemon)
+
+
+def test_a_request_still_running_at_a_broken_frame_is_answered_before_the_close(
+    credproxy_daemon: DaemonFactory,
+) -> None:
+    daemon = credproxy_daemon("--testing-hold-store", store="memory")
+    with daemon.client() as client:
+        held = _request("held", "has_api_key", {"name": "k"})
+        sync = _request("sync", "no_such_op", {})
+        client.send_raw(held + sync + BROKEN_FRAMES["body not JSON"])
+        assert client.recv()["id"] == "sync", "the chunk was read, the held request runs"
+        daemon.send_signal(signal.SIGUSR1)
+        assert client.wait_closed() == [
+            {"v": 2, "id": "held", "ok": True, "data": {"exists": False}}
+        ]
+    _assert_daemon_serves(daemon)

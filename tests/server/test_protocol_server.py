@@ -6,10 +6,17 @@ import asyncio
 import struct
 from typing import Any
 
+import pytest
+
 from credproxy.grants import Grant
 from credproxy.protocol.errors import ErrorCode, ProxyError
 from credproxy.protocol.framing import FrameBudget, FrameDecoder, encode_frame
-from credproxy.protocol.limits import LARGE_FRAME_BYTES, SMALL_FRAME_BYTES, Limits
+from credproxy.protocol.limits import (
+    DEFAULT_LIMITS,
+    LARGE_FRAME_BYTES,
+    SMALL_FRAME_BYTES,
+    Limits,
+)
 from credproxy.protocol.server import (
     CancelRequested,
     ConnectionState,
@@ -313,6 +320,93 @@ def test_framing_error_closes_without_a_response() -> None:
     assert isinstance(event, ProtocolViolation)
     assert event.close and conn.data_to_send() == b""
     assert conn.state is ConnectionState.CLOSED
+
+
+BROKEN_FRAMES = {
+    "length over the limit": struct.pack(">I", LARGE_FRAME_BYTES + 1),
+    "body not JSON": b'\x00\x00\x00\x05{"v":',
+    "body not UTF-8": b"\x00\x00\x00\x02\xff\xfe",
+    "body not an object": b"\x00\x00\x00\x02[]",
+}
+
+
+def _shape(event: object) -> object:
+    """An event as comparable values (``ProxyError`` compares by identity)."""
+    if isinstance(event, ProtocolViolation):
+        return ("violation", event.error.code, event.error.message, event.close, event.op)
+    return event
+
+
+def _answer_all(conn: ServerConnection, events: list[Any]) -> bytes:
+    """Answer every request event the way a shell would, in reverse order, and
+    return what the core hands over for the socket."""
+    for event in reversed(events):
+        if isinstance(event, RequestReceived):
+            conn.respond(event.request.id, {"for": event.request.id})
+        elif isinstance(event, CancelRequested):
+            conn.cancel_outcome(event.request_id, event.target_id, True)
+            conn.fail(event.target_id, ProxyError(ErrorCode.CANCELLED, "cancelled"))
+    return conn.data_to_send()
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_FRAMES.values()), ids=list(BROKEN_FRAMES))
+def test_good_frames_before_a_broken_one_in_one_chunk_are_answered_as_if_alone(
+    broken: bytes,
+) -> None:
+    """Fuzzing finding: the core went CLOSED on the broken frame and dropped the
+    answers of the good frames read from the same chunk."""
+    good = (
+        _req("a")
+        + _req("b", "no_such_op")
+        + _req("c", "get_api_key", name=5)
+        + _req("d", "cancel", targetId="a")
+        + _req("e", "list_providers", ignored="field")
+    )
+    alone = _ready()
+    alone_events = alone.receive_data(good, 0.0)
+    expected = _answer_all(alone, alone_events)
+
+    conn = _ready()
+    events = conn.receive_data(good + broken + _req("after"), 0.0)
+    *request_events, last = events
+    assert [_shape(e) for e in request_events] == [_shape(e) for e in alone_events]
+    assert isinstance(last, ProtocolViolation) and last.close
+    assert conn.state is ConnectionState.DRAINING and conn.input_ended
+    assert not conn.close_after_write, "answers still owed"
+    assert conn.receive_data(_req("later"), 0.0) == [], "nothing after the broken frame is read"
+    assert _answer_all(conn, request_events) == expected
+    assert [frame["id"] for frame in FrameDecoder(LARGE_FRAME_BYTES).feed(expected)] == [
+        "b",
+        "c",
+        "e",
+        "d",
+        "a",
+    ]
+    assert conn.closed and conn.close_after_write
+    assert conn.in_flight == 3, "answers count until written"
+    conn.written()
+    assert conn.in_flight == 0 and conn.data_to_send() == b""
+
+
+def test_requests_still_running_at_a_broken_frame_are_answered_before_the_close() -> None:
+    conn = _ready()
+    (running,) = conn.receive_data(_req("slow"), 0.0)
+    assert isinstance(running, RequestReceived)
+    (event,) = conn.receive_data(BROKEN_FRAMES["body not JSON"], 1.0)
+    assert isinstance(event, ProtocolViolation) and event.close
+    assert conn.state is ConnectionState.DRAINING and not conn.has_partial_frame
+    assert conn.next_deadline() == DEFAULT_LIMITS.call_s, "the call limit still runs"
+    conn.respond("slow", {"late": True})
+    assert _one(conn) == {"v": 2, "id": "slow", "ok": True, "data": {"late": True}}
+    assert conn.closed and conn.close_after_write
+
+
+def test_a_broken_frame_with_nothing_running_closes_after_what_is_queued() -> None:
+    conn = _ready()
+    events = conn.receive_data(_req("x", "no_such_op") + BROKEN_FRAMES["body not UTF-8"], 0.0)
+    assert [type(event) for event in events] == [ProtocolViolation, ProtocolViolation]
+    assert _one(conn)["id"] == "x"
+    assert conn.closed and conn.close_after_write
 
 
 def test_cancel_is_unknown_in_version_1() -> None:

@@ -41,7 +41,7 @@ from credproxy.protocol.messages import (
     request_id_of,
     success,
 )
-from credproxy.protocol.version import SUPPORTED_VERSIONS, negotiate
+from credproxy.protocol.version import MIN_VERSION, SUPPORTED_VERSIONS, negotiate
 
 HANDSHAKE_OP: Final = HANDSHAKE.name
 MAX_IN_FLIGHT: Final = DEFAULT_LIMITS.max_in_flight
@@ -55,6 +55,9 @@ class ConnectionState(enum.Enum):
     AWAIT_HANDSHAKE = "await_handshake"
     AWAIT_ADMISSION = "await_admission"
     READY = "ready"
+    DRAINING = "draining"
+    """A frame broke the stream: nothing more is read, but the requests that
+    came before it are answered as if they had arrived alone; then CLOSED."""
     CLOSED = "closed"
 
 
@@ -100,8 +103,9 @@ class RequestTimedOut:
 @dataclass(frozen=True, slots=True)
 class ProtocolViolation:
     """A frame the peer got wrong, answered already (if it can be). When
-    ``close`` is set the connection ends once the answer is written. ``op`` is
-    a printable op name for the audit line, or ``None``."""
+    ``close`` is set nothing more is read, and the connection ends once the
+    answers of the requests still running are written. ``op`` is a printable
+    op name for the audit line, or ``None``."""
 
     error: ProxyError
     close: bool
@@ -190,7 +194,7 @@ class ServerConnection:
         self._partial_since: float | None = None
         self._write_blocked_since: float | None = None
         self.state = ConnectionState.AWAIT_HANDSHAKE
-        self.version = 1
+        self.version = MIN_VERSION
         self.grant: object | None = None
         self._offered: tuple[int, object] | None = None
         self._rejection: bytes | None = None
@@ -205,6 +209,11 @@ class ServerConnection:
     def close_after_write(self) -> bool:
         """The connection ends once what ``data_to_send`` returns is written."""
         return self._close_after_write
+
+    @property
+    def input_ended(self) -> bool:
+        """Nothing more will be read from the peer: stop reading the socket."""
+        return self.state in (ConnectionState.DRAINING, ConnectionState.CLOSED)
 
     @property
     def has_partial_frame(self) -> bool:
@@ -252,9 +261,11 @@ class ServerConnection:
 
         Stops at a handshake that waits for admission (call again with ``b""``
         once answered) and after any event that closes the connection: the
-        peer cannot be trusted to be in sync any more.
+        peer cannot be trusted to be in sync any more. A frame that breaks the
+        stream ends the input only: the requests of earlier frames, in this
+        call or before, are still answered (``DRAINING``), as on the peer's EOF.
         """
-        if self.state is ConnectionState.CLOSED:
+        if self.input_ended:
             return []
         decoder = self._decoder
         if data:
@@ -277,7 +288,7 @@ class ServerConnection:
                 if event is not None:
                     events.append(event)
         except FrameError as exc:
-            self._close_now()
+            self._end_input()
             error = ProxyError(ErrorCode.INVALID_REQUEST, str(exc))
             events.append(ProtocolViolation(error, True))
             return events
@@ -292,9 +303,9 @@ class ServerConnection:
     def _handshake(self, frame: dict[str, Any]) -> Event:
         envelope_version = frame.get("v")
         # ``in`` alone would let 1.0 and True through (they compare equal to 1).
-        reply_version = envelope_version if type(envelope_version) is int else 1
+        reply_version = envelope_version if type(envelope_version) is int else MIN_VERSION
         if reply_version not in SUPPORTED_VERSIONS:
-            reply_version = 1
+            reply_version = MIN_VERSION
         op = frame.get("op")
         if op != HANDSHAKE_OP:
             error = ProxyError(ErrorCode.INVALID_REQUEST, "the first message must be the handshake")
@@ -492,15 +503,17 @@ class ServerConnection:
         if self.state is ConnectionState.CLOSED:
             return False
         self._unwritten += 1
+        if self.state is ConnectionState.DRAINING and not self._running:
+            self._close_after_write = True
+            self.state = ConnectionState.CLOSED
         return True
 
     def _queue(self, message: dict[str, Any]) -> None:
         self._outgoing.append(encode_frame(message, max_frame_bytes=self._out_limit()))
 
     def _out_limit(self) -> int:
-        return self.limits.frame_limit(
-            self.version if self.state is ConnectionState.READY else None
-        )
+        answering = self.state in (ConnectionState.READY, ConnectionState.DRAINING)
+        return self.limits.frame_limit(self.version if answering else None)
 
     def data_to_send(self) -> bytes:
         """Everything answered since the last call, as one write."""
@@ -528,6 +541,16 @@ class ServerConnection:
         """The socket buffer is past the high-water mark; the write timer starts."""
         if self._write_blocked_since is None:
             self._write_blocked_since = now
+
+    def _end_input(self) -> None:
+        """Read nothing more; close once the requests still running are answered."""
+        self._decoder.close()
+        self._partial_since = None
+        if self._running:
+            self.state = ConnectionState.DRAINING
+        else:
+            self._close_after_write = True
+            self.state = ConnectionState.CLOSED
 
     def _close_now(self) -> None:
         self.state = ConnectionState.CLOSED

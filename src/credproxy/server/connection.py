@@ -400,8 +400,10 @@ class Connection(asyncio.Protocol):
             self._audit(event.op or "invalid", event.error.code, None, None)
         self._rate_limited = limited
         if event.close:
+            # Requests of earlier frames still run and are answered before the
+            # close (``_flush``), as after the peer's EOF; nothing more is read.
             log.debug("closing connection of uid %s: %s", self.peer.uid, event.error.message)
-            self._drop_work()
+            self._pause_reading()
 
     # --- running ops -------------------------------------------------------------------
 
@@ -626,6 +628,8 @@ class Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
+        if self._core.input_ended:
+            return
         if self._reading_paused and self._transport is not None and not self._broken:
             self._reading_paused = False
             self._transport.resume_reading()
