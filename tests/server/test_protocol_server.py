@@ -232,6 +232,22 @@ def test_a_request_past_the_call_limit_times_out_once() -> None:
     assert conn.next_deadline() == float("inf")
 
 
+def test_an_id_used_again_gets_its_own_call_limit() -> None:
+    """Found by the stateful model (a long run): the answered request's deadline entry stayed
+    queued behind an older one and timed out the new request of the same id early."""
+    conn = _ready(limits=Limits(call_s=15.0))
+    conn.receive_data(_req("older"), 0.0)
+    conn.receive_data(_req("again"), 1.0)
+    _answer(conn, "again")
+    assert conn.next_deadline() == 15.0
+    conn.receive_data(_req("again"), 10.0)
+    assert conn.expire(15.0) == [RequestTimedOut("older")]
+    assert conn.next_deadline() == 25.0
+    assert conn.expire(16.0) == []
+    assert not conn.is_timed_out("again")
+    assert conn.expire(25.0) == [RequestTimedOut("again")]
+
+
 def test_a_partial_frame_times_out_from_its_last_progress() -> None:
     conn = _ready(limits=Limits(partial_frame_s=5.0))
     assert conn.receive_data(_req("p")[:6], 10.0) == []

@@ -181,7 +181,10 @@ class ServerConnection:
         self._timed_out: set[str] = set()
         self._deadlines: deque[tuple[float, str]] = deque()
         """(deadline, id) in arrival order, which is deadline order: every
-        request gets the same call limit and ``now`` never goes back."""
+        request gets the same call limit and ``now`` never goes back. An entry
+        counts only while it is its id's entry in ``_deadline_of``: an id may
+        be used again once answered, while its old entry still waits here."""
+        self._deadline_of: dict[str, float] = {}
         self._unwritten = 0
         """Answers built and queued, not yet handed to the socket."""
         self._unacknowledged = 0
@@ -247,8 +250,8 @@ class ServerConnection:
         if self._write_blocked_since is not None:
             deadline = min(deadline, self._write_blocked_since + self.limits.write_s)
         deadlines = self._deadlines
-        running = self._running
-        while deadlines and deadlines[0][1] not in running:
+        current = self._deadline_of
+        while deadlines and current.get(deadlines[0][1]) != deadlines[0][0]:
             deadlines.popleft()
         if deadlines:
             deadline = min(deadline, deadlines[0][0])
@@ -401,7 +404,9 @@ class ServerConnection:
         if request.op == "cancel":
             return self._cancel(request)
         self._running[rid] = request.op
-        self._deadlines.append((now + self.limits.call_s, rid))
+        deadline = now + self.limits.call_s
+        self._deadlines.append((deadline, rid))
+        self._deadline_of[rid] = deadline
         return RequestReceived(request)
 
     def _cancel(self, request: Request) -> Event | None:
@@ -456,8 +461,8 @@ class ServerConnection:
         events: list[Event] = []
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, rid = deadlines.popleft()
-            if rid in self._running and rid not in self._timed_out:
+            deadline, rid = deadlines.popleft()
+            if self._deadline_of.get(rid) == deadline and rid not in self._timed_out:
                 self._timed_out.add(rid)
                 events.append(RequestTimedOut(rid))
         return events
@@ -498,6 +503,7 @@ class ServerConnection:
 
     def _finish(self, request_id: str) -> bool:
         del self._running[request_id]
+        self._deadline_of.pop(request_id, None)
         self._cancelling.discard(request_id)
         self._timed_out.discard(request_id)
         if self.state is ConnectionState.CLOSED:
