@@ -23,7 +23,8 @@ bucket in exact fractions and the core's in floats agree to the bit.
 The suite runs a short derandomized budget. For a long run set
 ``CREDPROXY_FUZZ_EXAMPLES`` (and optionally ``CREDPROXY_FUZZ_STEPS``), e.g.
 ``CREDPROXY_FUZZ_EXAMPLES=20000 .venv/bin/pytest tests/protocol/test_fuzz_server_core.py``;
-a long run draws fresh random seeds each time.
+a long run draws fresh random seeds each time, and hypothesis's memory grows
+with the count (figures in ``docs/reliability.md``, "Fuzzing").
 """
 
 from __future__ import annotations
