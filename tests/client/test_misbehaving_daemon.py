@@ -175,9 +175,32 @@ async def test_close_during_handshake_is_a_connect_failure_not_a_lost_session(
         conn.close()
 
     daemon = await fake_daemon(script)
-    client = make_client(daemon.path, None)
-    with pytest.raises(ConnectFailedError, match="handshake"):
+    client = make_client(daemon.path, None, timeout=2)
+    with pytest.raises(ConnectFailedError, match="during the handshake"):
         await client.list_providers()
+    assert daemon.connections > 1, "a connection closed before its handshake is tried again"
+
+
+async def test_time_running_out_after_the_daemon_was_busy_reports_the_busy_answer(
+    fake_daemon: Callable[[Script], Awaitable[FakeDaemon]], make_client: ClientFactory
+) -> None:
+    """The first connection is closed during its handshake (busy); the next one is
+    never answered, so the request's time ends inside an attempt: the error is
+    the daemon's busy answer, not a bare timeout (which of the two came first
+    used to depend on the machine's load)."""
+    daemon: FakeDaemon | None = None
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.recv()
+        assert daemon is not None
+        if daemon.connections == 1:
+            conn.close()
+
+    daemon = await fake_daemon(script)
+    client = make_client(daemon.path, None, timeout=1.5)
+    with pytest.raises(ConnectFailedError, match=r"during the handshake \(tried for 1\.5 s\)"):
+        await client.list_providers()
+    assert daemon.connections == 2
 
 
 async def test_answers_for_unknown_ids_are_ignored(

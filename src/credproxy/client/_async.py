@@ -78,6 +78,8 @@ class AsyncProxyClient(BaseClient):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connect_lock = asyncio.Lock()
         self._conn: _Connection | None = None
+        self._busy: ProxyClientError | None = None
+        """The daemon's last busy answer while opening, reported if time runs out."""
         self._idle_handle: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -121,6 +123,9 @@ class AsyncProxyClient(BaseClient):
                 async with self._slots:
                     event = await self._exchange(op, payload)
         except TimeoutError:
+            busy = self._busy if self._conn is None else None
+            if busy is not None:
+                raise _core.still_busy(busy, self._timeout) from None
             raise request_timeout(op, self._timeout) from None
         return event.unwrap()
 
@@ -234,16 +239,27 @@ class AsyncProxyClient(BaseClient):
         loop = asyncio.get_running_loop()
         started = loop.time()
         retry = _core.ConnectRetry(self._timeout)
+        self._busy = None
         while True:
             try:
-                return await self._open_once()
+                conn = await self._open_once()
             except (ConnectFailedError, ResourceExhaustedError, OSError) as exc:
                 failure = _core.classify_connect_failure(exc)
+                error = (
+                    exc
+                    if isinstance(exc, ConnectFailedError | ResourceExhaustedError)
+                    else _core.connect_error(self._path, exc)
+                )
                 delay = retry.delay_after(failure, loop.time() - started)
                 if delay is None:
-                    if isinstance(exc, ConnectFailedError | ResourceExhaustedError):
-                        raise
-                    raise _core.connect_error(self._path, exc) from None
+                    if self._busy is not None and failure is _core.ConnectFailure.BUSY:
+                        raise _core.still_busy(error, self._timeout) from None
+                    raise error from None
+                if failure is _core.ConnectFailure.BUSY:
+                    self._busy = error
+            else:
+                self._busy = None
+                return conn
             await asyncio.sleep(delay)
 
     async def _open_once(self) -> _Connection:

@@ -355,6 +355,16 @@ def closed_during_handshake() -> ConnectFailedError:
     )
 
 
+def still_busy(busy: ProxyClientError, seconds: float) -> ProxyClientError:
+    """The error for a request whose time ran out while the daemon stayed busy.
+
+    The busy answer (its queue full, a waiting connection closed, every place of
+    this grant taken) says what is wrong; a bare timeout would hide it, and
+    whether the last attempt or the request's time ends first is a race.
+    """
+    return type(busy)(busy.code, f"{busy.message} (tried for {seconds:g} s)")
+
+
 class ConnectFailure(Enum):
     """Why an attempt to open a connection failed, as far as retrying goes."""
 
