@@ -129,8 +129,12 @@ def main() -> None:
     if args.parent:
         parent = os.getppid()
         for part in ("environ", "cmdline"):
-            with open(f"/proc/{parent}/{part}", "rb") as handle:
-                report[f"parent_{part}"] = handle.read().decode("utf-8", "replace")
+            try:
+                with open(f"/proc/{parent}/{part}", "rb") as handle:
+                    report[f"parent_{part}"] = handle.read().decode("utf-8", "replace")
+            except PermissionError:
+                # An undumpable parent's environ is closed to its own uid (not to root).
+                report[f"parent_{part}"] = None
     sys.stdout.write(json.dumps(report) + "\n")
 
 
