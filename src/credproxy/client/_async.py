@@ -78,8 +78,8 @@ class AsyncProxyClient(BaseClient):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connect_lock = asyncio.Lock()
         self._conn: _Connection | None = None
-        self._busy: ProxyClientError | None = None
-        """The daemon's last busy answer while opening, reported if time runs out."""
+        self._retry: _core.ConnectRetry | None = None
+        """The open in progress (or cut off by the request's time)."""
         self._idle_handle: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -123,9 +123,10 @@ class AsyncProxyClient(BaseClient):
                 async with self._slots:
                     event = await self._exchange(op, payload)
         except TimeoutError:
-            busy = self._busy if self._conn is None else None
+            retry = self._retry if self._conn is None else None
+            busy = retry.timed_out() if retry is not None else None
             if busy is not None:
-                raise _core.still_busy(busy, self._timeout) from None
+                raise busy from None
             raise request_timeout(op, self._timeout) from None
         return event.unwrap()
 
@@ -238,27 +239,14 @@ class AsyncProxyClient(BaseClient):
         (see ``ConnectRetry``); the caller's timeout bounds the whole."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        retry = _core.ConnectRetry(self._timeout)
-        self._busy = None
+        retry = self._retry = _core.ConnectRetry(self._timeout)
         while True:
             try:
                 conn = await self._open_once()
             except (ConnectFailedError, ResourceExhaustedError, OSError) as exc:
-                failure = _core.classify_connect_failure(exc)
-                error = (
-                    exc
-                    if isinstance(exc, ConnectFailedError | ResourceExhaustedError)
-                    else _core.connect_error(self._path, exc)
-                )
-                delay = retry.delay_after(failure, loop.time() - started)
-                if delay is None:
-                    if self._busy is not None and failure is _core.ConnectFailure.BUSY:
-                        raise _core.still_busy(error, self._timeout) from None
-                    raise error from None
-                if failure is _core.ConnectFailure.BUSY:
-                    self._busy = error
+                delay = retry.after_failure(exc, self._path, loop.time() - started)
             else:
-                self._busy = None
+                self._retry = None
                 return conn
             await asyncio.sleep(delay)
 

@@ -412,6 +412,32 @@ class ConnectRetry:
         self._budget = budget_s
         self._rand = rand
         self.attempts = 1
+        self.busy: ProxyClientError | None = None
+        """The daemon's last busy answer, reported if the time runs out."""
+
+    def after_failure(
+        self,
+        exc: ConnectFailedError | ResourceExhaustedError | OSError,
+        path: str,
+        elapsed_s: float,
+    ) -> float:
+        """The delay before the next attempt; raises the error to report on giving up."""
+        failure = classify_connect_failure(exc)
+        error = exc if isinstance(exc, ProxyClientError) else connect_error(path, exc)
+        delay = self.delay_after(failure, elapsed_s)
+        if delay is None:
+            if self.busy is not None and failure is ConnectFailure.BUSY:
+                raise still_busy(error, self._budget) from None
+            raise error from None
+        if failure is ConnectFailure.BUSY:
+            self.busy = error
+        return delay
+
+    def timed_out(self) -> ProxyClientError | None:
+        """The error for time running out after a busy answer (else ``None``): the
+        busy answer says what is wrong, and whether the retry gave up first or the
+        time ended inside the last attempt is a race."""
+        return None if self.busy is None else still_busy(self.busy, self._budget)
 
     def delay_after(self, failure: ConnectFailure, elapsed_s: float) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up."""

@@ -172,31 +172,18 @@ class ProxyClient(BaseClient):
         started = time.monotonic()
         deadline = started + self._timeout
         retry = _core.ConnectRetry(self._timeout)
-        busy: ProxyClientError | None = None
         while True:
             try:
                 return self._connect_once(deadline)
             except (RequestTimeoutError, TimeoutError) as exc:
-                # Time ran out in an attempt after the daemon said it was busy.
+                busy = retry.timed_out()
                 if busy is not None:
-                    raise _core.still_busy(busy, self._timeout) from None
+                    raise busy from None
                 if isinstance(exc, RequestTimeoutError):
                     raise
                 raise _core.connect_error(self._path, exc) from None
             except (ConnectFailedError, ResourceExhaustedError, OSError) as exc:
-                failure = _core.classify_connect_failure(exc)
-                error = (
-                    exc
-                    if isinstance(exc, ConnectFailedError | ResourceExhaustedError)
-                    else _core.connect_error(self._path, exc)
-                )
-                delay = retry.delay_after(failure, time.monotonic() - started)
-                if delay is None:
-                    if busy is not None and failure is _core.ConnectFailure.BUSY:
-                        raise _core.still_busy(error, self._timeout) from None
-                    raise error from None
-                if failure is _core.ConnectFailure.BUSY:
-                    busy = error
+                delay = retry.after_failure(exc, self._path, time.monotonic() - started)
             time.sleep(delay)
 
     def _connect_once(self, deadline: float) -> tuple[ClientCore, socket.socket]:
